@@ -1,0 +1,71 @@
+"""Storage interfaces. Each has a durable implementation and an in-memory twin (tests only).
+
+Threading: implementations are not thread-safe; the LogManager actor is their only owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from storage.entry import LogEntry
+
+
+class LogStorage(Protocol):
+    """An append-only, contiguous log of entries.
+
+    Invariant: entries are exactly first_log_index()..last_log_index(), no gaps. An empty log
+    has last_log_index() == first_log_index() - 1 (first_log_index() is 1 for a new log).
+    """
+
+    def first_log_index(self) -> int: ...
+
+    def last_log_index(self) -> int: ...
+
+    def get_entry(self, index: int) -> LogEntry | None:
+        """The entry at `index`, or None outside [first, last]."""
+        ...
+
+    def get_term(self, index: int) -> int:
+        """The term of the entry at `index`; 0 outside [first, last]."""
+        ...
+
+    def get_entries(self, first: int, last: int, max_bytes: int = 0) -> list[LogEntry]:
+        """Entries first..last inclusive, clipped to what is stored; if max_bytes > 0, stop
+        before the payloads exceed it (but always return at least one entry if any exists)."""
+        ...
+
+    def append_entries(self, entries: Sequence[LogEntry]) -> None:
+        """Append a batch; entries[0].index must be last_log_index() + 1 and indexes contiguous.
+        When sync is on, the whole batch is durable (one fsync) when this returns."""
+        ...
+
+    def truncate_suffix(self, last_index_kept: int) -> None:
+        """Drop every entry after `last_index_kept` (a follower's conflict resolution)."""
+        ...
+
+    def truncate_prefix(self, first_index_kept: int) -> None:
+        """Drop every entry before `first_index_kept` (after a snapshot)."""
+        ...
+
+    def reset(self, next_log_index: int) -> None:
+        """Drop everything; the next append starts at `next_log_index` (installing a snapshot)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MetaStorage(Protocol):
+    """Durable (current_term, voted_for). A write is atomic: after a crash, old or new."""
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def voted_for(self) -> str | None: ...
+
+    def set_term_and_vote(self, term: int, voted_for: str | None) -> None:
+        """Durably record both; returns only once they survive a crash."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,25 @@
+"""Storage errors. All derive from StorageError."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every storage failure."""
+
+
+class CorruptLogError(StorageError):
+    """Stored data failed validation (CRC, index gap, unreadable segment).
+
+    Raised at open instead of silently dropping a record that may have been acknowledged.
+    `path` and `offset` name where the damage is.
+    """
+
+    def __init__(self, message: str, path: str = "", offset: int = -1) -> None:
+        where = f" ({path} at offset {offset})" if path else ""
+        super().__init__(f"{message}{where}")
+        self.path = path
+        self.offset = offset
+
+
+class LogIndexError(StorageError):
+    """An append or truncation that would break the log's contiguity."""

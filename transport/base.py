@@ -1,0 +1,34 @@
+"""The transport interface: how a peer's actors reach other peers and clients.
+
+Implementations: transport.zmq_transport.ZmqTransport (production) and
+transport.memory.MemoryNetwork endpoints (tests only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from transport.rpc import RpcMessage
+
+Deliver = Callable[[RpcMessage], None]
+"""Called with each decoded, validated inbound message. Runs on the transport's thread: it must
+not block (typically it is an ActorRef.tell)."""
+
+
+class Transport(Protocol):
+    @property
+    def local_id(self) -> str: ...
+
+    def start(self, deliver: Deliver) -> None:
+        """Begin receiving; every inbound message goes to `deliver`."""
+        ...
+
+    def send(self, to: str, message: RpcMessage) -> None:
+        """Queue `message` for peer (or connected client) `to`. Never blocks and never raises
+        for an unreachable destination: Raft tolerates loss, so the message may be dropped."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the I/O thread and close every socket. Idempotent."""
+        ...

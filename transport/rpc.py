@@ -1,0 +1,230 @@
+"""Wire messages between peers, and between clients and peers.
+
+Each is a frozen dataclass; the codec (transport.codec) gives each a stable type tag and
+validates every field on decode. Peer ids are "host:port" strings. Field names follow
+SOFAJRaft's rpc.proto where it has the message.
+
+Correlation: a Replicator numbers its requests (`seq`); responses echo `seq` and the term the
+request was sent in (`req_term`), so a response from an earlier pipeline or an earlier term is
+recognisable as stale without closures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage.entry import LogEntry
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteRequest:
+    term: int  # for a pre-vote: the term the candidate would stand in (its term + 1)
+    candidate_id: str
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool
+
+    @property
+    def sender(self) -> str:
+        return self.candidate_id
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResponse:
+    term: int  # the voter's current term
+    granted: bool
+    pre_vote: bool
+    voter_id: str
+    req_term: int  # the term of the request this answers
+
+    @property
+    def sender(self) -> str:
+        return self.voter_id
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesRequest:
+    term: int
+    leader_id: str
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[LogEntry, ...]  # contiguous, starting at prev_log_index + 1; empty = heartbeat/probe
+    committed_index: int
+    seq: int
+
+    @property
+    def sender(self) -> str:
+        return self.leader_id
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    term: int
+    success: bool
+    last_log_index: int  # the follower's last log index (lets the leader jump back on mismatch)
+    peer_id: str
+    seq: int
+    req_term: int
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotRequest:
+    """One chunk of a snapshot; `done` marks the last chunk."""
+
+    term: int
+    leader_id: str
+    last_included_index: int
+    last_included_term: int
+    configuration: bytes  # encoded configuration at last_included_index
+    offset: int
+    data: bytes
+    done: bool
+    seq: int
+
+    @property
+    def sender(self) -> str:
+        return self.leader_id
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    term: int
+    success: bool
+    peer_id: str
+    seq: int
+    req_term: int
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNowRequest:
+    """Leadership transfer: the leader asks `peer_id` to start an election at once."""
+
+    term: int
+    leader_id: str
+    peer_id: str
+
+    @property
+    def sender(self) -> str:
+        return self.leader_id
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNowResponse:
+    term: int
+    success: bool
+    peer_id: str
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    """A follower (or client) asks the leader for a read index (Raft dissertation §6.4)."""
+
+    sender_id: str
+    request_id: int
+
+    @property
+    def sender(self) -> str:
+        return self.sender_id
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexResponse:
+    peer_id: str
+    request_id: int
+    index: int
+    success: bool
+    leader_hint: str = ""
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A client command. (client_id, seq) lets the state machine de-duplicate retried writes
+    (Raft dissertation §6.3); request_id correlates the reply on the client's connection."""
+
+    client_id: str
+    request_id: int
+    seq: int
+    command: bytes
+
+    @property
+    def sender(self) -> str:
+        return self.client_id
+
+
+class ClientStatus:
+    """Values of ClientResponse.status (ints on the wire)."""
+
+    OK = 0
+    NOT_LEADER = 1  # see leader_hint; nothing was done
+    ERROR = 2  # a definite failure, see message
+    UNKNOWN = 3  # outcome unknown (e.g. leadership lost after the command was appended)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResponse:
+    request_id: int
+    status: int  # a ClientStatus value
+    result: bytes = b""
+    leader_hint: str = ""
+    message: str = ""
+    peer_id: str = ""
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    client_id: str
+    request_id: int
+
+    @property
+    def sender(self) -> str:
+        return self.client_id
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResponse:
+    request_id: int
+    peer_id: str
+    status: dict[str, Any] = field(default_factory=dict)  # JSON-like values only
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+RpcMessage = (
+    RequestVoteRequest
+    | RequestVoteResponse
+    | AppendEntriesRequest
+    | AppendEntriesResponse
+    | InstallSnapshotRequest
+    | InstallSnapshotResponse
+    | TimeoutNowRequest
+    | TimeoutNowResponse
+    | ReadIndexRequest
+    | ReadIndexResponse
+    | ClientRequest
+    | ClientResponse
+    | StatusRequest
+    | StatusResponse
+)
