@@ -1,0 +1,149 @@
+"""Test helpers: recording mailboxes and an unthreaded actor harness. Tests only.
+
+    node_log = RecordingMailbox("log_manager")
+    harness = ActorHarness(Node(options, log_manager=node_log, ...))
+    harness.send(RequestVoteRequest(...))
+    assert node_log.take(PersistTermVote) == [PersistTermVote(...)]
+
+`ActorHarness` runs an actor without its pykka thread: `send` calls the handler directly, then
+runs whatever the actor told itself (including timers that fired) until its own queue is empty.
+Everything happens on the test's thread, so assertions need no waiting.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, TypeVar
+
+from actors.base import RaftActor
+from actors.clock import ManualClock
+from transport.rpc import RpcMessage
+
+T = TypeVar("T")
+
+
+class Transcript:
+    """One ordered record shared by several recording mailboxes, for cross-collaborator order."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.entries]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+class RecordingMailbox:
+    """A stand-in ActorRef that records every message told to it."""
+
+    def __init__(self, name: str = "mailbox", transcript: Transcript | None = None) -> None:
+        self.name = name
+        self.told: list[Any] = []
+        self.transcript = transcript
+
+    def tell(self, message: Any) -> None:
+        self.told.append(message)
+        if self.transcript is not None:
+            self.transcript.entries.append((self.name, message))
+
+    def of_type(self, message_type: type[T]) -> list[T]:
+        return [m for m in self.told if isinstance(m, message_type)]
+
+    def take(self, message_type: type[T] | None = None) -> list[Any]:
+        """Return and forget the recorded messages (only those of `message_type` if given)."""
+        if message_type is None:
+            taken, self.told = self.told, []
+            return taken
+        taken = [m for m in self.told if isinstance(m, message_type)]
+        self.told = [m for m in self.told if not isinstance(m, message_type)]
+        return taken
+
+    def clear(self) -> None:
+        self.told.clear()
+
+    def __repr__(self) -> str:
+        return f"RecordingMailbox({self.name!r}, {len(self.told)} told)"
+
+
+class RecordingTransport:
+    """A Transport that records what was sent, for actor unit tests."""
+
+    def __init__(self, local_id: str = "127.0.0.1:1", transcript: Transcript | None = None) -> None:
+        self._local_id = local_id
+        self.sent: list[tuple[str, RpcMessage]] = []
+        self.transcript = transcript
+
+    @property
+    def local_id(self) -> str:
+        return self._local_id
+
+    def start(self, deliver: Any) -> None:
+        pass
+
+    def send(self, to: str, message: RpcMessage) -> None:
+        self.sent.append((to, message))
+        if self.transcript is not None:
+            self.transcript.entries.append((f"send:{to}", message))
+
+    def stop(self) -> None:
+        pass
+
+    def take(self, message_type: type[T] | None = None) -> list[tuple[str, Any]]:
+        """Return and forget the recorded sends (only those of `message_type` if given)."""
+        taken: list[tuple[str, Any]] = []
+        kept: list[tuple[str, Any]] = []
+        for sent in self.sent:
+            wanted = message_type is None or isinstance(sent[1], message_type)
+            (taken if wanted else kept).append(sent)
+        self.sent = kept
+        return taken
+
+
+class _SelfQueue:
+    def __init__(self) -> None:
+        self.queue: deque[Any] = deque()
+
+    def tell(self, message: Any) -> None:
+        self.queue.append(message)
+
+
+class ActorHarness:
+    """Drives one actor on the test's thread (no pykka thread). See the module docstring."""
+
+    def __init__(self, actor: RaftActor, clock: ManualClock | None = None) -> None:
+        self.actor = actor
+        self.clock = clock
+        self._self = _SelfQueue()
+        actor.bind_self(self._self)
+        actor.on_start()
+        self.run()
+
+    def send(self, message: Any) -> Any:
+        result = self.actor.receive(message)
+        self.run()
+        return result
+
+    def run(self) -> int:
+        """Handle everything the actor told itself, until quiet. Returns how many."""
+        handled = 0
+        while self._self.queue:
+            self.actor.receive(self._self.queue.popleft())
+            handled += 1
+        return handled
+
+    def advance(self, seconds: float) -> None:
+        """Advance the manual clock (firing timers) and handle what they told the actor."""
+        clock = self.clock
+        assert clock is not None, "ActorHarness was given no ManualClock"
+        end = clock.now() + seconds
+        # One deadline at a time, handling the actor's reaction in between, so a timer the
+        # actor schedules while reacting still fires inside this window, in order.
+        while (deadline := clock.next_deadline()) is not None and deadline <= end:
+            clock.advance(deadline - clock.now())
+            self.run()
+        clock.advance(end - clock.now())
+
+    def stop(self) -> None:
+        self.actor.on_stop()

@@ -1,0 +1,149 @@
+"""The actor plumbing: typed dispatch, mailbox slots, clocks, and the test harness itself."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import pykka
+import pytest
+
+from actors.base import RaftActor, handles
+from actors.clock import ManualClock, RealClock
+from actors.mailbox import MailboxSlot
+from actors.testing import ActorHarness, RecordingMailbox
+
+
+@dataclass(frozen=True)
+class Ping:
+    n: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class Other:
+    pass
+
+
+class Echo(RaftActor):
+    """Replies to Ping by telling `out`; a Tick schedules another Tick in 1 s."""
+
+    def __init__(self, out: RecordingMailbox | MailboxSlot, clock: ManualClock | None = None):
+        super().__init__()
+        self.out = out
+        self.clock = clock
+        self.ticks = 0
+
+    @handles(Ping)
+    def on_ping(self, msg: Ping) -> int:
+        self.out.tell(Ping(msg.n + 1))
+        return msg.n * 10
+
+    @handles(Tick)
+    def on_tick(self, msg: Tick) -> None:
+        self.ticks += 1
+        assert self.clock is not None
+        self.clock.call_later(1.0, lambda: self.self_mailbox.tell(Tick()))
+
+
+class LoudEcho(Echo):
+    @handles(Ping)
+    def on_ping(self, msg: Ping) -> int:
+        return -1
+
+
+def test_dispatch_calls_the_handler_for_the_exact_type() -> None:
+    out = RecordingMailbox()
+    harness = ActorHarness(Echo(out))
+    assert harness.send(Ping(4)) == 40
+    assert out.take() == [Ping(5)]
+
+
+def test_subclass_handler_overrides_parent() -> None:
+    out = RecordingMailbox()
+    assert ActorHarness(LoudEcho(out)).send(Ping(4)) == -1
+    assert out.told == []
+
+
+def test_unknown_message_is_logged_once_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    harness = ActorHarness(Echo(RecordingMailbox()))
+    with caplog.at_level(logging.WARNING):
+        assert harness.send(Other()) is None
+        assert harness.send(Other()) is None
+    assert sum("no handler" in r.message for r in caplog.records) == 1
+
+
+def test_threaded_actor_dispatches_through_pykka() -> None:
+    out = RecordingMailbox()
+    ref = Echo.start(out)
+    try:
+        assert ref.ask(Ping(2), timeout=5) == 20
+        assert out.told == [Ping(3)]
+        ref.tell(Other())  # must not kill the actor
+        assert ref.ask(Ping(3), timeout=5) == 30
+    finally:
+        ref.stop()
+
+
+def test_mailbox_slot_refuses_use_before_bind_and_drops_to_dead_actor() -> None:
+    slot = MailboxSlot("echo")
+    with pytest.raises(RuntimeError, match="before it was bound"):
+        slot.tell(Ping(1))
+    ref = Echo.start(RecordingMailbox())
+    slot.bind(ref)
+    ref.stop()
+    slot.tell(Ping(1))  # dropped, not raised
+    with pytest.raises(pykka.ActorDeadError):
+        ref.tell(Ping(1))
+
+
+def test_manual_clock_fires_in_deadline_order_and_honours_cancel() -> None:
+    clock = ManualClock()
+    fired: list[str] = []
+    clock.call_later(2.0, lambda: fired.append("b"))
+    clock.call_later(1.0, lambda: fired.append("a"))
+    clock.call_later(1.0, lambda: fired.append("a2"))  # same deadline: scheduling order
+    clock.call_later(1.5, lambda: fired.append("x")).cancel()
+    assert clock.advance(0.5) == 0
+    assert clock.advance(1.6) == 3
+    assert fired == ["a", "a2", "b"]
+    assert clock.now() == pytest.approx(2.1)
+    assert clock.pending() == 0
+
+
+def test_harness_runs_timer_chains_inside_one_advance() -> None:
+    clock = ManualClock()
+    harness = ActorHarness(Echo(RecordingMailbox(), clock), clock)
+    actor = harness.actor
+    assert isinstance(actor, Echo)
+    harness.send(Tick())
+    harness.advance(3.5)  # re-armed at 1, 2, 3: each fires inside the window
+    assert actor.ticks == 4
+    assert clock.now() == pytest.approx(3.5)
+
+
+def test_real_clock_runs_all_timers_on_one_thread_in_order() -> None:
+    clock = RealClock()
+    try:
+        seen: list[tuple[int, str]] = []
+        done = threading.Event()
+
+        def record(i: int) -> None:
+            seen.append((i, threading.current_thread().name))
+            if len(seen) == 3:
+                done.set()
+
+        clock.call_later(0.03, lambda: record(3))
+        clock.call_later(0.01, lambda: record(1))
+        clock.call_later(0.02, lambda: record(2))
+        clock.call_later(0.015, lambda: record(99)).cancel()
+        assert done.wait(timeout=5)
+        assert [i for i, _ in seen] == [1, 2, 3]
+        assert {name for _, name in seen} == {"raft-timers"}
+    finally:
+        clock.stop()
