@@ -23,3 +23,8 @@ class CorruptLogError(StorageError):
 
 class LogIndexError(StorageError):
     """An append or truncation that would break the log's contiguity."""
+
+
+class CorruptMetaError(CorruptLogError):
+    """The meta file (current term and vote) failed validation. A CorruptLogError subclass so
+    that one `except CorruptLogError` at startup covers every kind of damaged storage."""
