@@ -49,7 +49,8 @@ class AppendEntriesRequest:
     leader_id: str
     prev_log_index: int
     prev_log_term: int
-    entries: tuple[LogEntry, ...]  # contiguous, starting at prev_log_index + 1; empty = heartbeat/probe
+    # contiguous, starting at prev_log_index + 1; empty = heartbeat/probe
+    entries: tuple[LogEntry, ...]
     committed_index: int
     seq: int
 

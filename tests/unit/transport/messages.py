@@ -1,0 +1,124 @@
+"""Sample wire messages and hypothesis strategies for every RPC class (shared by the codec and
+memory-transport tests; imported as a plain module, so it holds no tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from hypothesis import strategies as st
+
+from storage.entry import EntryType, LogEntry
+from transport import rpc
+from transport.codec import MAX_STATUS_DEPTH, MESSAGE_TAGS
+
+UINT64_MAX = (1 << 64) - 1
+
+ENTRIES = tuple(LogEntry(11 + i, 3, EntryType(i % 3), bytes([i]) * i) for i in range(5))
+
+# At least one instance of every message class, with edge values: zero and uint64-max ints,
+# empty and non-ASCII strings, empty bytes, no entries.
+SAMPLES: list[Any] = [
+    rpc.RequestVoteRequest(5, "127.0.0.1:7001", 10, 4, False),
+    rpc.RequestVoteRequest(UINT64_MAX, "", 0, 0, True),
+    rpc.RequestVoteResponse(5, True, True, "127.0.0.1:7002", 6),
+    rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 10, 2, ENTRIES, 9, 77),
+    rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 0, 0, (), 0, 0),
+    rpc.AppendEntriesRequest(
+        1, "l", UINT64_MAX - 1, 1, (LogEntry(UINT64_MAX, 1, EntryType.DATA, b""),), 0, 0
+    ),
+    rpc.AppendEntriesResponse(3, False, 0, "127.0.0.1:7003", UINT64_MAX, 3),
+    rpc.InstallSnapshotRequest(4, "a:1", 100, 3, b"\x00conf", 0, b"chunk" * 100, False, 1),
+    rpc.InstallSnapshotRequest(4, "a:1", 100, 3, b"", 1 << 40, b"", True, 2),
+    rpc.InstallSnapshotResponse(4, True, "b:2", 2, 4),
+    rpc.TimeoutNowRequest(7, "a:1", "b:2"),
+    rpc.TimeoutNowResponse(7, False, "b:2"),
+    rpc.ReadIndexRequest("b:2", 12),
+    rpc.ReadIndexResponse("a:1", 12, 99, True),
+    rpc.ReadIndexResponse("a:1", 12, 0, False, "c:3"),
+    rpc.ClientRequest("client-\u00e9\u4e2d\U0001f600", 1, 2, b"\xff\x00put k v"),
+    rpc.ClientResponse(1, rpc.ClientStatus.OK),
+    rpc.ClientResponse(1, rpc.ClientStatus.NOT_LEADER, b"", "b:2", "not leader", "a:1"),
+    rpc.StatusRequest("cli", 3),
+    rpc.StatusResponse(3, "a:1"),
+    rpc.StatusResponse(
+        3,
+        "a:1",
+        {
+            "id": "a:1",
+            "role": "LEADER",
+            "term": 4,
+            "leader": None,
+            "ratio": 0.5,
+            "ok": True,
+            "peers": ["a:1", "b:2", {"nested": [1, [2, {"x": -3}]]}],
+        },
+    ),
+]
+
+
+# ---- hypothesis strategies ------------------------------------------------------------------
+
+uints = st.integers(min_value=0, max_value=UINT64_MAX)
+json_scalars: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 63), UINT64_MAX),
+    st.text(),
+    st.floats(allow_nan=False),
+)
+
+
+def _json(depth: int) -> st.SearchStrategy[Any]:
+    """JSON-like values that fit in `depth` more levels of containers."""
+    if depth <= 0:
+        return json_scalars
+    inner = _json(depth - 1)
+    return (
+        json_scalars | st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+    )
+
+
+status_maps = st.dictionaries(st.text(max_size=10), _json(MAX_STATUS_DEPTH - 1), max_size=4)
+
+
+@st.composite
+def entries_after(draw: st.DrawFn, prev_log_index: int) -> tuple[LogEntry, ...]:
+    room = UINT64_MAX - prev_log_index
+    count = draw(st.integers(0, min(room, 8)))
+    return tuple(
+        LogEntry(
+            prev_log_index + 1 + i,
+            draw(st.integers(1, UINT64_MAX)),
+            draw(st.sampled_from(EntryType)),
+            draw(st.binary(max_size=40)),
+        )
+        for i in range(count)
+    )
+
+
+_FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
+    "int": uints,
+    "bool": st.booleans(),
+    "str": st.text(max_size=30),
+    "bytes": st.binary(max_size=60),
+    "dict[str, Any]": status_maps,
+}
+
+
+@st.composite
+def messages_of(draw: st.DrawFn, cls: type) -> Any:
+    """Any valid instance of message class `cls`."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.type == "tuple[LogEntry, ...]":
+            continue
+        values[field.name] = draw(_FIELD_STRATEGIES[str(field.type)])
+    if "prev_log_index" in values:
+        values["entries"] = draw(entries_after(values["prev_log_index"]))
+    return cls(**values)
+
+
+any_message = st.sampled_from(sorted(MESSAGE_TAGS, key=MESSAGE_TAGS.__getitem__)).flatmap(
+    messages_of
+)
