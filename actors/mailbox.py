@@ -33,9 +33,9 @@ class MailboxSlot:
 
     __slots__ = ("_name", "_target")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, target: Mailbox | None = None) -> None:
         self._name = name
-        self._target: Mailbox | None = None
+        self._target = target
 
     def bind(self, target: Mailbox) -> None:
         self._target = target

@@ -1,0 +1,357 @@
+"""LogManager: the only owner of the log and the term/vote meta storage.
+
+Runs on its own actor thread. Everything that depends on the log's authoritative last id runs
+here, in mailbox order, after every append queued before it: follower appends and their acks,
+the log half of vote decisions (§5.4.1), the last-log id stamped on outgoing RequestVotes.
+(A Node reading a shared view instead could grant a vote while an append it has accepted still
+waits here, then ack that entry to the old leader: a committed entry the new leader lacks.)
+
+Group commit: appends go to the LogView's in-memory tail at once (so Replicators can send them
+before they are local durable) and a `Flush` is told to ourselves; being queued behind the
+appends already waiting, it writes them all with one fsync. Only then does anything promise
+durability: the leader's own Grant to the BallotBox, a follower's ack to its leader, a follower's
+commit index advancing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from actors.base import RaftActor, handles
+from actors.errors import InvariantViolation, NotLeaderError
+from actors.log_view import LogView
+from actors.mailbox import Mailbox
+from actors.messages import (
+    AppendLeaderEntries,
+    BecomeLeader,
+    CheckVote,
+    ClearPending,
+    Commit,
+    Committed,
+    FatalError,
+    Flush,
+    FollowerAppend,
+    Grant,
+    LeaderLogReady,
+    LeaderStart,
+    LeaderStop,
+    LogAppended,
+    PersistTermVote,
+    RegisterPending,
+    RequestVotes,
+    ResetPending,
+    StepDown,
+    Subscribe,
+    Unsubscribe,
+    VoteGranted,
+)
+from storage.base import MetaStorage
+from storage.entry import EntryType, LogEntry
+from transport.base import Transport
+from transport.rpc import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    RequestVoteRequest,
+    RequestVoteResponse,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _PendingAck:
+    """A follower's answer to its leader, held until the entries it vouches for are durable."""
+
+    leader_id: str
+    response: AppendEntriesResponse
+    commit_index: int  # how far this request lets the commit index advance
+
+
+class LogManager(RaftActor):
+    def __init__(
+        self,
+        peer_id: str,
+        log_view: LogView,
+        meta: MetaStorage,
+        transport: Transport,
+        node: Mailbox,
+        ballot_box: Mailbox,
+        fsm_caller: Mailbox,
+    ) -> None:
+        super().__init__()
+        self.peer_id = peer_id
+        self.view = log_view
+        self.meta = meta
+        self.transport = transport
+        self.node = node
+        self.ballot_box = ballot_box
+        self.fsm_caller = fsm_caller
+        self.leader_term: int | None = None  # set while this node leads that term
+        self.committed_index = 0
+        self._unflushed: list[LogEntry] = []  # in the LogView tail, not yet in storage
+        self._acks: list[_PendingAck] = []
+        self._grant_upto = 0  # leader: the last own entry whose durability to report
+        self._granted = 0
+        self._flush_queued = False
+        self._failed = False  # storage failed: nothing more is written or promised
+        self._subscribers: dict[str, Mailbox] = {}
+
+    def __str__(self) -> str:
+        role = f"leader@{self.leader_term}" if self.leader_term is not None else "follower"
+        return (
+            f"{role} last={self.view.last_index} stable={self.view.stable_index} "
+            f"committed={self.committed_index} unflushed={len(self._unflushed)}"
+        )
+
+    # -- leader ------------------------------------------------------------------------------
+
+    @handles(BecomeLeader)
+    def on_become_leader(self, msg: BecomeLeader) -> None:
+        self._flush()  # everything accepted as a follower is durable and acked first
+        self.leader_term = msg.term
+        first = self.view.last_index + 1
+        self._granted = first - 1
+        self.ballot_box.tell(ResetPending(msg.term, first, msg.conf))
+        self.fsm_caller.tell(LeaderStart(msg.term, first))
+        # The first entry of the term: earlier-term entries commit only through it (Fig. 8).
+        self._append_leader([LogEntry(first, msg.term, EntryType.NO_OP)])
+        self.node.tell(LeaderLogReady(msg.term, first))
+
+    @handles(AppendLeaderEntries)
+    def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None:
+        if self.leader_term != msg.term or self._failed:
+            error = NotLeaderError(None)
+            for future in msg.futures:
+                future.set_exception((type(error), error, None))
+            return
+        first = self.view.last_index + 1
+        entries = [
+            LogEntry(first + n, msg.term, EntryType.DATA, command)
+            for n, command in enumerate(msg.commands)
+        ]
+        # Registered before any replica can grant, so the FSMCaller has the futures before
+        # the Commit that completes them (both go through mailboxes in causal order).
+        self.fsm_caller.tell(RegisterPending(first, msg.futures))
+        self._append_leader(entries)
+
+    def _append_leader(self, entries: list[LogEntry]) -> None:
+        self.view.append_unstable(entries)
+        self._unflushed.extend(entries)
+        self._grant_upto = entries[-1].index
+        appended = LogAppended(entries[-1].index)
+        for mailbox in self._subscribers.values():
+            mailbox.tell(appended)
+        self._queue_flush()
+
+    @handles(StepDown)
+    def on_step_down(self, msg: StepDown) -> None:
+        if self.leader_term != msg.term:
+            return
+        self.leader_term = None
+        self._subscribers.clear()
+        self.ballot_box.tell(ClearPending(msg.term))
+        self.fsm_caller.tell(LeaderStop(msg.term))
+
+    @handles(Subscribe)
+    def on_subscribe(self, msg: Subscribe) -> None:
+        self._subscribers[msg.peer_id] = msg.mailbox
+
+    @handles(Unsubscribe)
+    def on_unsubscribe(self, msg: Unsubscribe) -> None:
+        self._subscribers.pop(msg.peer_id, None)
+
+    @handles(Committed)
+    def on_committed(self, msg: Committed) -> None:
+        if msg.index > self.committed_index:
+            self.committed_index = msg.index
+            self.view.set_committed(msg.index)
+
+    # -- follower ----------------------------------------------------------------------------
+
+    @handles(FollowerAppend)
+    def on_follower_append(self, msg: FollowerAppend) -> None:
+        req = msg.request
+        if self.leader_term is not None or self._failed:
+            log.warning("%s: AppendEntries from %s ignored (%s)", self.peer_id, req.leader_id, self)
+            return
+        view = self.view
+        prev = req.prev_log_index
+        if prev > view.last_index or view.term_at(prev) != req.prev_log_term:
+            # Mismatch: our last index lets the leader jump back rather than step one by one.
+            self._hold_ack(req.leader_id, self._response(req, msg.node_term, False), 0)
+            return
+        new = list(req.entries)
+        for n, entry in enumerate(req.entries):
+            if entry.index > view.last_index:
+                new = new[n:]
+                break
+            if view.term_at(entry.index) != entry.term:
+                if not self._truncate_suffix(entry.index - 1):
+                    return
+                new = new[n:]
+                break
+        else:
+            new = []  # all already present (a duplicate or a retransmission)
+        if new:
+            view.append_unstable(new)
+            self._unflushed.extend(new)
+        # The leader's commit index applies only up to what this request proved we match.
+        matched = prev + len(req.entries)
+        commit = min(req.committed_index, matched)
+        self._hold_ack(req.leader_id, self._response(req, msg.node_term, True), commit)
+
+    def _truncate_suffix(self, last_index_kept: int) -> bool:
+        if last_index_kept < self.committed_index:
+            self._fail(
+                InvariantViolation(
+                    f"would truncate committed entries after {last_index_kept} "
+                    f"(commit index {self.committed_index})"
+                )
+            )
+            return False
+        log.info("%s: conflict, truncating log after %d", self.peer_id, last_index_kept)
+        self._unflushed = [e for e in self._unflushed if e.index <= last_index_kept]
+        self.view.truncate_suffix(last_index_kept)
+        return True
+
+    def _response(
+        self, req: AppendEntriesRequest, term: int, success: bool
+    ) -> AppendEntriesResponse:
+        return AppendEntriesResponse(
+            term=term,
+            success=success,
+            last_log_index=self.view.last_index,
+            peer_id=self.peer_id,
+            seq=req.seq,
+            req_term=req.term,
+        )
+
+    def _hold_ack(self, leader_id: str, response: AppendEntriesResponse, commit: int) -> None:
+        # Every ack waits for the Flush, even a refusal, so acks leave in the order received.
+        self._acks.append(_PendingAck(leader_id, response, commit))
+        self._queue_flush()
+
+    # -- term, vote and elections ------------------------------------------------------------
+
+    @handles(PersistTermVote)
+    def on_persist_term_vote(self, msg: PersistTermVote) -> None:
+        meta = self.meta
+        if msg.term < meta.term:
+            return  # terms never go back; a newer decision was already persisted
+        voted_for = msg.voted_for
+        if msg.term == meta.term:
+            if voted_for is None or voted_for == meta.voted_for:
+                return  # nothing new: a vote once cast in a term stays
+            if meta.voted_for is not None:
+                log.error("%s: refusing a second vote in term %d", self.peer_id, msg.term)
+                return
+        self._persist(msg.term, voted_for)
+
+    @handles(RequestVotes)
+    def on_request_votes(self, msg: RequestVotes) -> None:
+        self._flush()  # claim only a log that is durable
+        if not msg.pre_vote:
+            if msg.term <= self.meta.term and self.meta.voted_for not in (None, self.peer_id):
+                return  # voted for someone else in this term already: no candidacy
+            if not self._persist(msg.term, self.peer_id):
+                return
+        request = RequestVoteRequest(
+            term=msg.term,
+            candidate_id=self.peer_id,
+            last_log_index=self.view.last_index,
+            last_log_term=self.view.last_term,
+            pre_vote=msg.pre_vote,
+        )
+        for peer in msg.peers:
+            self.transport.send(peer, request)
+
+    @handles(CheckVote)
+    def on_check_vote(self, msg: CheckVote) -> None:
+        req = msg.request
+        view = self.view
+        log_ok = (req.last_log_term, req.last_log_index) >= (view.last_term, view.last_index)
+        granted = log_ok
+        if not req.pre_vote:
+            meta = self.meta
+            granted = (
+                log_ok
+                and req.term == msg.node_term
+                and req.term >= meta.term
+                and (meta.term < req.term or meta.voted_for in (None, req.candidate_id))
+            )
+            if granted:
+                self._flush()  # nothing accepted before this vote may be acked after it
+                granted = self._persist(req.term, req.candidate_id)
+            if granted:
+                self.node.tell(VoteGranted(req.term, req.candidate_id))
+        self.transport.send(
+            req.candidate_id,
+            RequestVoteResponse(
+                term=max(msg.node_term, self.meta.term),
+                granted=granted,
+                pre_vote=req.pre_vote,
+                voter_id=self.peer_id,
+                req_term=req.term,
+            ),
+        )
+
+    def _persist(self, term: int, voted_for: str | None) -> bool:
+        try:
+            self.meta.set_term_and_vote(term, voted_for)
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    # -- group commit ------------------------------------------------------------------------
+
+    def _queue_flush(self) -> None:
+        if not self._flush_queued:
+            self._flush_queued = True
+            self.self_mailbox.tell(Flush())
+
+    @handles(Flush)
+    def on_flush(self, msg: Flush) -> None:
+        self._flush_queued = False
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._failed:
+            return
+        if self._unflushed:
+            batch, self._unflushed = self._unflushed, []
+            try:
+                self.view.persist(batch)
+            except Exception as exc:
+                self._fail(exc)
+                return
+        if self.leader_term is not None and self._grant_upto > self._granted:
+            self._granted = self._grant_upto
+            self.ballot_box.tell(Grant(self.peer_id, self._granted, self.leader_term))
+        if self._acks:
+            acks, self._acks = self._acks, []
+            commit = self.committed_index
+            for ack in acks:
+                self.transport.send(ack.leader_id, ack.response)
+                commit = max(commit, ack.commit_index)
+            if commit > self.committed_index:
+                self.committed_index = commit
+                self.view.set_committed(commit)
+                self.fsm_caller.tell(Commit(commit))
+
+    def _fail(self, error: BaseException) -> None:
+        """Storage failed or an invariant would break: promise nothing more, tell the Node."""
+        log.error("%s: log manager failed: %s", self.peer_id, error, exc_info=error)
+        self._failed = True
+        self._unflushed.clear()
+        self._acks.clear()
+        self.node.tell(FatalError("log_manager", f"{type(error).__name__}: {error}"))
+
+    def on_stop(self) -> None:
+        self._flush()
+        for closable in (self.view, self.meta):
+            try:
+                closable.close()
+            except Exception:
+                log.exception("%s: closing %r", self.peer_id, closable)

@@ -1,0 +1,138 @@
+"""LogView: the log as Replicators and the FSMCaller read it, safely from any thread.
+
+The LogManager actor is the only writer (the `LogManager thread only` methods). Readers run on
+other actors' threads; this is the one structure of a node shared across threads
+(DESIGN.md, principle 2), so it is explicitly thread-safe:
+
+- The in-memory tail (`_tail`, entries `_tail_first`..`last_index`) holds every entry not yet
+  durable plus a bounded run of recent durable ones. It is guarded by `_tail_lock`, which is never
+  held across I/O, so readers are not stalled by an fsync.
+- Older entries are read from storage under `_storage_lock`, which the writer also holds while it
+  appends (and fsyncs) or truncates: storage objects are not thread-safe.
+
+Invariants: first_index <= stable_index + 1; stable_index <= last_index; the tail is contiguous
+and `_tail_first <= stable_index + 1` (every non-durable entry is in the tail).
+The scalar attributes are plain ints, published by the writer and read without a lock (a Python
+attribute read is atomic); a reader may see a slightly old value, never a torn one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from storage.base import LogStorage
+from storage.entry import LogEntry
+
+
+class LogView:
+    def __init__(self, storage: LogStorage, tail_entries: int = 8192) -> None:
+        self._storage = storage
+        self._storage_lock = threading.Lock()
+        self._tail_lock = threading.Lock()
+        self._tail_cap = tail_entries
+        self.first_index = storage.first_log_index()
+        self.last_index = storage.last_log_index()
+        self.last_term = storage.get_term(self.last_index)
+        self.stable_index = self.last_index
+        self.committed_index = 0
+        # The one field the LogManager does not write: the FSMCaller publishes its progress here
+        # (a single writer still), so that status never has to ask the FSMCaller.
+        self.applied_index = 0
+        self._tail: list[LogEntry] = []
+        self._tail_first = self.last_index + 1
+
+    # -- reads: any thread ------------------------------------------------------------------
+
+    def term_at(self, index: int) -> int:
+        """The term of the entry at `index`; 0 if there is none (index 0 has term 0)."""
+        with self._tail_lock:
+            if self._tail_first <= index <= self.last_index:
+                return self._tail[index - self._tail_first].term
+        if index < self.first_index or index > self.last_index:
+            return 0
+        with self._storage_lock:
+            return self._storage.get_term(index)
+
+    def entries(self, first: int, last: int, max_bytes: int = 0) -> list[LogEntry]:
+        """Entries first..last (clipped to the log). With max_bytes > 0 the payloads stop before
+        exceeding it, but at least one entry is returned when one exists."""
+        first = max(first, self.first_index)
+        with self._tail_lock:
+            tail_first = self._tail_first
+            last = min(last, self.last_index)
+            if first > last:
+                return []
+            if first >= tail_first:
+                return _clip(self._tail[first - tail_first : last - tail_first + 1], max_bytes)
+            # A copy taken under the lock: the writer may trim the tail once we let go, but only
+            # of entries that are durable, which storage then serves.
+            tail_part = self._tail[: last - tail_first + 1] if last >= tail_first else []
+        with self._storage_lock:
+            out = self._storage.get_entries(first, min(last, tail_first - 1), max_bytes)
+        if out and out[-1].index == tail_first - 1:  # storage gave the whole run: no gap
+            out.extend(tail_part)
+        return _clip(out, max_bytes)
+
+    def entry(self, index: int) -> LogEntry | None:
+        got = self.entries(index, index)
+        return got[0] if got else None
+
+    # -- writes: LogManager thread only ------------------------------------------------------
+
+    def append_unstable(self, entries: Sequence[LogEntry]) -> None:
+        """Make `entries` readable at once (before they are durable). They must continue the log."""
+        with self._tail_lock:
+            self._tail.extend(entries)
+            self.last_index = entries[-1].index
+            self.last_term = entries[-1].term
+
+    def persist(self, entries: Sequence[LogEntry]) -> None:
+        """Write `entries` (already in the tail) to storage; one fsync for the batch."""
+        with self._storage_lock:
+            self._storage.append_entries(entries)
+        self.stable_index = entries[-1].index
+        self._trim_tail()
+
+    def truncate_suffix(self, last_index_kept: int) -> None:
+        """Drop entries after `last_index_kept`, from the tail and from storage."""
+        with self._storage_lock:
+            if last_index_kept < self._storage.last_log_index():
+                self._storage.truncate_suffix(last_index_kept)
+        with self._tail_lock:
+            keep = max(0, last_index_kept - self._tail_first + 1)
+            del self._tail[keep:]
+            if not self._tail:
+                self._tail_first = last_index_kept + 1
+            self.last_index = last_index_kept
+            self.stable_index = min(self.stable_index, last_index_kept)
+        self.last_term = self.term_at(last_index_kept)
+
+    def set_committed(self, index: int) -> None:
+        if index > self.committed_index:
+            self.committed_index = index
+            self._trim_tail()
+
+    def close(self) -> None:
+        with self._storage_lock:
+            self._storage.close()
+
+    def _trim_tail(self) -> None:
+        # Keep every non-durable entry, and at most `_tail_cap` durable ones beyond what is
+        # committed so recent reads stay in memory.
+        with self._tail_lock:
+            drop_through = min(self.stable_index, self.committed_index) - self._tail_cap
+            if drop_through >= self._tail_first:
+                del self._tail[: drop_through - self._tail_first + 1]
+                self._tail_first = drop_through + 1
+
+
+def _clip(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
+    if max_bytes <= 0:
+        return entries
+    used = 0
+    for n, entry in enumerate(entries):
+        used += len(entry.data)
+        if used > max_bytes and n > 0:
+            return entries[:n]
+    return entries

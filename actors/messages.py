@@ -1,0 +1,303 @@
+"""Mailbox messages between the Raft actors (wire RPCs live in transport.rpc).
+
+Grouped by the actor that receives them. Each is a small frozen dataclass; a message carrying
+futures or mailboxes is never sent over the network.
+
+How a client command flows (leader):
+
+    RaftNode.apply ─Apply─▶ Node ─AppendLeaderEntries─▶ LogManager
+      LogManager: assigns indexes, RegisterPending ▶ FSMCaller, makes entries readable
+                  (LogView), LogAppended ▶ each Replicator, then one fsync per batch (Flush)
+                  and Grant(self) ▶ BallotBox
+      Replicator: AppendEntries ▶ follower ... AppendEntriesResponse ▶ Replicator
+                  Grant(peer) ▶ BallotBox
+      BallotBox:  quorum reached ▶ Commit ▶ FSMCaller, Committed ▶ LogManager
+      FSMCaller:  StateMachine.on_apply(batch), completes each command's future
+
+Follower: Node checks term/leader, then FollowerAppend ▶ LogManager, which checks the log,
+resolves conflicts, appends, fsyncs and only then answers the leader and advances the commit
+index (persist before you promise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.configuration import Configuration
+from actors.mailbox import Mailbox
+from transport.rpc import AppendEntriesRequest, RequestVoteRequest
+
+# -- to the Node -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Client commands to replicate; each future completes with its state machine result."""
+
+    commands: tuple[bytes, ...]
+    futures: tuple[pykka.Future[Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionTimeout:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoteTimeout:
+    """A (pre-)vote round of `term` got no quorum in time."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheck:
+    """Check-quorum tick of a leader."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoteGranted:
+    """LogManager -> Node: the vote for `candidate_id` in `term` is durable and was sent."""
+
+    term: int
+    candidate_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderLogReady:
+    """LogManager -> Node: leader mode is set up in the log; the first entry of `term` is at
+    `first_index`. Replicators start from there."""
+
+    term: int
+    first_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerContact:
+    """Replicator -> Node, about once per heartbeat: when `peer_id` last answered, and how its
+    replication stands (for check-quorum and status)."""
+
+    peer_id: str
+    term: int
+    last_response_at: float
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class HigherTermSeen:
+    """A collaborator saw `term` > ours in a response: the Node must step down."""
+
+    term: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class FatalError:
+    """A collaborator cannot go on (state machine raised, invariant breach, storage failure):
+    the Node enters ERROR."""
+
+    component: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    """Returns a dict describing the node when asked (edges only); also completes `reply`
+    with it when given, for callers that must not block."""
+
+    reply: pykka.Future[Any] | None = None
+
+
+# -- to the LogManager -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppendLeaderEntries:
+    """Append client commands as DATA entries of `term`, if still leader of `term`."""
+
+    term: int
+    commands: tuple[bytes, ...]
+    futures: tuple[pykka.Future[Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerAppend:
+    """An AppendEntries the Node accepted (term and leader checked) while in `node_term`.
+    The LogManager checks the log, appends, fsyncs, then answers the leader."""
+
+    request: AppendEntriesRequest
+    node_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class PersistTermVote:
+    """Make (term, voted_for) durable. Anything queued after this is handled after it is."""
+
+    term: int
+    voted_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVotes:
+    """Start a (pre-)vote round in `term`: for a real vote first persist (term, self); then send
+    RequestVote with this log's authoritative last id to `peers`."""
+
+    term: int
+    peers: tuple[str, ...]
+    pre_vote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckVote:
+    """The Node found nothing against this (pre-)vote request in `node_term` (term, leader,
+    voted-for); the LogManager decides on the log (§5.4.1), for a real vote re-checks the
+    durable voted-for, persists the vote, and answers the candidate."""
+
+    request: RequestVoteRequest
+    node_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class BecomeLeader:
+    """Enter leader mode for `term`: reset the BallotBox, tell the FSMCaller, append the first
+    entry of the term, then answer LeaderLogReady."""
+
+    term: int
+    conf: Configuration
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """Leave leader mode of `term`: pending commands fail with LeadershipLostError."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """BallotBox -> LogManager: the commit index reached `index` (guards truncation)."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Tell `mailbox` LogAppended whenever leader entries are appended."""
+
+    peer_id: str
+    mailbox: Mailbox
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """LogManager -> itself: write and fsync everything appended since the last Flush. Being
+    queued behind the appends already waiting, it turns them into one group commit."""
+
+
+# -- to the Replicator -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogAppended:
+    """New entries up to `last_index` are readable in the LogView."""
+
+    last_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatTick:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unblock:
+    """The wait after an RPC error is over: probe again."""
+
+    generation: int
+
+
+# -- to the BallotBox ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResetPending:
+    """A new leader term: ballots start at `pending_index` (entries before it are from earlier
+    terms and commit only through it, Raft paper Fig. 8)."""
+
+    term: int
+    pending_index: int
+    conf: Configuration
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """`peer_id` holds every entry up to `last_index` of the current leader's log (durably).
+
+    `term` is the leader term the sender replicates for; the BallotBox ignores a Grant of
+    another term (a Replicator of an earlier term may still be draining its mailbox, and its
+    indexes may name different entries in this term's log)."""
+
+    peer_id: str
+    last_index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearPending:
+    """Leadership of `term` ended: stop counting."""
+
+    term: int
+
+
+# -- to the FSMCaller ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Entries up to `index` are committed: apply them."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterPending:
+    """The futures of the DATA entries first_index, first_index+1, ... (leader only)."""
+
+    first_index: int
+    futures: tuple[pykka.Future[Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderStart:
+    """This node leads `term`; call on_leader_start once `first_index` is applied."""
+
+    term: int
+    first_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderStop:
+    """Leadership of `term` ended: fail pending futures (outcome unknown), on_leader_stop."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyCommitted:
+    """FSMCaller -> itself: apply the next batch up to the commit target. Being queued behind
+    the Commits already waiting, it coalesces them into one pass."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetApplied:
+    """Asked (edge only, e.g. status): returns the FSMCaller's applied index."""

@@ -1,0 +1,439 @@
+"""Node: a Raft peer's role, term and elections; the front door for commands.
+
+Runs on its own actor thread. It owns role, current term (in memory; the LogManager makes it
+durable, in mailbox order, before anything that depends on it), voted-for, leader id and the
+leader's Replicators. It decides everything about terms and roles; what depends on the log's
+authoritative last id it hands to the LogManager (see log_manager.py for why).
+
+Elections (Raft §5.2, with pre-vote from the dissertation §9.6): a follower that has not heard
+from a leader for a randomised timeout first runs a pre-vote in term+1 that changes nothing;
+only with a quorum of pre-votes does it increment its term and ask for real votes. A peer refuses
+a pre-vote while it still hears from a live leader, so a partitioned peer that rejoins cannot
+depose a healthy leader. A leader that has not heard from a quorum within its lease steps down
+(check-quorum).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+from typing import Any, Protocol
+
+from actors.base import RaftActor, handles
+from actors.clock import Clock
+from actors.configuration import Configuration
+from actors.errors import NodeErrorState, NodeStoppedError, NotLeaderError, RaftError
+from actors.log_view import LogView
+from actors.mailbox import Mailbox
+from actors.messages import (
+    AppendLeaderEntries,
+    Apply,
+    BecomeLeader,
+    CheckVote,
+    ElectionTimeout,
+    FatalError,
+    FollowerAppend,
+    GetStatus,
+    HigherTermSeen,
+    LeaderLogReady,
+    LeaseCheck,
+    PeerContact,
+    PersistTermVote,
+    RequestVotes,
+    StepDown,
+    Subscribe,
+    Unsubscribe,
+    VoteGranted,
+    VoteTimeout,
+)
+from actors.options import NodeOptions
+from transport.base import Transport
+from transport.rpc import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    RequestVoteRequest,
+    RequestVoteResponse,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    ERROR = "error"  # stopped serving after a fatal error; says why in status
+    SHUTDOWN = "shutdown"
+
+
+class ReplicatorFactory(Protocol):
+    """Starts and stops the leader's per-follower Replicators (actors in production, recording
+    mailboxes in unit tests, simulated actors in the simulator)."""
+
+    def start(self, peer_id: str, term: int, next_index: int) -> Mailbox: ...
+
+    def stop(self, peer_id: str) -> None: ...
+
+
+class Node(RaftActor):
+    def __init__(
+        self,
+        options: NodeOptions,
+        *,
+        term: int,
+        voted_for: str | None,
+        log_view: LogView,
+        log_manager: Mailbox,
+        transport: Transport,
+        replicators: ReplicatorFactory,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.raft = options.raft
+        self.peer_id = options.peer_id
+        self.conf: Configuration = options.initial_conf
+        self.view = log_view
+        self.log_manager = log_manager
+        self.transport = transport
+        self.replicators = replicators
+        self.clock = clock
+        self.rng = rng
+
+        self.role = Role.FOLLOWER
+        self.term = term
+        self.voted_for = voted_for
+        self.leader_id: str | None = None
+        self.error: str | None = None
+        self._last_leader_contact = -float("inf")
+        self._election_reset_at = clock.now()
+        self._election_gen = 0
+        self._vote_gen = 0
+        self._pre_vote_term = 0  # while running a pre-vote: the term it is for, else 0
+        self._votes: set[str] = set()
+        self._lease_gen = 0
+        self._peer_contact: dict[str, float] = {}
+        self._peer_state: dict[str, str] = {}
+        self._replicating: set[str] = set()
+
+    def __str__(self) -> str:
+        return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
+
+    def on_start(self) -> None:
+        self._arm_election_timer()
+
+    def on_stop(self) -> None:
+        self._stop_replicators()
+        self.role = Role.SHUTDOWN
+        self._invalidate_timers()
+
+    @property
+    def _others(self) -> tuple[str, ...]:
+        return tuple(sorted(self.conf.all_peers() - {self.peer_id}))
+
+    # -- client commands ---------------------------------------------------------------------
+
+    @handles(Apply)
+    def on_apply(self, msg: Apply) -> None:
+        if self.role is Role.LEADER:
+            self.log_manager.tell(AppendLeaderEntries(self.term, msg.commands, msg.futures))
+            return
+        error: RaftError
+        if self.role is Role.ERROR:
+            error = NodeErrorState(f"node {self.peer_id} is in ERROR: {self.error}")
+        elif self.role is Role.SHUTDOWN:
+            error = NodeStoppedError(f"node {self.peer_id} is stopped")
+        else:
+            error = NotLeaderError(self.leader_id)
+        for future in msg.futures:
+            future.set_exception((type(error), error, None))
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _arm_election_timer(self, delay: float | None = None) -> None:
+        self._election_gen += 1
+        if delay is None:
+            delay = self.raft.election_timeout + self.rng.uniform(0, self.raft.election_delay)
+        self.tell_later(self.clock, delay, ElectionTimeout(self._election_gen))
+
+    def _invalidate_timers(self) -> None:
+        self._election_gen += 1
+        self._vote_gen += 1
+        self._lease_gen += 1
+
+    @handles(ElectionTimeout)
+    def on_election_timeout(self, msg: ElectionTimeout) -> None:
+        if msg.generation != self._election_gen or self.role is not Role.FOLLOWER:
+            return
+        # Re-armed lazily: contacts only move a timestamp, the timer checks it when it fires.
+        quiet_since = max(self._last_leader_contact, self._election_reset_at)
+        remaining = quiet_since + self.raft.election_timeout - self.clock.now()
+        if remaining > 0:
+            self._arm_election_timer(remaining + self.rng.uniform(0, self.raft.election_delay))
+            return
+        self._start_pre_vote()
+
+    def _arm_vote_timer(self) -> None:
+        self._vote_gen += 1
+        delay = self.raft.election_timeout + self.rng.uniform(0, self.raft.election_delay)
+        self.tell_later(self.clock, delay, VoteTimeout(self._vote_gen))
+
+    @handles(VoteTimeout)
+    def on_vote_timeout(self, msg: VoteTimeout) -> None:
+        if msg.generation != self._vote_gen:
+            return
+        if self.role is Role.CANDIDATE:
+            log.info("%s: vote in term %d timed out; stepping down", self.peer_id, self.term)
+            self._become_follower(self.term, None)
+        elif self._pre_vote_term:
+            self._pre_vote_term = 0
+            self._election_reset_at = self.clock.now()
+            self._arm_election_timer()
+
+    # -- elections: as candidate -------------------------------------------------------------
+
+    def _start_pre_vote(self) -> None:
+        if self.peer_id not in self.conf.peers:
+            return  # not a voter: never campaigns
+        self.leader_id = None
+        self._pre_vote_term = self.term + 1
+        self._votes = {self.peer_id}
+        self._arm_vote_timer()
+        log.debug("%s: pre-vote for term %d", self.peer_id, self._pre_vote_term)
+        self.log_manager.tell(RequestVotes(self._pre_vote_term, self._others, pre_vote=True))
+        self._maybe_won_pre_vote()
+
+    def _maybe_won_pre_vote(self) -> None:
+        if self._pre_vote_term and self.conf.has_quorum(self._votes):
+            self._start_election()
+
+    def _start_election(self) -> None:
+        self._pre_vote_term = 0
+        self.role = Role.CANDIDATE
+        self.term += 1
+        self.voted_for = self.peer_id
+        self._votes = {self.peer_id}
+        self._arm_vote_timer()
+        log.info("%s: election for term %d", self.peer_id, self.term)
+        # The LogManager persists (term, self) before the first RequestVote leaves.
+        self.log_manager.tell(RequestVotes(self.term, self._others, pre_vote=False))
+        self._maybe_won_election()
+
+    def _maybe_won_election(self) -> None:
+        if self.role is Role.CANDIDATE and self.conf.has_quorum(self._votes):
+            self._become_leader()
+
+    @handles(RequestVoteResponse)
+    def handle_request_vote_response(self, resp: RequestVoteResponse) -> None:
+        if resp.term > self.term:
+            self._become_follower(resp.term, None)
+            return
+        if not resp.granted or resp.voter_id not in self.conf.all_peers():
+            return
+        if resp.pre_vote:
+            if self._pre_vote_term and resp.req_term == self._pre_vote_term:
+                self._votes.add(resp.voter_id)
+                self._maybe_won_pre_vote()
+        elif self.role is Role.CANDIDATE and resp.req_term == self.term:
+            self._votes.add(resp.voter_id)
+            self._maybe_won_election()
+
+    # -- elections: as voter -----------------------------------------------------------------
+
+    @handles(RequestVoteRequest)
+    def handle_request_vote(self, req: RequestVoteRequest) -> None:
+        if self.role in (Role.ERROR, Role.SHUTDOWN):
+            return
+        if req.candidate_id not in self.conf.all_peers():
+            log.warning("%s: vote request from unknown peer %s", self.peer_id, req.candidate_id)
+            return
+        if req.term < self.term:
+            self._refuse_vote(req)
+        elif req.pre_vote:
+            if self._has_live_leader():
+                self._refuse_vote(req)
+            else:
+                self.log_manager.tell(CheckVote(req, self.term))
+        else:
+            if req.term > self.term:
+                self._become_follower(req.term, None)
+            if self.voted_for not in (None, req.candidate_id):
+                self._refuse_vote(req)
+            else:
+                self.log_manager.tell(CheckVote(req, self.term))
+
+    def _has_live_leader(self) -> bool:
+        if self.role is Role.LEADER:
+            return True
+        recent = self.clock.now() - self._last_leader_contact < self.raft.election_timeout
+        return self.leader_id is not None and recent
+
+    def _refuse_vote(self, req: RequestVoteRequest) -> None:
+        self.transport.send(
+            req.candidate_id,
+            RequestVoteResponse(self.term, False, req.pre_vote, self.peer_id, req.term),
+        )
+
+    @handles(VoteGranted)
+    def on_vote_granted(self, msg: VoteGranted) -> None:
+        if msg.term == self.term and self.role is Role.FOLLOWER:
+            self.voted_for = msg.candidate_id
+            self._election_reset_at = self.clock.now()
+
+    # -- role changes ------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader_id: str | None) -> None:
+        if self.role is Role.LEADER:
+            self._stop_leading()
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+            self.log_manager.tell(PersistTermVote(term, None))
+        if self.role in (Role.ERROR, Role.SHUTDOWN):
+            return
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+        self._pre_vote_term = 0
+        self._votes = set()
+        self._vote_gen += 1
+        self._election_reset_at = self.clock.now()
+        self._arm_election_timer()
+
+    def _become_leader(self) -> None:
+        log.info("%s: leader of term %d", self.peer_id, self.term)
+        self.role = Role.LEADER
+        self.leader_id = self.peer_id
+        self._votes = set()
+        self._vote_gen += 1
+        self._election_gen += 1
+        now = self.clock.now()
+        self._peer_contact = dict.fromkeys(self._others, now)
+        self._peer_state = {}
+        self.log_manager.tell(BecomeLeader(self.term, self.conf))
+        self._arm_lease_check()
+
+    def _stop_leading(self) -> None:
+        log.info("%s: stepping down as leader of term %d", self.peer_id, self.term)
+        self._stop_replicators()
+        self._lease_gen += 1
+        self.log_manager.tell(StepDown(self.term))
+
+    def _stop_replicators(self) -> None:
+        for peer in sorted(self._replicating):
+            self.log_manager.tell(Unsubscribe(peer))
+            self.replicators.stop(peer)
+        self._replicating.clear()
+
+    @handles(LeaderLogReady)
+    def on_leader_log_ready(self, msg: LeaderLogReady) -> None:
+        if self.role is not Role.LEADER or msg.term != self.term:
+            return
+        for peer in self._others:
+            mailbox = self.replicators.start(peer, self.term, msg.first_index)
+            self._replicating.add(peer)
+            self.log_manager.tell(Subscribe(peer, mailbox))
+
+    @handles(HigherTermSeen)
+    def on_higher_term_seen(self, msg: HigherTermSeen) -> None:
+        if msg.term > self.term:
+            log.info("%s: %s is in term %d; stepping down", self.peer_id, msg.source, msg.term)
+            self._become_follower(msg.term, None)
+
+    @handles(FatalError)
+    def on_fatal_error(self, msg: FatalError) -> None:
+        log.error("%s: entering ERROR: %s failed: %s", self.peer_id, msg.component, msg.reason)
+        if self.role is Role.LEADER:
+            self._stop_leading()
+        self.role = Role.ERROR
+        self.error = f"{msg.component}: {msg.reason}"
+        self.leader_id = None
+        self._invalidate_timers()
+
+    # -- leader: check-quorum ----------------------------------------------------------------
+
+    def _arm_lease_check(self) -> None:
+        self._lease_gen += 1
+        self.tell_later(self.clock, self.raft.lease_timeout / 4, LeaseCheck(self._lease_gen))
+
+    @handles(PeerContact)
+    def on_peer_contact(self, msg: PeerContact) -> None:
+        if self.role is Role.LEADER and msg.term == self.term and msg.peer_id in self._peer_contact:
+            self._peer_contact[msg.peer_id] = max(
+                self._peer_contact[msg.peer_id], msg.last_response_at
+            )
+            self._peer_state[msg.peer_id] = msg.state
+
+    @handles(LeaseCheck)
+    def on_lease_check(self, msg: LeaseCheck) -> None:
+        if msg.generation != self._lease_gen or self.role is not Role.LEADER:
+            return
+        horizon = self.clock.now() - self.raft.lease_timeout
+        alive = {p for p, at in self._peer_contact.items() if at >= horizon} | {self.peer_id}
+        if not self.conf.has_quorum(alive):
+            log.warning("%s: no quorum heard within the lease; stepping down", self.peer_id)
+            self._become_follower(self.term, None)
+        else:
+            self._arm_lease_check()
+
+    # -- replication: as follower ------------------------------------------------------------
+
+    @handles(AppendEntriesRequest)
+    def handle_append_entries(self, req: AppendEntriesRequest) -> None:
+        if self.role in (Role.ERROR, Role.SHUTDOWN):
+            return
+        if req.term < self.term:
+            self._refuse_append(req, self.term)
+            return
+        if req.term > self.term or self.role is Role.CANDIDATE or self._pre_vote_term:
+            self._become_follower(req.term, req.leader_id)
+        elif self.leader_id not in (None, req.leader_id) or self.role is Role.LEADER:
+            # Two leaders claim one term: impossible unless something is badly wrong. Move both
+            # to a new term (as SOFAJRaft does) rather than follow either.
+            log.error(
+                "%s: %s also leads term %d (leader %s)",
+                self.peer_id,
+                req.leader_id,
+                self.term,
+                self.leader_id,
+            )
+            self._become_follower(self.term + 1, None)
+            self._refuse_append(req, self.term)
+            return
+        self.leader_id = req.leader_id
+        self._last_leader_contact = self.clock.now()
+        self.log_manager.tell(FollowerAppend(req, self.term))
+
+    def _refuse_append(self, req: AppendEntriesRequest, term: int) -> None:
+        self.transport.send(
+            req.leader_id,
+            AppendEntriesResponse(
+                term, False, self.view.last_index, self.peer_id, req.seq, req.term
+            ),
+        )
+
+    # -- status ------------------------------------------------------------------------------
+
+    @handles(GetStatus)
+    def on_get_status(self, msg: GetStatus) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "id": self.peer_id,
+            "role": self.role.value,
+            "term": self.term,
+            "leader": self.leader_id,
+            "voted_for": self.voted_for,
+            "commit_index": self.view.committed_index,
+            "applied_index": self.view.applied_index,
+            "last_log_index": self.view.last_index,
+            "pid": os.getpid(),
+            "conf": sorted(self.conf.all_peers()),
+        }
+        if self.error:
+            status["error"] = self.error
+        if self.role is Role.LEADER:
+            status["replicators"] = dict(sorted(self._peer_state.items()))
+        if msg.reply is not None:
+            msg.reply.set(status)
+        return status

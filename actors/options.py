@@ -1,0 +1,88 @@
+"""Options of a Raft node, validated at construction (SOFAJRaft's defaults in comments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.configuration import Configuration
+from actors.errors import OptionsError
+
+
+@dataclass(frozen=True)
+class RaftOptions:
+    """Tuning of one node. Every duration is in seconds."""
+
+    election_timeout: float = (
+        1.0  # electionTimeoutMs 1000; the actual timeout adds up to this again
+    )
+    max_election_delay: float | None = None  # random extra on top; None = election_timeout
+    leader_lease_ratio: float = 0.9  # leaderLeaseTimeRatio 90%: check-quorum window
+    heartbeat_ratio: int = 10  # heartbeat every election_timeout / 10
+    max_inflight: int = 256  # maxReplicatorInflightMsgs
+    max_entries_per_request: int = 1024  # maxEntriesSize
+    max_body_bytes: int = 512 * 1024  # maxBodySize
+    max_apply_batch: int = 1024  # entries handed to the state machine per on_apply call
+    block_interval: float | None = None  # replicator wait after an RPC error; None = heartbeat
+    rpc_timeout: float | None = (
+        None  # oldest in-flight AppendEntries age before reset; None = election_timeout
+    )
+    log_tail_entries: int = 8192  # committed entries kept in memory for replicators and the FSM
+
+    def __post_init__(self) -> None:
+        checks = {
+            "election_timeout must be > 0": self.election_timeout > 0,
+            "leader_lease_ratio must be in (0, 1]": 0 < self.leader_lease_ratio <= 1,
+            "heartbeat_ratio must be >= 2": self.heartbeat_ratio >= 2,
+            "max_inflight must be >= 1": self.max_inflight >= 1,
+            "max_entries_per_request must be >= 1": self.max_entries_per_request >= 1,
+            "max_body_bytes must be >= 1": self.max_body_bytes >= 1,
+            "max_apply_batch must be >= 1": self.max_apply_batch >= 1,
+            "log_tail_entries must be >= 0": self.log_tail_entries >= 0,
+            "max_election_delay must be >= 0": (self.max_election_delay or 0) >= 0,
+            "block_interval must be > 0": self.block_interval is None or self.block_interval > 0,
+            "rpc_timeout must be > 0": self.rpc_timeout is None or self.rpc_timeout > 0,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise OptionsError(message)
+
+    @property
+    def election_delay(self) -> float:
+        return self.election_timeout if self.max_election_delay is None else self.max_election_delay
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.election_timeout / self.heartbeat_ratio
+
+    @property
+    def lease_timeout(self) -> float:
+        return self.election_timeout * self.leader_lease_ratio
+
+    @property
+    def replicator_block(self) -> float:
+        return self.heartbeat_interval if self.block_interval is None else self.block_interval
+
+    @property
+    def replicator_rpc_timeout(self) -> float:
+        # Half the election timeout: a lost request is retried before any follower's election
+        # timer (at least one election timeout) can fire.
+        return self.election_timeout / 2 if self.rpc_timeout is None else self.rpc_timeout
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Who this node is and whom it starts with."""
+
+    peer_id: str
+    initial_conf: Configuration
+    raft: RaftOptions = field(default_factory=RaftOptions)
+
+    def __post_init__(self) -> None:
+        if not self.peer_id:
+            raise OptionsError("peer_id must not be empty")
+        if not self.initial_conf.peers:
+            raise OptionsError("initial_conf must name at least one peer")
+        if self.peer_id not in self.initial_conf.all_peers():
+            raise OptionsError(
+                f"peer_id {self.peer_id} is not in the configuration {self.initial_conf}"
+            )

@@ -1,0 +1,281 @@
+"""LogManager, alone: persistence before promises, vote log checks, conflict resolution,
+group commit, and the commit-index guard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.configuration import Configuration
+from actors.errors import NotLeaderError
+from actors.log_manager import LogManager
+from actors.log_view import LogView
+from actors.messages import (
+    AppendLeaderEntries,
+    BecomeLeader,
+    CheckVote,
+    ClearPending,
+    Commit,
+    Committed,
+    FatalError,
+    FollowerAppend,
+    Grant,
+    LeaderLogReady,
+    LeaderStart,
+    LeaderStop,
+    LogAppended,
+    PersistTermVote,
+    RegisterPending,
+    RequestVotes,
+    ResetPending,
+    StepDown,
+    Subscribe,
+    VoteGranted,
+)
+from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript
+from storage.entry import EntryType, LogEntry
+from storage.memory import MemoryLogStorage, MemoryMetaStorage
+from transport.rpc import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    RequestVoteRequest,
+    RequestVoteResponse,
+)
+
+ME, B, C = "a:1", "b:2", "c:3"
+CONF = Configuration.of((ME, B, C))
+
+
+def data(index: int, term: int, payload: bytes = b"x") -> LogEntry:
+    return LogEntry(index, term, EntryType.DATA, payload)
+
+
+class RecordingLog(MemoryLogStorage):
+    def __init__(self, transcript: Transcript) -> None:
+        super().__init__()
+        self.transcript = transcript
+        self.appends = 0
+
+    def append_entries(self, entries: Sequence[LogEntry]) -> None:
+        super().append_entries(entries)
+        self.appends += 1
+        self.transcript.entries.append(("fsync", [e.index for e in entries]))
+
+
+class RecordingMeta(MemoryMetaStorage):
+    def __init__(self, transcript: Transcript) -> None:
+        super().__init__()
+        self.transcript = transcript
+
+    def set_term_and_vote(self, term: int, voted_for: str | None) -> None:
+        super().set_term_and_vote(term, voted_for)
+        self.transcript.entries.append(("persist", (term, voted_for)))
+
+
+class Fixture:
+    def __init__(self, entries: Sequence[LogEntry] = ()) -> None:
+        self.transcript = Transcript()
+        self.storage = RecordingLog(self.transcript)
+        if entries:
+            MemoryLogStorage.append_entries(self.storage, entries)
+        self.meta = RecordingMeta(self.transcript)
+        self.view = LogView(self.storage)
+        self.transport = RecordingTransport(ME, self.transcript)
+        self.node = RecordingMailbox("node", self.transcript)
+        self.ballot = RecordingMailbox("ballot_box", self.transcript)
+        self.fsm = RecordingMailbox("fsm_caller", self.transcript)
+        self.lm = LogManager(
+            ME, self.view, self.meta, self.transport, self.node, self.ballot, self.fsm
+        )
+        self.harness = ActorHarness(self.lm)
+
+    def send(self, message: Any) -> Any:
+        return self.harness.send(message)
+
+    def log(self) -> list[tuple[int, int]]:
+        return [(e.index, e.term) for e in self.view.entries(1, self.view.last_index)]
+
+
+def append_req(
+    term: int, prev: int, prev_term: int, entries: Sequence[LogEntry], commit: int = 0, seq: int = 1
+) -> AppendEntriesRequest:
+    return AppendEntriesRequest(term, B, prev, prev_term, tuple(entries), commit, seq)
+
+
+# -- elections --------------------------------------------------------------------------------
+
+
+def test_vote_for_self_is_durable_before_any_request_vote_leaves() -> None:
+    f = Fixture([data(1, 1), data(2, 2)])
+    f.send(RequestVotes(3, (B, C), pre_vote=False))
+    assert f.transcript.names() == ["persist", "send:b:2", "send:c:3"]
+    request = RequestVoteRequest(3, ME, 2, 2, pre_vote=False)
+    assert f.transport.take() == [(B, request), (C, request)]
+    assert (f.meta.term, f.meta.voted_for) == (3, ME)
+
+
+def test_pre_vote_round_persists_nothing() -> None:
+    f = Fixture()
+    f.send(RequestVotes(1, (B,), pre_vote=True))
+    assert f.transcript.names() == ["send:b:2"]
+    assert (f.meta.term, f.meta.voted_for) == (0, None)
+
+
+@pytest.mark.parametrize(
+    ("last_index", "last_term", "granted"),
+    [
+        (5, 2, True),  # same last term, longer log
+        (3, 2, True),  # identical
+        (2, 2, False),  # same last term, shorter log
+        (1, 3, True),  # higher last term wins whatever the length (§5.4.1)
+        (9, 1, False),  # lower last term loses whatever the length
+    ],
+)
+def test_vote_granted_only_to_an_up_to_date_log(
+    last_index: int, last_term: int, granted: bool
+) -> None:
+    f = Fixture([data(1, 1), data(2, 2), data(3, 2)])
+    req = RequestVoteRequest(4, B, last_index, last_term, pre_vote=False)
+    f.send(CheckVote(req, 4))
+    assert f.transport.take() == [(B, RequestVoteResponse(4, granted, False, ME, 4))]
+    assert f.node.take() == ([VoteGranted(4, B)] if granted else [])
+    assert f.meta.voted_for == (B if granted else None)
+
+
+def test_vote_is_durable_before_it_is_sent() -> None:
+    f = Fixture()
+    f.send(CheckVote(RequestVoteRequest(1, B, 0, 0, pre_vote=False), 1))
+    names = f.transcript.names()
+    assert names[0] == "persist" and sorted(names[1:]) == ["node", "send:b:2"]
+
+
+def test_second_candidate_in_the_same_term_is_refused() -> None:
+    f = Fixture()
+    f.send(CheckVote(RequestVoteRequest(1, B, 0, 0, pre_vote=False), 1))
+    f.transport.take()
+    f.send(CheckVote(RequestVoteRequest(1, C, 0, 0, pre_vote=False), 1))
+    assert f.transport.take() == [(C, RequestVoteResponse(1, False, False, ME, 1))]
+    assert f.meta.voted_for == B
+
+
+def test_pre_vote_check_answers_on_the_log_alone() -> None:
+    f = Fixture([data(1, 1)])
+    f.send(CheckVote(RequestVoteRequest(2, B, 1, 1, pre_vote=True), 0))
+    assert f.transport.take() == [(B, RequestVoteResponse(0, True, True, ME, 2))]
+    assert f.meta.voted_for is None and f.node.told == []
+
+
+def test_persist_term_never_goes_back_nor_erases_a_vote() -> None:
+    f = Fixture()
+    f.send(PersistTermVote(3, B))
+    f.send(PersistTermVote(3, None))
+    f.send(PersistTermVote(2, None))
+    assert (f.meta.term, f.meta.voted_for) == (3, B)
+
+
+# -- follower appends ---------------------------------------------------------------------------
+
+
+def test_follower_ack_is_sent_only_after_the_entries_are_durable() -> None:
+    f = Fixture()
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1), data(2, 1)], commit=1), 1))
+    assert f.transcript.names() == ["fsync", "send:b:2", "fsm_caller"]
+    assert f.transport.take() == [(B, AppendEntriesResponse(1, True, 2, ME, 1, 1))]
+    assert f.fsm.take() == [Commit(1)]
+    assert f.storage.durable_last_index() == 2
+
+
+def test_group_commit_writes_queued_appends_with_one_fsync() -> None:
+    f = Fixture()
+    # Three appends reach the mailbox before the LogManager gets to its Flush.
+    f.lm.receive(FollowerAppend(append_req(1, 0, 0, [data(1, 1)], seq=1), 1))
+    f.lm.receive(FollowerAppend(append_req(1, 1, 1, [data(2, 1)], seq=2), 1))
+    f.lm.receive(FollowerAppend(append_req(1, 2, 1, [data(3, 1)], seq=3), 1))
+    assert f.transport.sent == []
+    f.harness.run()
+    assert f.storage.appends == 1
+    assert [resp.seq for _, resp in f.transport.take()] == [1, 2, 3]
+
+
+def test_mismatch_answers_with_our_last_index() -> None:
+    f = Fixture([data(1, 1), data(2, 1)])
+    f.send(FollowerAppend(append_req(2, 5, 2, [data(6, 2)]), 2))
+    assert f.transport.take() == [(B, AppendEntriesResponse(2, False, 2, ME, 1, 2))]
+    f.send(FollowerAppend(append_req(2, 2, 2, [data(3, 2)]), 2))  # right index, wrong term
+    assert f.transport.take() == [(B, AppendEntriesResponse(2, False, 2, ME, 1, 2))]
+    assert f.log() == [(1, 1), (2, 1)]
+
+
+def test_conflicting_suffix_is_replaced() -> None:
+    f = Fixture([data(1, 1), data(2, 1), data(3, 1)])
+    f.send(FollowerAppend(append_req(2, 1, 1, [data(2, 1), data(3, 2), data(4, 2)]), 2))
+    assert f.log() == [(1, 1), (2, 1), (3, 2), (4, 2)]
+    assert f.transport.take()[0][1].success
+
+
+def test_duplicate_append_changes_nothing() -> None:
+    f = Fixture([data(1, 1), data(2, 1), data(3, 1)])
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1), data(2, 1)]), 1))
+    assert f.log() == [(1, 1), (2, 1), (3, 1)]  # a retransmission never truncates
+
+
+def test_commit_index_advances_only_up_to_what_the_request_proved() -> None:
+    f = Fixture([data(1, 1), data(2, 1), data(3, 7)])  # 3 is from a stale term
+    f.send(FollowerAppend(append_req(2, 2, 1, [], commit=9), 2))  # heartbeat matching up to 2
+    assert f.fsm.take() == [Commit(2)]
+
+
+def test_truncating_at_or_below_the_commit_index_is_fatal_not_silent() -> None:
+    f = Fixture([data(1, 1), data(2, 1), data(3, 1)])
+    f.send(Committed(3))
+    f.send(FollowerAppend(append_req(2, 1, 1, [data(2, 2)]), 2))
+    assert f.log() == [(1, 1), (2, 1), (3, 1)]
+    (fatal,) = f.node.take()
+    assert isinstance(fatal, FatalError) and "commit index 3" in fatal.reason
+    assert f.transport.sent == []
+    f.send(FollowerAppend(append_req(2, 3, 1, [data(4, 2)]), 2))
+    assert f.log() == [(1, 1), (2, 1), (3, 1)]  # failed: promises nothing more
+
+
+# -- leader -------------------------------------------------------------------------------------
+
+
+def test_become_leader_resets_ballots_and_appends_a_no_op_of_its_term() -> None:
+    f = Fixture([data(1, 1), data(2, 1)])
+    f.send(BecomeLeader(3, CONF))
+    assert f.ballot.take() == [ResetPending(3, 3, CONF), Grant(ME, 3, 3)]
+    assert f.fsm.take() == [LeaderStart(3, 3)]
+    assert f.node.take() == [LeaderLogReady(3, 3)]
+    assert f.view.entry(3) == LogEntry(3, 3, EntryType.NO_OP)
+
+
+def test_leader_append_registers_futures_then_wakes_replicators_then_grants_after_fsync() -> None:
+    f = Fixture()
+    f.send(BecomeLeader(1, CONF))
+    replicator = RecordingMailbox("replicator", f.transcript)
+    f.send(Subscribe(B, replicator))
+    f.transcript.clear()
+    futures = (pykka.ThreadingFuture(), pykka.ThreadingFuture())
+    f.send(AppendLeaderEntries(1, (b"p", b"q"), futures))
+    assert f.transcript.entries == [
+        ("fsm_caller", RegisterPending(2, futures)),
+        ("replicator", LogAppended(3)),
+        ("fsync", [2, 3]),
+        ("ballot_box", Grant(ME, 3, 1)),
+    ]
+
+
+def test_leader_append_in_a_stale_term_fails_definitely() -> None:
+    f = Fixture()
+    f.send(BecomeLeader(1, CONF))
+    f.send(StepDown(1))
+    assert f.ballot.take()[-1] == ClearPending(1)
+    assert f.fsm.take()[-1] == LeaderStop(1)
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(AppendLeaderEntries(1, (b"late",), (future,)))
+    with pytest.raises(NotLeaderError):
+        future.get(timeout=1)
+    assert f.view.last_index == 1  # just the no-op

@@ -1,0 +1,287 @@
+"""Node, alone: elections, voting rules, step-down, check-quorum, command admission.
+
+The Node is driven on the test thread by ActorHarness with a ManualClock; its collaborators are
+recording mailboxes, so each test asserts exactly what the Node told whom.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.clock import ManualClock
+from actors.configuration import Configuration
+from actors.errors import NodeErrorState, NotLeaderError
+from actors.log_view import LogView
+from actors.messages import (
+    AppendLeaderEntries,
+    Apply,
+    BecomeLeader,
+    CheckVote,
+    FatalError,
+    FollowerAppend,
+    GetStatus,
+    HigherTermSeen,
+    LeaderLogReady,
+    PeerContact,
+    PersistTermVote,
+    RequestVotes,
+    StepDown,
+    Subscribe,
+    Unsubscribe,
+    VoteGranted,
+)
+from actors.node import Node, Role
+from actors.options import NodeOptions, RaftOptions
+from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport
+from storage.memory import MemoryLogStorage
+from transport.rpc import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    RequestVoteRequest,
+    RequestVoteResponse,
+)
+
+A, B, C = "a:1", "b:2", "c:3"
+TIMEOUT = 1.0
+FULL_TIMEOUT = 2 * TIMEOUT + 0.01  # timeout plus the largest random extra
+
+
+class Replicators:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int, int]] = []
+        self.stopped: list[str] = []
+        self.mailboxes: dict[str, RecordingMailbox] = {}
+
+    def start(self, peer_id: str, term: int, next_index: int) -> RecordingMailbox:
+        self.started.append((peer_id, term, next_index))
+        self.mailboxes[peer_id] = RecordingMailbox(peer_id)
+        return self.mailboxes[peer_id]
+
+    def stop(self, peer_id: str) -> None:
+        self.stopped.append(peer_id)
+
+
+class Fixture:
+    def __init__(self, peers: tuple[str, ...] = (A, B, C), term: int = 0) -> None:
+        self.clock = ManualClock()
+        self.lm = RecordingMailbox("log_manager")
+        self.transport = RecordingTransport(A)
+        self.replicators = Replicators()
+        options = NodeOptions(A, Configuration.of(peers), RaftOptions(election_timeout=TIMEOUT))
+        self.node = Node(
+            options,
+            term=term,
+            voted_for=None,
+            log_view=LogView(MemoryLogStorage()),
+            log_manager=self.lm,
+            transport=self.transport,
+            replicators=self.replicators,
+            clock=self.clock,
+            rng=random.Random(7),
+        )
+        self.harness = ActorHarness(self.node, self.clock)
+
+    def send(self, message: Any) -> Any:
+        return self.harness.send(message)
+
+    def elect(self) -> None:
+        """Run pre-vote and vote to leadership in term 1, with B's votes."""
+        self.harness.advance(FULL_TIMEOUT)
+        self.send(RequestVoteResponse(0, True, True, B, 1))
+        self.send(RequestVoteResponse(1, True, False, B, 1))
+        assert self.node.role is Role.LEADER
+        self.send(LeaderLogReady(1, 1))
+        self.lm.clear()
+        self.transport.take()
+
+
+@pytest.fixture
+def f() -> Fixture:
+    return Fixture()
+
+
+def test_election_timeout_starts_a_pre_vote_that_changes_nothing(f: Fixture) -> None:
+    f.harness.advance(TIMEOUT - 0.01)
+    assert f.lm.told == []
+    f.harness.advance(FULL_TIMEOUT)
+    assert f.lm.take() == [RequestVotes(1, (B, C), pre_vote=True)]
+    assert (f.node.role, f.node.term, f.node.voted_for) == (Role.FOLLOWER, 0, None)
+
+
+def test_pre_vote_quorum_starts_a_real_election_persisted_by_the_log_manager(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)
+    f.lm.clear()
+    f.send(RequestVoteResponse(0, True, True, B, 1))
+    # §5.2: the vote for itself is made durable (by the LogManager, in this message) before
+    # any RequestVote leaves; the Node itself sends none.
+    assert f.lm.take() == [RequestVotes(1, (B, C), pre_vote=False)]
+    assert f.transport.sent == []
+    assert (f.node.role, f.node.term, f.node.voted_for) == (Role.CANDIDATE, 1, A)
+
+
+def test_stale_pre_vote_response_is_ignored(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)
+    f.lm.clear()
+    f.send(RequestVoteResponse(0, True, True, B, 7))  # answers some other round
+    assert f.lm.told == []
+    assert f.node.role is Role.FOLLOWER
+
+
+def test_vote_quorum_makes_leader_which_starts_replicators(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)
+    f.send(RequestVoteResponse(0, True, True, C, 1))
+    f.lm.clear()
+    f.send(RequestVoteResponse(1, True, False, C, 1))
+    assert f.node.role is Role.LEADER and f.node.leader_id == A
+    assert f.lm.take() == [BecomeLeader(1, Configuration.of((A, B, C)))]
+    f.send(LeaderLogReady(1, 5))
+    assert f.replicators.started == [(B, 1, 5), (C, 1, 5)]
+    assert f.lm.take() == [
+        Subscribe(B, f.replicators.mailboxes[B]),
+        Subscribe(C, f.replicators.mailboxes[C]),
+    ]
+
+
+def test_single_peer_elects_itself() -> None:
+    f = Fixture(peers=(A,))
+    f.harness.advance(FULL_TIMEOUT)
+    assert f.node.role is Role.LEADER
+    assert [type(m) for m in f.lm.told] == [RequestVotes, RequestVotes, BecomeLeader]
+
+
+def test_candidate_whose_vote_times_out_steps_down_and_waits_again(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)
+    f.send(RequestVoteResponse(0, True, True, B, 1))
+    assert f.node.role is Role.CANDIDATE
+    f.lm.clear()
+    f.harness.advance(FULL_TIMEOUT)
+    assert f.node.role is Role.FOLLOWER and f.node.term == 1
+    f.harness.advance(FULL_TIMEOUT)  # then campaigns again, starting with a pre-vote
+    assert RequestVotes(2, (B, C), pre_vote=True) in f.lm.told
+
+
+def test_vote_request_with_higher_term_persists_term_before_log_check(f: Fixture) -> None:
+    req = RequestVoteRequest(3, B, 10, 2, pre_vote=False)
+    f.send(req)
+    assert f.lm.take() == [PersistTermVote(3, None), CheckVote(req, 3)]
+    assert f.node.term == 3
+    assert f.transport.sent == []  # the LogManager answers, after the log check
+
+
+def test_vote_request_with_stale_term_is_refused_directly(f: Fixture) -> None:
+    f.send(RequestVoteRequest(3, B, 10, 2, pre_vote=False))
+    f.lm.clear()
+    f.send(RequestVoteRequest(2, C, 10, 2, pre_vote=False))
+    assert f.lm.told == []
+    assert f.transport.take() == [(C, RequestVoteResponse(3, False, False, A, 2))]
+
+
+def test_one_vote_per_term(f: Fixture) -> None:
+    """§5.2: at most one candidate per term gets this peer's vote."""
+    f.send(RequestVoteRequest(3, B, 10, 2, pre_vote=False))
+    f.send(VoteGranted(3, B))
+    f.lm.clear()
+    f.send(RequestVoteRequest(3, C, 10, 2, pre_vote=False))
+    assert f.lm.told == []
+    assert f.transport.take() == [(C, RequestVoteResponse(3, False, False, A, 3))]
+
+
+def test_pre_vote_refused_while_a_live_leader_is_heard(f: Fixture) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    f.lm.clear()
+    f.send(RequestVoteRequest(2, C, 99, 1, pre_vote=True))
+    assert f.transport.take() == [(C, RequestVoteResponse(1, False, True, A, 2))]
+    assert f.lm.told == []
+    assert f.node.term == 1  # a pre-vote never changes the term
+
+
+def test_pre_vote_considered_once_the_leader_is_silent(f: Fixture) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    f.clock.advance(TIMEOUT + 0.01)  # no heartbeat since
+    f.lm.clear()
+    req = RequestVoteRequest(2, C, 99, 1, pre_vote=True)
+    f.send(req)
+    assert f.lm.take() == [CheckVote(req, 1)]
+
+
+def test_append_entries_with_stale_term_refused_with_current_term(f: Fixture) -> None:
+    f.send(RequestVoteRequest(3, B, 0, 0, pre_vote=False))
+    f.lm.clear()
+    f.send(AppendEntriesRequest(2, C, 0, 0, (), 0, 9))
+    assert f.transport.take() == [(C, AppendEntriesResponse(3, False, 0, A, 9, 2))]
+    assert f.lm.told == []
+
+
+def test_accepted_append_entries_goes_to_the_log_manager(f: Fixture) -> None:
+    req = AppendEntriesRequest(2, B, 0, 0, (), 0, 1)
+    f.send(req)
+    assert f.lm.take() == [PersistTermVote(2, None), FollowerAppend(req, 2)]
+    assert f.node.leader_id == B
+
+
+def test_candidate_seeing_leader_of_its_term_becomes_follower(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)
+    f.send(RequestVoteResponse(0, True, True, B, 1))
+    assert f.node.role is Role.CANDIDATE
+    f.send(AppendEntriesRequest(1, C, 0, 0, (), 0, 1))
+    assert f.node.role is Role.FOLLOWER and f.node.leader_id == C and f.node.term == 1
+
+
+def test_leader_steps_down_on_higher_term(f: Fixture) -> None:
+    f.elect()
+    f.send(HigherTermSeen(5, B))
+    assert f.node.role is Role.FOLLOWER and f.node.term == 5 and f.node.voted_for is None
+    # Leadership of term 1 ends before term 5 is persisted: LogManager handles them in order.
+    assert f.lm.take() == [Unsubscribe(B), Unsubscribe(C), StepDown(1), PersistTermVote(5, None)]
+    assert f.replicators.stopped == [B, C]
+
+
+def test_check_quorum_leader_without_contact_steps_down(f: Fixture) -> None:
+    f.elect()
+    f.harness.advance(0.95)  # past the 0.9 s lease, nobody answered
+    assert f.node.role is Role.FOLLOWER and f.node.term == 1
+    assert StepDown(1) in f.lm.told
+
+
+def test_check_quorum_leader_hearing_a_majority_stays(f: Fixture) -> None:
+    f.elect()
+    for _ in range(10):
+        f.harness.advance(0.2)
+        f.send(PeerContact(B, 1, f.clock.now(), "REPLICATE"))
+    assert f.node.role is Role.LEADER
+    assert f.send(GetStatus())["replicators"] == {B: "REPLICATE"}
+
+
+def test_apply_on_follower_fails_with_leader_hint(f: Fixture) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(Apply((b"x",), (future,)))
+    with pytest.raises(NotLeaderError) as info:
+        future.get(timeout=1)
+    assert info.value.leader_hint == B
+
+
+def test_apply_on_leader_goes_to_the_log_manager_in_its_term(f: Fixture) -> None:
+    f.elect()
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(Apply((b"x", b"y"), (future, future)))
+    assert f.lm.take() == [AppendLeaderEntries(1, (b"x", b"y"), (future, future))]
+
+
+def test_fatal_error_enters_error_state_and_refuses_service(f: Fixture) -> None:
+    f.elect()
+    f.send(FatalError("fsm_caller", "boom"))
+    assert f.node.role is Role.ERROR
+    assert StepDown(1) in f.lm.told
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(Apply((b"x",), (future,)))
+    with pytest.raises(NodeErrorState, match="boom"):
+        future.get(timeout=1)
+    f.lm.clear()
+    f.harness.advance(10 * FULL_TIMEOUT)
+    assert f.lm.told == []  # an ERROR node never campaigns
+    assert f.send(GetStatus())["error"] == "fsm_caller: boom"

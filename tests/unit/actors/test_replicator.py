@@ -1,0 +1,320 @@
+"""Replicator: probe, pipeline, in-order responses, back-off, blocking, heartbeats. Each test reads
+as a transcript: what the leader sent, what the follower answered, what was told."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from actors.clock import ManualClock
+from actors.log_view import LogView
+from actors.messages import Grant, HigherTermSeen, LogAppended, PeerContact
+from actors.options import RaftOptions
+from actors.replicator import Replicator, ReplicatorState
+from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport
+from storage.entry import EntryType, LogEntry
+from storage.memory import MemoryLogStorage
+from transport.rpc import AppendEntriesRequest, AppendEntriesResponse, RpcMessage
+
+PEER, LEADER, TERM = "b", "a", 3
+HEARTBEAT = 0.1  # election_timeout 1.0 / heartbeat_ratio 10
+
+
+def entry(index: int, term: int, size: int = 1) -> LogEntry:
+    return LogEntry(index, term, EntryType.DATA, b"x" * size)
+
+
+class Rep:
+    """A Replicator for follower "b" in term 3, on the test thread, with recording neighbours."""
+
+    def __init__(
+        self,
+        terms: Sequence[int],
+        next_index: int,
+        committed: int = 0,
+        size: int = 1,
+        **options: Any,
+    ) -> None:
+        storage = MemoryLogStorage()
+        storage.append_entries([entry(i, t, size) for i, t in enumerate(terms, start=1)])
+        self.view = LogView(storage)
+        self.view.set_committed(committed)
+        self.clock = ManualClock()
+        self.transport = RecordingTransport(LEADER)
+        self.ballot_box = RecordingMailbox("ballot_box")
+        self.node = RecordingMailbox("node")
+        opts = {"max_inflight": 3, "max_entries_per_request": 2, **options}
+        self.actor = Replicator(
+            PEER, LEADER, TERM, next_index, self.view, self.transport, self.ballot_box,
+            self.node, self.clock, RaftOptions(**opts),
+        )  # fmt: skip
+        self.harness = ActorHarness(self.actor, self.clock)
+
+    def sent(self) -> list[AppendEntriesRequest]:
+        taken = self.transport.take()
+        assert all(to == PEER for to, _ in taken)
+        return [message for _, message in taken]
+
+    def send(self, *messages: object) -> None:
+        for message in messages:
+            self.harness.send(message)
+
+    def append(self, *terms: int) -> None:
+        first = self.view.last_index + 1
+        self.view.append_unstable([entry(first + n, t) for n, t in enumerate(terms)])
+        self.harness.send(LogAppended(self.view.last_index))
+
+    def grants(self) -> list[int]:
+        return [g.last_index for g in self.ballot_box.take(Grant)]
+
+
+def ok(req: AppendEntriesRequest, last: int | None = None) -> AppendEntriesResponse:
+    end = req.prev_log_index + len(req.entries)
+    return AppendEntriesResponse(TERM, True, end if last is None else last, PEER, req.seq, TERM)
+
+
+def reject(req: AppendEntriesRequest, last: int) -> AppendEntriesResponse:
+    return AppendEntriesResponse(TERM, False, last, PEER, req.seq, TERM)
+
+
+def spans(requests: Sequence[AppendEntriesRequest]) -> list[tuple[int, int, int]]:
+    """(seq, prev_log_index, entry count) of each request."""
+    return [(r.seq, r.prev_log_index, len(r.entries)) for r in requests]
+
+
+def test_probe_then_replicate() -> None:
+    # Reference: Raft paper §5.3. The leader starts at its last index + 1 and probes.
+    rep = Rep([1, 1, 2, 2, 3], next_index=6, committed=3)
+    [probe] = rep.sent()
+    assert probe == AppendEntriesRequest(TERM, LEADER, 5, 3, (), 3, 1)
+    assert str(rep.actor) == "PROBE next=6 match=0 inflight=1"
+    rep.send(ok(probe))
+    assert rep.actor.state is ReplicatorState.REPLICATE
+    assert str(rep.actor) == "REPLICATE next=6 match=5 inflight=0"
+    assert rep.ballot_box.take() == [Grant(PEER, 5, TERM)]
+    assert rep.sent() == []  # nothing new
+    rep.append(3, 3)
+    [request] = rep.sent()
+    assert request == AppendEntriesRequest(TERM, LEADER, 5, 3, (entry(6, 3), entry(7, 3)), 3, 2)
+    rep.send(ok(request))
+    assert rep.ballot_box.take() == [Grant(PEER, 7, TERM)]
+
+
+def test_probe_carries_no_entries_and_only_one_is_in_flight() -> None:
+    rep = Rep([1] * 10, next_index=4)
+    assert spans(rep.sent()) == [(1, 3, 0)]
+    rep.append(1)  # a PROBE replicator does not send on LogAppended
+    rep.harness.advance(HEARTBEAT * 3)  # nor on heartbeats while its probe is in flight
+    assert rep.sent() == []
+
+
+def test_pipeline_respects_entry_count_and_inflight_limits() -> None:
+    rep = Rep([1] * 10, next_index=1)
+    rep.send(ok(*rep.sent()))
+    first = rep.sent()
+    assert spans(first) == [(2, 0, 2), (3, 2, 2), (4, 4, 2)]  # max_inflight 3, 2 entries each
+    assert [e.index for e in first[1].entries] == [3, 4]
+    rep.send(ok(first[0]))
+    assert rep.grants() == [2]
+    assert spans(rep.sent()) == [(5, 6, 2)]
+    rep.send(ok(first[1]), ok(first[2]))
+    assert rep.grants() == [4, 6]
+    assert spans(rep.sent()) == [(6, 8, 2)]
+    assert rep.actor.next_index == 11
+
+
+def test_pipeline_respects_body_bytes() -> None:
+    # 10-byte entries, 25 bytes per request: two entries fit, a third would not.
+    rep = Rep([1] * 5, next_index=1, size=10, max_entries_per_request=4, max_body_bytes=25)
+    rep.send(ok(*rep.sent()))
+    assert spans(rep.sent()) == [(2, 0, 2), (3, 2, 2), (4, 4, 1)]
+
+
+def test_out_of_order_responses_are_held_and_applied_in_order() -> None:
+    rep = Rep([1] * 6, next_index=1)
+    rep.send(ok(*rep.sent()))
+    r1, r2, r3 = rep.sent()
+    rep.send(ok(r3), ok(r2))
+    assert rep.ballot_box.told == []  # waiting for r1
+    assert set(rep.actor.held) == {r2.seq, r3.seq}
+    rep.send(ok(r1))
+    assert rep.grants() == [2, 4, 6]
+    assert rep.actor.held == {}
+    assert str(rep.actor) == "REPLICATE next=7 match=6 inflight=0"
+
+
+def test_stale_responses_are_ignored() -> None:
+    rep = Rep([1] * 6, next_index=1)
+    [probe] = rep.sent()
+    old_term = AppendEntriesResponse(TERM, True, 0, PEER, probe.seq, TERM - 1)
+    unknown_seq = AppendEntriesResponse(TERM, True, 0, PEER, 99, TERM)
+    rep.send(old_term, unknown_seq)
+    assert rep.ballot_box.told == [] and rep.sent() == []
+    assert rep.actor.state is ReplicatorState.PROBE
+    rep.send(ok(probe))
+    r1, r2, r3 = rep.sent()
+    rep.send(reject(r1, last=0))  # mismatch: the pipeline is reset, r2 and r3 are forgotten
+    [probe2] = rep.sent()
+    rep.send(ok(r2), ok(r3))  # responses of the old pipeline: stale
+    assert rep.ballot_box.told == [] and rep.sent() == []
+    assert spans([probe2]) == [(5, 0, 0)]
+
+
+def test_mismatch_jumps_back_to_the_followers_last_index() -> None:
+    # Reference: Raft paper §5.3, the optimisation of backing off past a short follower log.
+    rep = Rep([1, 1, 2, 2, 3, 3], next_index=7)
+    [probe] = rep.sent()
+    rep.send(reject(probe, last=2))
+    [probe] = rep.sent()
+    assert (probe.prev_log_index, probe.prev_log_term) == (2, 1)
+    assert str(rep.actor) == "PROBE next=3 match=0 inflight=1"
+
+
+def test_mismatch_steps_back_one_when_the_follower_log_is_long() -> None:
+    rep = Rep([1, 1, 2, 2, 3, 3], next_index=7)
+    [probe] = rep.sent()
+    rep.send(reject(probe, last=9))  # conflicting longer log: step back one
+    [probe] = rep.sent()
+    assert probe.prev_log_index == 5
+    rep.send(reject(probe, last=9))
+    [probe] = rep.sent()
+    assert (probe.prev_log_index, probe.prev_log_term) == (4, 2)
+    rep.send(ok(probe))
+    assert rep.grants() == [4]
+    assert spans(rep.sent()) == [(4, 4, 2)]
+
+
+def test_back_off_never_goes_below_the_first_index() -> None:
+    rep = Rep([1, 1], next_index=1)
+    [probe] = rep.sent()
+    rep.send(reject(probe, last=0))  # nonsense from the follower; stay at 1
+    assert rep.sent()[0].prev_log_index == 0
+
+
+def test_mismatch_in_the_pipeline_resets_to_probe_at_the_failed_request() -> None:
+    rep = Rep([1] * 6, next_index=1)
+    rep.send(ok(*rep.sent()))
+    r1, r2, _ = rep.sent()
+    rep.send(ok(r1), reject(r2, last=9))
+    assert rep.grants() == [2]
+    [probe] = rep.sent()
+    assert probe.prev_log_index == 1 and probe.entries == ()
+    assert rep.actor.state is ReplicatorState.PROBE
+
+
+def test_success_that_does_not_cover_what_was_sent_resets_to_probe() -> None:
+    rep = Rep([1] * 4, next_index=1)
+    rep.send(ok(*rep.sent()))
+    r1, _ = rep.sent()
+    rep.send(ok(r1, last=1))  # "success", yet it holds only entry 1 of 1..2
+    assert rep.grants() == []
+    [probe] = rep.sent()
+    assert probe.prev_log_index == 1
+
+
+def test_higher_term_tells_the_node_and_stops_sending() -> None:
+    rep = Rep([1] * 4, next_index=5)
+    [probe] = rep.sent()
+    rep.send(AppendEntriesResponse(TERM + 2, False, 0, PEER, probe.seq, TERM))
+    assert rep.node.take() == [HigherTermSeen(TERM + 2, PEER)]
+    rep.append(1)
+    rep.harness.advance(2.0)
+    assert rep.sent() == [] and rep.node.told == []
+    assert rep.clock.pending() == 0
+
+
+def test_rpc_timeout_blocks_then_probes_again() -> None:
+    rep = Rep([1] * 4, next_index=5, rpc_timeout=0.35, block_interval=0.25)
+    assert len(rep.sent()) == 1  # the probe, at t=0
+    rep.harness.advance(0.4)  # the tick at 0.4 finds it 0.4 old
+    assert rep.actor.blocked
+    assert str(rep.actor) == "PROBE next=5 match=0 inflight=0 blocked"
+    rep.harness.advance(0.2)  # t=0.6: still blocked, ticks send nothing
+    assert rep.sent() == []
+    rep.harness.advance(0.1)  # unblocked at 0.65
+    assert spans(rep.sent()) == [(2, 4, 0)]
+    assert not rep.actor.blocked
+
+
+def test_timeout_in_replicate_resumes_at_the_oldest_unacknowledged_entry() -> None:
+    rep = Rep([1] * 6, next_index=1, rpc_timeout=0.35, block_interval=0.25)
+    rep.send(ok(*rep.sent()))
+    r1, r2, _ = rep.sent()
+    rep.send(ok(r1))
+    assert rep.grants() == [2]
+    rep.harness.advance(0.7)  # r2 times out at the 0.4 tick; unblocked at 0.65
+    [probe] = rep.sent()
+    assert spans([probe]) == [(5, 2, 0)]
+    rep.send(ok(r2))  # a response of the old pipeline: stale
+    assert rep.sent() == [] and rep.grants() == []
+    rep.send(ok(probe))
+    assert spans(rep.sent()) == [(6, 2, 2), (7, 4, 2)]
+
+
+def test_failed_send_blocks_without_a_retry_loop() -> None:
+    class Failing(RecordingTransport):
+        attempts = 0
+
+        def send(self, to: str, message: RpcMessage) -> None:
+            self.attempts += 1
+            raise OSError("down")
+
+    rep = Rep([1] * 2, next_index=3, block_interval=0.25)
+    rep.send(ok(*rep.sent()))
+    failing = Failing(LEADER)
+    rep.actor.transport = failing
+    rep.append(1)  # REPLICATE: this send fails
+    assert rep.actor.blocked and failing.attempts == 1
+    rep.harness.advance(0.2)  # blocked: the ticks at 0.1 and 0.2 try nothing
+    assert failing.attempts == 1
+    rep.actor.transport = rep.transport
+    rep.harness.advance(0.1)  # unblocked at 0.25: probe from the unsent entry on
+    assert spans(rep.sent()) == [(3, 2, 0)]
+
+
+def test_heartbeats_only_when_the_pipeline_is_idle() -> None:
+    rep = Rep([1, 2], next_index=3, committed=1)
+    rep.send(ok(*rep.sent()))
+    rep.harness.advance(HEARTBEAT)
+    [beat] = rep.sent()
+    assert beat == AppendEntriesRequest(TERM, LEADER, 2, 2, (), 1, 2)
+    rep.harness.advance(HEARTBEAT)  # the heartbeat is still in flight: nothing more
+    assert rep.sent() == []
+    rep.send(ok(beat))
+    rep.view.set_committed(2)
+    rep.harness.advance(HEARTBEAT)
+    [beat] = rep.sent()
+    assert (beat.seq, beat.committed_index) == (3, 2)  # heartbeats carry the commit index
+    assert rep.ballot_box.take() == [Grant(PEER, 2, TERM)]  # the probe's; heartbeats add none
+
+
+def test_log_appended_wakes_a_replicating_replicator() -> None:
+    rep = Rep([1], next_index=2)
+    rep.send(ok(*rep.sent()))
+    rep.append(1, 1, 1)
+    assert spans(rep.sent()) == [(2, 1, 2), (3, 3, 1)]
+
+
+def test_peer_contact_about_once_per_heartbeat() -> None:
+    rep = Rep([1, 1], next_index=3)
+    rep.harness.advance(0.05)
+    rep.send(ok(*rep.sent()))
+    rep.harness.advance(0.05)  # the tick at 0.1
+    assert rep.node.take() == [PeerContact(PEER, TERM, 0.05, "REPLICATE next=3 match=2 inflight=0")]
+    rep.harness.advance(0.15)  # the 0.2 tick sends a heartbeat, nobody answers it
+    assert rep.node.take() == []
+    [beat] = rep.sent()
+    rep.send(ok(beat))
+    rep.harness.advance(0.1)
+    [contact] = rep.node.take()
+    assert contact.last_response_at == pytest.approx(0.25)
+
+
+def test_stop_cancels_timers() -> None:
+    rep = Rep([1], next_index=2)
+    rep.sent()
+    rep.harness.stop()
+    rep.harness.advance(5.0)
+    assert rep.sent() == [] and rep.clock.pending() == 0
