@@ -1,0 +1,255 @@
+"""Benchmark the replicated KV service on this machine: a local 3-peer cluster, 100-byte values.
+
+    python bench/bench_service.py [--seconds 5] [--no-fsync] [--clients 64]
+
+Measures, and prints as a table:
+  (a) one client doing synchronous puts through KVClient: puts/s, p50/p99 latency;
+  (b) many concurrent clients (64 by default, one request in flight each): puts/s, p50/p99;
+  (c) commands applied through the embedding facade inside the leader's process, many in
+      flight (how PySyncObj is usually measured): commands/s;
+then each peer's resident memory. Peers are real processes (launcher.py run --self); for (c)
+the leader is hosted in this process and the followers are processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from actors.configuration import Configuration  # noqa: E402
+from actors.kv_store import KVStateMachine  # noqa: E402
+from actors.options import NodeOptions, RaftOptions  # noqa: E402
+from actors.raft_node import RaftNode  # noqa: E402
+from storage.log_storage import SegmentLogStorage  # noqa: E402
+from storage.meta_storage import FileMetaStorage  # noqa: E402
+from transport import codec  # noqa: E402
+from transport.client import KVClient  # noqa: E402
+from transport.kv_protocol import PUT, KVCommand, LoggedCommand, encode_command, encode_logged  # noqa: E402
+from transport.kv_server import KVServer  # noqa: E402
+from transport.rpc import ClientRequest, ClientResponse, ClientStatus  # noqa: E402
+from transport.zmq_transport import ZmqTransport  # noqa: E402
+
+LAUNCHER = str(ROOT / "launcher.py")
+VALUE = "v" * 100
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_peer(
+    peer: str, peers: list[str], data: Path, fsync: bool, timeout_ms: int
+) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        LAUNCHER,
+        "run",
+        "--self",
+        peer,
+        "--peers",
+        ",".join(peers),
+        "--data-dir",
+        str(data),
+        "--election-timeout-ms",
+        str(timeout_ms),
+        "--log-level",
+        "WARNING",
+    ]
+    return subprocess.Popen(args + ([] if fsync else ["--no-fsync"]), stdout=subprocess.DEVNULL)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def wait_leader(peers: list[str], deadline_s: float = 30.0) -> str:
+    end = time.monotonic() + deadline_s
+    with KVClient(peers, timeout=10.0) as client:
+        client.put("warmup", "x")  # returns once a leader has committed it
+        while time.monotonic() < end:
+            leaders = [s["id"] for s in client.status() if s.get("role") == "leader"]
+            if len(leaders) == 1:
+                return leaders[0]
+    raise RuntimeError("no leader")
+
+
+def bench_sync_client(peers: list[str], seconds: float) -> dict[str, float]:
+    latencies = []
+    with KVClient(peers, timeout=10.0) as client:
+        for n in range(50):  # warm up: connections, leader found
+            client.put(f"w{n}", VALUE)
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            client.put(f"sync-{n}", VALUE)
+            latencies.append(time.perf_counter() - start)
+            n += 1
+    return {
+        "ops/s": len(latencies) / seconds,
+        "p50 ms": 1000 * percentile(latencies, 0.5),
+        "p99 ms": 1000 * percentile(latencies, 0.99),
+    }
+
+
+def bench_concurrent(leader: str, clients: int, seconds: float) -> dict[str, float]:
+    """`clients` DEALER sockets, one request in flight each, all driven from one thread."""
+    context = zmq.Context()
+    poller = zmq.Poller()
+    sockets: list[tuple[zmq.Socket[bytes], str]] = []
+    for _ in range(clients):
+        client_id = f"bench-{uuid.uuid4().hex}"
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, client_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{leader}")
+        poller.register(sock, zmq.POLLIN)
+        sockets.append((sock, client_id))
+    seqs = dict.fromkeys((cid for _, cid in sockets), 0)
+    sent_at: dict[str, float] = {}
+    ids = itertools.count(1)
+    latencies: list[float] = []
+    errors = 0
+
+    def send(sock: zmq.Socket[bytes], client_id: str) -> None:
+        seqs[client_id] += 1
+        command = encode_command(KVCommand(PUT, f"{client_id}-{seqs[client_id]}", VALUE))
+        sock.send(codec.encode(ClientRequest(client_id, next(ids), seqs[client_id], command)))
+        sent_at[client_id] = time.perf_counter()
+
+    by_socket = {sock: cid for sock, cid in sockets}
+    for sock, cid in sockets:
+        send(sock, cid)
+    start = time.monotonic()
+    end = start + seconds
+    while time.monotonic() < end:
+        for sock, _ in poller.poll(1000):
+            reply = codec.decode(sock.recv())
+            assert isinstance(reply, ClientResponse)
+            cid = by_socket[sock]
+            if reply.status == ClientStatus.OK:
+                latencies.append(time.perf_counter() - sent_at[cid])
+            else:
+                errors += 1
+            send(sock, cid)
+    elapsed = time.monotonic() - start
+    for sock, _ in sockets:
+        sock.close()
+    context.term()
+    return {
+        "ops/s": len(latencies) / elapsed,
+        "p50 ms": 1000 * percentile(latencies, 0.5),
+        "p99 ms": 1000 * percentile(latencies, 0.99),
+        "errors": errors,
+    }
+
+
+def bench_embedded(
+    data: Path, fsync: bool, seconds: float, window: int = 4096
+) -> tuple[dict[str, float], list[subprocess.Popen[bytes]]]:
+    """Host the leader in this process (short election timeout so it wins) and apply commands
+    through RaftNode.apply_batch, keeping `window` commands in flight."""
+    peers = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    me = peers[0]
+    followers = [start_peer(p, peers, data / "embedded", fsync, 5000) for p in peers[1:]]
+    host, port = me.split(":")
+    peer_dir = data / "embedded" / f"{host}_{port}"
+    peer_dir.mkdir(parents=True)
+    transport = ZmqTransport(me, f"tcp://{me}", peers)
+    node = RaftNode.start(
+        NodeOptions(me, Configuration.of(peers), RaftOptions(election_timeout=0.3)),
+        KVStateMachine(),
+        SegmentLogStorage(peer_dir / "log", sync=fsync),
+        FileMetaStorage(peer_dir / "meta"),
+        transport,
+    )
+    KVServer(node, transport)
+    while not node.is_leader:
+        time.sleep(0.05)
+    command = encode_logged(LoggedCommand("embedded", 0, KVCommand(PUT, "k", VALUE)))
+    batch = 256
+    inflight: list[Any] = []
+    done = 0
+    start = time.monotonic()
+    end = start + seconds
+    while time.monotonic() < end:
+        while len(inflight) * batch < window:
+            inflight.append(node.apply_batch([command] * batch))
+        for future in inflight.pop(0):
+            future.get(timeout=30)
+        done += batch
+    elapsed = time.monotonic() - start
+    for futures in inflight:
+        for future in futures:
+            future.get(timeout=30)
+    rss = psutil.Process().memory_info().rss / 2**20
+    node.stop()
+    return {"ops/s": done / elapsed, "leader RSS MiB": rss}, followers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--no-fsync", action="store_true")
+    args = parser.parse_args()
+    fsync = not args.no_fsync
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        data = Path(tmp)
+        peers = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        procs = [start_peer(p, peers, data / "cluster", fsync, 1000) for p in peers]
+        try:
+            leader = wait_leader(peers)
+            rows = [
+                ("(a) 1 sync client", bench_sync_client(peers, args.seconds)),
+                (
+                    f"(b) {args.clients} concurrent clients",
+                    bench_concurrent(leader, args.clients, args.seconds),
+                ),
+            ]
+            rss = {
+                p: psutil.Process(proc.pid).memory_info().rss / 2**20
+                for p, proc in zip(peers, procs, strict=True)
+            }
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=15)
+        embedded, followers = bench_embedded(data, fsync, args.seconds)
+        for proc in followers:
+            proc.terminate()
+            proc.wait(timeout=15)
+        rows.append(("(c) embedded facade, many in flight", embedded))
+    print(f"\n3 peers, 100-byte values, fsync {'on' if fsync else 'OFF'}, {args.seconds:.0f}s each")
+    for name, result in rows:
+        cells = "  ".join(
+            f"{k}={v:,.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+        )
+        print(f"{name:40s} {cells}")
+    print("peer RSS after (a)+(b): " + ", ".join(f"{p}={m:.1f} MiB" for p, m in rss.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""pykka-raft launcher: run a replicated KV service, or talk to one.
+
+    python launcher.py [run] [--peers H:P,...] [--self H:P] [--data-dir DIR]
+                       [--election-timeout-ms N] [--log-level LEVEL]
+    python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
+                                            | cas KEY EXPECTED NEW | status
+
+Without --self, `run` starts one OS process per peer on this machine (each is `run --self`),
+supervises them (a peer that dies is reported and restarted after a back-off), says who leads,
+and stops them all on SIGINT/SIGTERM. With --self it runs that one peer in the foreground.
+Each peer keeps its data in DIR/<host>_<port>/ either way.
+
+Exit codes: 0 success; 1 a definite failure (the service refused, a peer could not start);
+2 bad command-line input; 3 a client timeout (the outcome is unknown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transport.peers import parse_peer, parse_peers
+
+DEFAULT_PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+DEFAULT_DATA_DIR = "./raft-data"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)  # wait before the n-th restart of a crashed peer
+STABLE_AFTER = 60.0  # a peer up this long has its back-off reset
+STOP_GRACE = 10.0  # seconds a peer gets to stop after SIGTERM before it is killed
+SUPERVISOR_TICK = 0.2
+
+log = logging.getLogger("launcher")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported with exit code 2."""
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launcher.py", description="Run or use a pykka-raft replicated KV service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the service (the default command)")
+    run.add_argument("--peers", default=DEFAULT_PEERS, help="comma-separated HOST:PORT list")
+    run.add_argument("--self", dest="self_id", metavar="H:P", help="run only this peer")
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    run.add_argument("--election-timeout-ms", type=int, default=1000)
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    )
+    run.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="never fsync the log (benchmarks only: a power failure loses acknowledged data)",
+    )
+    run.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
+
+    client = commands.add_parser("client", help="send one operation to the service")
+    client.add_argument("--peers", default=DEFAULT_PEERS, help="comma-separated HOST:PORT list")
+    client.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    ops = client.add_subparsers(dest="op", required=True, metavar="OPERATION")
+    put = ops.add_parser("put", help="set KEY to VALUE")
+    put.add_argument("key")
+    put.add_argument("value")
+    ops.add_parser("get", help="print KEY's value, or (nil)").add_argument("key")
+    ops.add_parser("delete", help="delete KEY; prints whether it existed").add_argument("key")
+    cas = ops.add_parser("cas", help="set KEY to NEW if it holds EXPECTED; prints true/false")
+    cas.add_argument("key")
+    cas.add_argument("expected", help="the value KEY must hold (with --if-absent: omit it)")
+    cas.add_argument("new", nargs="?")
+    cas.add_argument("--if-absent", action="store_true", help="swap only if KEY is absent")
+    ops.add_parser("status", help="print one JSON object per peer")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    if not argv or argv[0] not in ("run", "client", "-h", "--help"):
+        argv.insert(0, "run")  # `run` is the default command
+    return build_parser().parse_args(argv)
+
+
+def _peers(text: str) -> list[str]:
+    try:
+        return parse_peers(text)
+    except ValueError as error:
+        raise UsageError(f"--peers: {error}") from None
+
+
+def _setup_logging(level: str, who: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {who} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _on_signals(stop: threading.Event) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+# -- one peer ---------------------------------------------------------------------------------
+
+
+def run_peer(args: argparse.Namespace, peers: list[str]) -> int:
+    """Run one peer in the foreground until SIGINT/SIGTERM (or its supervisor dies)."""
+    from actors.configuration import Configuration
+    from actors.errors import OptionsError
+    from actors.kv_store import KVStateMachine
+    from actors.options import NodeOptions, RaftOptions
+    from actors.raft_node import RaftNode
+    from storage.errors import StorageError
+    from storage.log_storage import SegmentLogStorage
+    from storage.meta_storage import FileMetaStorage
+    from transport.errors import BindError
+    from transport.kv_server import KVServer
+    from transport.zmq_transport import ZmqTransport
+
+    self_id: str = args.self_id
+    host, port = parse_peer(self_id)
+    try:
+        options = NodeOptions(
+            self_id,
+            Configuration.of(peers),
+            RaftOptions(election_timeout=args.election_timeout_ms / 1000),
+        )
+    except OptionsError as error:
+        raise UsageError(str(error)) from None
+    peer_dir = Path(args.data_dir) / f"{host}_{port}"
+    try:
+        peer_dir.mkdir(parents=True, exist_ok=True)
+        log_storage = SegmentLogStorage(peer_dir / "log", sync=not args.no_fsync)
+        meta = FileMetaStorage(peer_dir / "meta")
+    except (StorageError, OSError) as error:
+        print(f"{self_id}: cannot use data directory {peer_dir}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    stop = threading.Event()
+    _on_signals(stop)
+    transport = ZmqTransport(self_id, f"tcp://{host}:{port}", peers)
+    try:
+        node = RaftNode.start(options, KVStateMachine(), log_storage, meta, transport)
+    except BindError as error:
+        print(f"{self_id}: cannot listen: {error.reason} (port {port} in use?)", file=sys.stderr)
+        return EXIT_FAILURE
+    KVServer(node, transport)
+    print(f"peer {self_id} serving (pid {os.getpid()}, data in {peer_dir})", flush=True)
+    while not stop.wait(1.0):
+        if args.supervisor_pid and not _alive(args.supervisor_pid):
+            log.warning("supervisor %d is gone; stopping", args.supervisor_pid)
+            break
+    node.stop()
+    print(f"peer {self_id} stopped", flush=True)
+    return EXIT_OK
+
+
+def _alive(supervisor_pid: int) -> bool:
+    # An orphan is re-parented, so a changed parent means the supervisor is gone.
+    return os.getppid() == supervisor_pid
+
+
+# -- a local cluster --------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    peer: str
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start_at: float = 0.0
+
+
+def supervise(args: argparse.Namespace, peers: list[str]) -> int:
+    """Run every peer as a child process; restart the ones that die; report the leader."""
+    for peer in peers:
+        problem = _port_problem(peer)
+        if problem:
+            print(f"cannot start {peer}: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
+    stop = threading.Event()
+    _on_signals(stop)
+    children = {peer: _Child(peer) for peer in peers}
+    leader: tuple[str, int] | None = None
+    next_status = 0.0
+    print(f"starting {len(peers)} peers; data in {Path(args.data_dir).resolve()}", flush=True)
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            for child in children.values():
+                failure = _tend(child, args, peers, now)
+                if failure:
+                    print(failure, file=sys.stderr)
+                    return EXIT_FAILURE
+            if now >= next_status:
+                next_status = now + 1.0
+                leader = _report_leader(peers, leader)
+            stop.wait(SUPERVISOR_TICK)
+    finally:
+        _stop_children(children.values())
+    print("all peers stopped", flush=True)
+    return EXIT_OK
+
+
+def _tend(child: _Child, args: argparse.Namespace, peers: list[str], now: float) -> str | None:
+    """Start, or notice the death of, one child. Returns a message if the cluster must stop."""
+    process = child.process
+    if process is not None:
+        code = process.poll()
+        if code is None:
+            if now - child.started_at > STABLE_AFTER:
+                child.restarts = 0
+            return None
+        child.process = None
+        if code == EXIT_USAGE:
+            return f"peer {child.peer} refused its arguments (exit {code}); stopping"
+        delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+        child.restarts += 1
+        child.next_start_at = now + delay
+        print(
+            f"peer {child.peer} (pid {process.pid}) exited with code {code}; "
+            f"restarting in {delay:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    if now >= child.next_start_at:
+        child.process = subprocess.Popen(_peer_command(child.peer, args, peers))
+        child.started_at = now
+    return None
+
+
+def _peer_command(peer: str, args: argparse.Namespace, peers: list[str]) -> list[str]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "run",
+        "--self",
+        peer,
+        "--peers",
+        ",".join(peers),
+        "--data-dir",
+        args.data_dir,
+        "--election-timeout-ms",
+        str(args.election_timeout_ms),
+        "--log-level",
+        args.log_level,
+        "--supervisor-pid",
+        str(os.getpid()),
+    ]
+    return [*command, "--no-fsync"] if args.no_fsync else command
+
+
+def _port_problem(peer: str) -> str | None:
+    host, port = parse_peer(peer)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return f"{host}:{port} is not available here ({error.strerror})"
+    return None
+
+
+def _report_leader(peers: list[str], known: tuple[str, int] | None) -> tuple[str, int] | None:
+    from transport.client import KVClient
+
+    with KVClient(peers, timeout=0.5) as client:
+        statuses = client.status()
+    leaders = [(s["id"], s["term"]) for s in statuses if s.get("role") == "leader"]
+    if not leaders:
+        return known
+    current = max(leaders, key=lambda pair: pair[1])
+    if current != known:
+        print(f"leader: {current[0]} (term {current[1]})", flush=True)
+    return current
+
+
+def _stop_children(children: Any) -> None:
+    running = [c.process for c in children if c.process is not None and c.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"peer pid {process.pid} did not stop in time; killing it", file=sys.stderr)
+            process.kill()
+            process.wait()
+
+
+def run_service(args: argparse.Namespace) -> int:
+    peers = _peers(args.peers)
+    if args.election_timeout_ms <= 0:
+        raise UsageError("--election-timeout-ms must be a positive number of milliseconds")
+    if args.self_id is not None:
+        try:
+            parse_peer(args.self_id)
+        except ValueError as error:
+            raise UsageError(f"--self: {error}") from None
+        if args.self_id not in peers:
+            raise UsageError(f"--self {args.self_id} is not among --peers {','.join(peers)}")
+        _setup_logging(args.log_level, args.self_id)
+        return run_peer(args, peers)
+    _setup_logging(args.log_level, "launcher")
+    return supervise(args, peers)
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from transport.client import ClientTimeout, KVClient, KVError
+
+    peers = _peers(args.peers)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if args.op == "cas":
+        if args.if_absent == (args.new is not None):
+            raise UsageError("cas takes KEY EXPECTED NEW, or --if-absent KEY NEW")
+        expected, new = (None, args.expected) if args.if_absent else (args.expected, args.new)
+    try:
+        with KVClient(peers, timeout=args.timeout) as client:
+            if args.op == "put":
+                client.put(args.key, args.value)
+                print("OK")
+            elif args.op == "get":
+                value = client.get(args.key)
+                print("(nil)" if value is None else value)
+            elif args.op == "delete":
+                print(json.dumps(client.delete(args.key)))
+            elif args.op == "cas":
+                print(json.dumps(client.cas(args.key, expected, new)))
+            else:
+                statuses = client.status()
+                for status in statuses:
+                    print(json.dumps(status, sort_keys=True))
+                if all(s.get("role") == "unreachable" for s in statuses):
+                    print("error: no peer answered", file=sys.stderr)
+                    return EXIT_FAILURE
+    except ClientTimeout as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except KVError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "client":
+            return run_client(args)
+        return run_service(args)
+    except UsageError as error:
+        print(f"launcher.py: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The KV state machine and its command encoding: semantics, exactly-once sessions (§6.3),
+deterministic session expiry, and validation of everything that arrives from the network."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from actors.kv_store import STALE, InvalidCommand, KVStateMachine
+from actors.state_machine import Command
+from transport.errors import DecodeError
+from transport.kv_protocol import (
+    CAS,
+    DELETE,
+    GET,
+    PUT,
+    KVCommand,
+    LoggedCommand,
+    decode_command,
+    decode_logged,
+    encode_command,
+    encode_logged,
+)
+
+
+class Log:
+    """Feeds commands to a state machine with consecutive log indexes."""
+
+    def __init__(self, sm: KVStateMachine) -> None:
+        self.sm = sm
+        self.index = 0
+
+    def apply(
+        self, client: str, seq: int, op: str, key: str, a: str | None = None, b: str | None = None
+    ) -> object:
+        self.index += 1
+        data = encode_logged(LoggedCommand(client, seq, KVCommand(op, key, a, b)))
+        return self.sm.on_apply([Command(self.index, 1, data)])[0]
+
+
+@pytest.fixture
+def log() -> Log:
+    return Log(KVStateMachine(session_ttl_entries=100))
+
+
+def test_put_get_delete_cas_semantics(log: Log) -> None:
+    assert log.apply("c", 0, GET, "k") is None
+    assert log.apply("c", 1, PUT, "k", "v") is None
+    assert log.apply("c", 0, GET, "k") == "v"
+    assert log.apply("c", 2, CAS, "k", "nope", "w") is False
+    assert log.apply("c", 3, CAS, "k", "v", "w") is True
+    assert log.apply("c", 4, CAS, "new", None, "x") is True  # expected None: only if absent
+    assert log.apply("c", 5, CAS, "new", None, "y") is False
+    assert log.apply("c", 6, DELETE, "k") is True
+    assert log.apply("c", 7, DELETE, "k") is False
+    assert log.sm.data == {"new": "x"}
+
+
+def test_a_retried_write_is_answered_not_applied_again(log: Log) -> None:
+    assert log.apply("c", 1, CAS, "k", None, "first") is True
+    log.apply("other", 1, PUT, "k", "changed")
+    # The retry of seq 1 (say the first answer was lost) gets the remembered answer, and does
+    # not run again against the changed state (where it would now return False).
+    assert log.apply("c", 1, CAS, "k", None, "first") is True
+    assert log.sm.data["k"] == "changed"
+
+
+def test_a_delayed_older_request_is_not_applied(log: Log) -> None:
+    log.apply("c", 2, PUT, "k", "new")
+    assert log.apply("c", 1, PUT, "k", "old") is STALE
+    assert log.sm.data["k"] == "new"
+
+
+def test_sessions_expire_by_log_index_identically_on_every_replica() -> None:
+    replicas = [Log(KVStateMachine(session_ttl_entries=10)) for _ in range(2)]
+    for replica in replicas:
+        replica.apply("idle", 1, PUT, "a", "1")
+        for n in range(10):
+            replica.apply("busy", n + 1, PUT, "b", str(n))
+    assert [sorted(r.sm.sessions) for r in replicas] == [["busy"], ["busy"]]
+    # With its session gone, a very late retry of "idle" seq 1 is a new request again.
+    assert replicas[0].apply("idle", 1, PUT, "a", "1") is None
+
+
+def test_an_undecodable_entry_is_an_error_result_and_changes_nothing(log: Log) -> None:
+    log.apply("c", 1, PUT, "k", "v")
+    (result,) = log.sm.on_apply([Command(99, 1, b"\xc1garbage")])
+    assert isinstance(result, InvalidCommand)
+    assert log.sm.data == {"k": "v"}
+
+
+def test_commands_round_trip() -> None:
+    for command in (KVCommand(PUT, "k", "v"), KVCommand(GET, "k"), KVCommand(CAS, "k", None, "n")):
+        assert decode_command(encode_command(command)) == command
+    logged = LoggedCommand("client-1", 7, KVCommand(DELETE, "k"))
+    assert decode_logged(encode_logged(logged)) == logged
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb(["put", "k", "v"]),  # wrong arity
+        msgpack.packb(["drop_table", "k", None, None]),
+        msgpack.packb(["put", "", "v", None]),  # empty key
+        msgpack.packb(["put", 5, "v", None]),
+        msgpack.packb(["put", "k", None, None]),  # put without a value
+        msgpack.packb(["cas", "k", "v", None]),  # cas without a new value
+        msgpack.packb(["put", "k", b"bytes", None]),
+        msgpack.packb(["put", "k" * 5000, "v", None]),
+        msgpack.packb({"op": "put"}),
+    ],
+)
+def test_malformed_commands_are_refused_with_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_command(payload)

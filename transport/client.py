@@ -1,0 +1,235 @@
+"""KVClient: the public client of the replicated KV service (see DESIGN.md, public contract).
+
+    c = KVClient(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"], timeout=5.0)
+    c.put("k", "v"); c.get("k"); c.delete("k"); c.cas("k", "v", "w"); c.status(); c.close()
+
+It finds the leader itself: it remembers who answered last, follows NOT_LEADER redirect hints,
+and moves on to another peer when one is down, slow or not leading, until `timeout` runs out.
+
+Errors:
+- ClientTimeout: no definite answer in time. The operation MAY OR MAY NOT have taken effect.
+- CommandError: a definite failure (bad command, node in ERROR); nothing was applied.
+
+Exactly-once writes: the client has a random id and numbers its writes; a retried write keeps
+its sequence number, and the state machine answers a duplicate from its session instead of
+applying it twice (Raft dissertation §6.3).
+
+Thread-safety: a KVClient is safe to share between threads, but it serialises their requests
+(one in flight per client, which the exactly-once sessions require). For parallel requests,
+use one client per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from transport import codec
+from transport.errors import DecodeError, TransportError
+from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_result, encode_command
+from transport.peers import parse_peer
+from transport.rpc import ClientRequest, ClientResponse, ClientStatus, StatusRequest, StatusResponse
+
+_NO_LEADER_PAUSE = 0.05  # after every peer said "no leader" (an election is on): wait a little
+_CONNECT_WAIT_MS = 200  # how long a send waits for a connection to a peer to come up
+
+
+class KVError(Exception):
+    """Base class of KVClient errors."""
+
+
+class ClientTimeout(KVError):
+    """No definite answer in time: the operation may or may not have taken effect."""
+
+
+class CommandError(KVError):
+    """The service refused the operation definitely; it was not applied."""
+
+
+class KVClient:
+    def __init__(
+        self,
+        peers: Sequence[str],
+        timeout: float = 5.0,
+        *,
+        attempt_timeout: float | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        if not peers:
+            raise ValueError("KVClient needs at least one peer")
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        for peer in peers:
+            parse_peer(peer)  # a clear ValueError for a malformed address
+        self.peers = list(peers)
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout or min(1.0, timeout)
+        self.client_id = f"client-{uuid.uuid4().hex}"
+        self._context = context or zmq.Context.instance()
+        self._sockets: dict[str, zmq.Socket[bytes]] = {}
+        self._leader: str | None = None
+        self._seq = 0
+        self._request_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def put(self, key: str, value: str) -> None:
+        self._call(KVCommand(PUT, key, value))
+
+    def get(self, key: str) -> str | None:
+        value: str | None = self._call(KVCommand(GET, key))
+        return value
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(KVCommand(DELETE, key)))
+
+    def cas(self, key: str, expected: str | None, new: str) -> bool:
+        """Set `key` to `new` if it holds `expected` (None: only if absent)."""
+        return bool(self._call(KVCommand(CAS, key, expected, new)))
+
+    def status(self) -> list[dict[str, Any]]:
+        """One dict per peer, in the order given: id, role, term, leader, commit_index,
+        applied_index, last_log_index, pid; {"id", "role": "unreachable"} for a silent peer."""
+        with self._lock:
+            self._check_open()
+            wanted: dict[int, str] = {}
+            for peer in self.peers:
+                request_id = next(self._request_ids)
+                if self._send(peer, StatusRequest(self.client_id, request_id)):
+                    wanted[request_id] = peer
+            answers: dict[str, dict[str, Any]] = {}
+            deadline = time.monotonic() + self.attempt_timeout
+            while len(answers) < len(wanted) and time.monotonic() < deadline:
+                for reply in self._receive_any(deadline):
+                    source = wanted.get(reply.request_id)
+                    if isinstance(reply, StatusResponse) and source is not None:
+                        answers[source] = dict(reply.status)
+            return [answers.get(p, {"id": p, "role": "unreachable"}) for p in self.peers]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for sock in self._sockets.values():
+                sock.close(linger=0)
+            self._sockets.clear()
+
+    def __enter__(self) -> KVClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- leader finding and retries ----------------------------------------------------------
+
+    def _call(self, command: KVCommand) -> Any:
+        payload = encode_command(command)  # validates nothing server-side would refuse later
+        with self._lock:
+            self._check_open()
+            if not command.is_read:
+                self._seq += 1  # kept across retries: that is what makes them idempotent
+            seq = 0 if command.is_read else self._seq
+            deadline = time.monotonic() + self.timeout
+            peer = self._leader or self.peers[0]
+            refusals = 0
+            while time.monotonic() < deadline:
+                request_id = next(self._request_ids)
+                request = ClientRequest(self.client_id, request_id, seq, payload)
+                reply = None
+                if self._send(peer, request):
+                    reply = self._await(
+                        request_id, min(deadline, time.monotonic() + self.attempt_timeout)
+                    )
+                if reply is None or reply.status == ClientStatus.UNKNOWN:
+                    self._leader = None  # silent, down, or lost leadership: ask someone else
+                    peer = self._next_peer(peer)
+                elif reply.status == ClientStatus.OK:
+                    self._leader = peer
+                    return decode_result(reply.result)
+                elif reply.status == ClientStatus.NOT_LEADER:
+                    hint = reply.leader_hint
+                    if hint in self.peers and hint != peer:
+                        peer = hint
+                        continue
+                    peer = self._next_peer(peer)
+                    refusals += 1
+                    if refusals % len(self.peers) == 0:
+                        time.sleep(_NO_LEADER_PAUSE)  # nobody leads yet: an election is on
+                else:
+                    raise CommandError(reply.message or "refused by the service")
+            raise ClientTimeout(
+                f"no definite answer within {self.timeout}s; the operation may or may not have "
+                "taken effect"
+            )
+
+    def _next_peer(self, peer: str) -> str:
+        return self.peers[(self.peers.index(peer) + 1) % len(self.peers)]
+
+    def _socket(self, peer: str) -> zmq.Socket[bytes]:
+        sock = self._sockets.get(peer)
+        if sock is None:
+            host, port = parse_peer(peer)
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer that is not connected
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.connect(f"tcp://{host}:{port}")
+            self._sockets[peer] = sock
+        return sock
+
+    def _send(self, peer: str, message: ClientRequest | StatusRequest) -> bool:
+        """Hand `message` to the peer's socket; False if the peer is not reachable now."""
+        sock = self._socket(peer)
+        frame = codec.encode(message)
+        for attempt in range(2):
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                # IMMEDIATE: nothing is queued while unconnected. A new socket needs a moment
+                # to connect, so wait once for it to become writable.
+                if attempt == 0 and not sock.poll(_CONNECT_WAIT_MS, zmq.POLLOUT):
+                    return False
+            except zmq.ZMQError as exc:
+                raise TransportError(f"cannot send to {peer}: {exc}") from exc
+        return False
+
+    def _await(self, request_id: int, deadline: float) -> ClientResponse | None:
+        while time.monotonic() < deadline:
+            for reply in self._receive_any(deadline):
+                if isinstance(reply, ClientResponse) and reply.request_id == request_id:
+                    return reply
+                # Anything else answers an earlier attempt: its outcome is moot now.
+        return None
+
+    def _receive_any(self, deadline: float) -> list[Any]:
+        poller = zmq.Poller()
+        for sock in self._sockets.values():
+            poller.register(sock, zmq.POLLIN)
+        timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        replies = []
+        for sock, _ in poller.poll(timeout_ms):
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    replies.append(codec.decode(frame))
+                except DecodeError:
+                    continue  # garbage from a peer is not the client's problem
+        return replies
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KVError("client is closed")

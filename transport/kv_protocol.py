@@ -1,0 +1,103 @@
+"""The KV service's commands and results: what travels inside ClientRequest.command,
+ClientResponse.result and the replicated log.
+
+A client command is msgpack [op, key, arg1, arg2]; the log entry the server proposes for it adds
+the client's session: [client_id, seq, op, key, arg1, arg2]. Results are msgpack values
+(None, str or bool). Everything decoded from the network is validated here, before Raft sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from transport.errors import DecodeError
+
+PUT, GET, DELETE, CAS = "put", "get", "delete", "cas"
+OPS = frozenset((PUT, GET, DELETE, CAS))
+MAX_KEY_BYTES = 4096
+MAX_VALUE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KVCommand:
+    """put(key, arg1); get(key); delete(key); cas(key, expected=arg1, new=arg2)."""
+
+    op: str
+    key: str
+    arg1: str | None = None
+    arg2: str | None = None
+
+    @property
+    def is_read(self) -> bool:
+        return self.op == GET
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedCommand:
+    """A command as replicated: with the session that makes retries idempotent (§6.3)."""
+
+    client_id: str
+    seq: int
+    command: KVCommand
+
+
+def encode_command(command: KVCommand) -> bytes:
+    return msgpack.packb([command.op, command.key, command.arg1, command.arg2])
+
+
+def decode_command(data: bytes) -> KVCommand:
+    fields = _unpack(data, 4)
+    return _command(fields)
+
+
+def encode_logged(logged: LoggedCommand) -> bytes:
+    c = logged.command
+    return msgpack.packb([logged.client_id, logged.seq, c.op, c.key, c.arg1, c.arg2])
+
+
+def decode_logged(data: bytes) -> LoggedCommand:
+    fields = _unpack(data, 6)
+    client_id, seq = fields[0], fields[1]
+    if not isinstance(client_id, str) or type(seq) is not int or seq < 0:
+        raise DecodeError("bad session in logged command")
+    return LoggedCommand(client_id, seq, _command(fields[2:]))
+
+
+def encode_result(value: Any) -> bytes:
+    return msgpack.packb(value)
+
+
+def decode_result(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise DecodeError(f"bad result: {exc}") from None
+
+
+def _unpack(data: bytes, arity: int) -> list[Any]:
+    try:
+        fields = msgpack.unpackb(data, raw=False, max_bin_len=0, max_map_len=0)
+    except Exception as exc:
+        raise DecodeError(f"undecodable KV command: {type(exc).__name__}") from None
+    if not isinstance(fields, list) or len(fields) != arity:
+        raise DecodeError(f"a KV command is an array of {arity}")
+    return fields
+
+
+def _command(fields: list[Any]) -> KVCommand:
+    op, key, arg1, arg2 = fields
+    if op not in OPS:
+        raise DecodeError(f"unknown KV operation {op!r}")
+    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+        raise DecodeError("a key is a non-empty string of at most 4 KiB")
+    for arg in (arg1, arg2):
+        if arg is not None and (not isinstance(arg, str) or len(arg.encode()) > MAX_VALUE_BYTES):
+            raise DecodeError("a value is a string of at most 1 MiB, or null")
+    if op == PUT and arg1 is None:
+        raise DecodeError("put needs a value")
+    if op == CAS and arg2 is None:
+        raise DecodeError("cas needs a new value")
+    return KVCommand(op, key, arg1, arg2)
