@@ -1,0 +1,181 @@
+"""How one peer's actors are built, wired and reached: the single recipe shared by RaftNode
+(each actor a pykka thread) and the simulator (each actor driven by a seeded scheduler).
+
+`spawn(actor_class, *args, **kwargs)` constructs and starts an actor and returns its mailbox;
+`stop(mailbox)` stops one. Those two are all that differ between the ways of running.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.ballot_box import BallotBox
+from actors.clock import Clock
+from actors.fsm_caller import FSMCaller
+from actors.log_manager import LogManager
+from actors.log_view import LogView
+from actors.mailbox import Mailbox, MailboxSlot
+from actors.node import Node
+from actors.options import NodeOptions
+from actors.replicator import Replicator
+from actors.state_machine import StateMachine
+from storage.base import LogStorage, MetaStorage
+from transport.base import Transport
+from transport.rpc import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    ClientRequest,
+    InstallSnapshotResponse,
+    RequestVoteRequest,
+    RequestVoteResponse,
+    RpcMessage,
+    StatusRequest,
+    TimeoutNowResponse,
+)
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[..., Mailbox]
+StopActor = Callable[[Mailbox], None]
+ClientHandler = Callable[[RpcMessage], None]
+
+_TO_NODE = (AppendEntriesRequest, RequestVoteRequest, RequestVoteResponse)
+_TO_REPLICATOR = (AppendEntriesResponse, InstallSnapshotResponse, TimeoutNowResponse)
+_FROM_CLIENTS = (ClientRequest, StatusRequest)
+
+
+class Replicators:
+    """The Node's ReplicatorFactory, which also knows where each follower's responses go.
+
+    `start`/`stop` run on the Node's thread; `route` on the transport's thread. `routes` is
+    only changed and read by single dict operations (atomic in CPython)."""
+
+    def __init__(self, build: Callable[[str, int, int], Mailbox], stop: StopActor) -> None:
+        self._build = build
+        self._stop = stop
+        self.routes: dict[str, Mailbox] = {}
+
+    def start(self, peer_id: str, term: int, next_index: int) -> Mailbox:
+        mailbox = self._build(peer_id, term, next_index)
+        self.routes[peer_id] = mailbox
+        return MailboxSlot(f"replicator {peer_id}", mailbox)  # drops, not raises, once stopped
+
+    def stop(self, peer_id: str) -> None:
+        mailbox = self.routes.pop(peer_id, None)
+        if mailbox is not None:
+            self._stop(mailbox)
+
+    def route(self, peer_id: str) -> Mailbox | None:
+        return self.routes.get(peer_id)
+
+
+@dataclass(frozen=True)
+class PeerActors:
+    node: Mailbox
+    log_manager: Mailbox
+    ballot_box: Mailbox
+    fsm_caller: Mailbox
+    view: LogView
+    replicators: Replicators
+
+    def in_stop_order(self) -> list[Mailbox]:
+        """Node first (no new work), then the LogManager (flushes), then the rest."""
+        return [self.node, self.log_manager, self.ballot_box, self.fsm_caller]
+
+
+def assemble_peer(
+    options: NodeOptions,
+    state_machine: StateMachine,
+    log_storage: LogStorage,
+    meta_storage: MetaStorage,
+    transport: Transport,
+    clock: Clock,
+    rng: random.Random,
+    spawn: Spawn,
+    stop: StopActor,
+) -> PeerActors:
+    """Start one peer's actors. Mutual references go through slots, bound before the Node (the
+    only actor that starts work on its own, from a timer) is started."""
+    raft = options.raft
+    peer_id = options.peer_id
+    view = LogView(log_storage, raft.log_tail_entries)
+    node, log_manager, ballot_box, fsm = (MailboxSlot(n) for n in ("node", "lm", "bb", "fsm"))
+
+    def build_replicator(peer: str, term: int, next_index: int) -> Mailbox:
+        return spawn(
+            Replicator,
+            peer,
+            peer_id,
+            term,
+            next_index,
+            view,
+            transport,
+            ballot_box,
+            node,
+            clock,
+            raft,
+        )
+
+    fsm_ref = spawn(FSMCaller, state_machine, view, node, raft)
+    fsm.bind(fsm_ref)
+    bb_ref = spawn(BallotBox, fsm, log_manager)
+    ballot_box.bind(bb_ref)
+    lm_ref = spawn(LogManager, peer_id, view, meta_storage, transport, node, ballot_box, fsm)
+    log_manager.bind(lm_ref)
+    replicators = Replicators(build_replicator, stop)
+    node_ref = spawn(
+        Node,
+        options,
+        term=meta_storage.term,
+        voted_for=meta_storage.voted_for,
+        log_view=view,
+        log_manager=log_manager,
+        transport=transport,
+        replicators=replicators,
+        clock=clock,
+        rng=rng,
+    )
+    node.bind(node_ref)
+    return PeerActors(node_ref, lm_ref, bb_ref, fsm_ref, view, replicators)
+
+
+class Router:
+    """Delivers inbound RPCs to the peer's actors (runs on the transport's thread)."""
+
+    def __init__(self, peer_id: str, actors: PeerActors) -> None:
+        self.peer_id = peer_id
+        self.actors = actors
+        self.client_handler: ClientHandler | None = None
+
+    def deliver(self, message: RpcMessage) -> None:
+        try:
+            if isinstance(message, _TO_REPLICATOR):
+                mailbox = self.actors.replicators.route(message.sender)
+                if mailbox is not None:
+                    mailbox.tell(message)
+            elif isinstance(message, _TO_NODE):
+                self.actors.node.tell(message)
+            elif isinstance(message, _FROM_CLIENTS) and self.client_handler is not None:
+                self.client_handler(message)
+            else:
+                log.debug("%s: no route for %s", self.peer_id, type(message).__name__)
+        except pykka.ActorDeadError:
+            pass  # shutting down, or a replicator that just stopped: the message is moot
+
+
+def spawn_thread(actor_class: type[pykka.ThreadingActor], *args: Any, **kwargs: Any) -> Mailbox:
+    """Production `spawn`: the actor runs on its own pykka thread."""
+    ref: Mailbox = actor_class.start(*args, **kwargs)
+    return ref
+
+
+def stop_thread(mailbox: Mailbox) -> None:
+    """Production `stop` of a replicator: asynchronous, it may be mid-message."""
+    assert isinstance(mailbox, pykka.ActorRef)
+    mailbox.stop(block=False)
