@@ -205,14 +205,21 @@ class Replicator(RaftActor):
             next_index = resp.last_log_index + 1  # jump back to the follower's end
         else:
             next_index = sent.prev_log_index  # step back one entry
+        if next_index <= self.match_index:
+            if sent.count == 0 and sent.prev_log_index == self.match_index:
+                # A probe at the very point the follower acknowledged failed: it lost entries
+                # it had made durable (a broken disk). Repair it from where it really is.
+                log.error(
+                    "replicator %s: follower lost acknowledged entries (match %d, now %d)",
+                    self.peer_id,
+                    self.match_index,
+                    resp.last_log_index,
+                )
+            else:
+                # A refusal overtaken by a later success (requests reordered on the way): the
+                # follower durably holds everything up to match_index, so never go below it.
+                next_index = self.match_index + 1
         self._reset_pipeline(next_index)
-        if self.next_index <= self.match_index:
-            log.error(
-                "replicator %s: follower lost acknowledged entries (match %d, now %d)",
-                self.peer_id,
-                self.match_index,
-                resp.last_log_index,
-            )
         self._send_probe()
 
     # -- sending -----------------------------------------------------------------------------
@@ -290,17 +297,14 @@ class Replicator(RaftActor):
         self._reset_pipeline()
         self.blocked = True
         self._block_gen += 1
-        generation = self._block_gen
-        self._block_timer = self.clock.call_later(
-            self.options.replicator_block, lambda: self.self_mailbox.tell(Unblock(generation))
+        self._block_timer = self.tell_later(
+            self.clock, self.options.replicator_block, Unblock(self._block_gen)
         )
 
     def _arm_heartbeat(self) -> None:
         self._heartbeat_gen += 1
-        generation = self._heartbeat_gen
-        self._heartbeat_timer = self.clock.call_later(
-            self.options.heartbeat_interval,
-            lambda: self.self_mailbox.tell(HeartbeatTick(generation)),
+        self._heartbeat_timer = self.tell_later(
+            self.clock, self.options.heartbeat_interval, HeartbeatTick(self._heartbeat_gen)
         )
 
     def _stop_replicating(self) -> None:

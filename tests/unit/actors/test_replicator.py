@@ -3,6 +3,7 @@ as a transcript: what the leader sent, what the follower answered, what was told
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -193,15 +194,31 @@ def test_back_off_never_goes_below_the_first_index() -> None:
     assert rep.sent()[0].prev_log_index == 0
 
 
-def test_mismatch_in_the_pipeline_resets_to_probe_at_the_failed_request() -> None:
+def test_mismatch_in_the_pipeline_resets_to_probe_never_below_the_acknowledged() -> None:
+    rep = Rep([1] * 6, next_index=1)
+    rep.send(ok(*rep.sent()))
+    r1, r2, _ = rep.sent()
+    # r2 was refused before r1 reached the follower (reordered on the way); r1 then repaired
+    # the follower up to 2, durably. The refusal must not send the leader back below that.
+    rep.send(ok(r1), reject(r2, last=9))
+    assert rep.grants() == [2]
+    [probe] = rep.sent()
+    assert probe.prev_log_index == 2 and probe.entries == ()
+    assert rep.actor.state is ReplicatorState.PROBE
+
+
+def test_refused_probe_at_the_acknowledged_index_repairs_from_the_follower_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rep = Rep([1] * 6, next_index=1)
     rep.send(ok(*rep.sent()))
     r1, r2, _ = rep.sent()
     rep.send(ok(r1), reject(r2, last=9))
-    assert rep.grants() == [2]
     [probe] = rep.sent()
-    assert probe.prev_log_index == 1 and probe.entries == ()
-    assert rep.actor.state is ReplicatorState.PROBE
+    with caplog.at_level(logging.ERROR):
+        rep.send(reject(probe, last=1))  # a follower that lost what it acknowledged (bad disk)
+    assert "lost acknowledged entries" in caplog.text
+    assert rep.sent()[0].prev_log_index == 1
 
 
 def test_success_that_does_not_cover_what_was_sent_resets_to_probe() -> None:
