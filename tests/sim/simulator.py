@@ -1,0 +1,329 @@
+"""Deterministic simulation of a Raft cluster: the real actor classes, one thread, virtual time.
+
+Every peer is assembled by the production recipe (actors.wiring.assemble_peer); only `spawn`
+differs: an actor is constructed but not started as a thread, and its mailbox is a FIFO queue
+that this scheduler drains. Each step the seeded scheduler either fires the earliest due event
+(a timer, or a network message arriving) or runs one message of one actor chosen at random among
+those with work, and virtual time moves on by a small random processing cost. Messages between
+peers go through transport.memory (encoded and decoded by the real codec) with seeded delays;
+storage is the memory twin, so a crash keeps only what was fsynced.
+
+The same seed gives the same run, event for event: `trace_hash` digests every step, and the
+tests check two runs agree (also across processes with different hash seeds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import pykka
+
+from actors.base import RaftActor
+from actors.configuration import Configuration
+from actors.log_manager import LogManager
+from actors.messages import Apply, Flush
+from actors.node import Node, Role
+from actors.options import NodeOptions, RaftOptions
+from actors.state_machine import Command, StateMachine
+from actors.wiring import PeerActors, Router, assemble_peer
+from storage.memory import MemoryLogStorage, MemoryMetaStorage
+from transport.memory import MemoryNetwork, MemoryTransport
+
+from .invariants import ObservedLog, SafetyChecker
+
+# -- virtual time -----------------------------------------------------------------------------
+
+
+class _Event:
+    __slots__ = ("callback", "cancelled", "label")
+
+    def __init__(self, callback: Callable[[], None], label: str) -> None:
+        self.callback = callback
+        self.label = label
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SimClock:
+    """The Clock protocol on the simulation's virtual time."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self._sim = sim
+
+    def now(self) -> float:
+        return self._sim.time
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Event:
+        return self._sim.schedule(delay, callback, "timer")
+
+
+# -- actors under the scheduler ---------------------------------------------------------------
+
+
+class SimActor:
+    """One actor object and its mailbox queue. `alive` is False once its peer crashed."""
+
+    def __init__(self, name: str, actor: RaftActor) -> None:
+        self.name = name
+        self.actor = actor
+        self.inbox: deque[Any] = deque()
+        self.alive = True
+
+
+class SimMailbox:
+    def __init__(self, sim: Simulation, target: SimActor) -> None:
+        self._sim = sim
+        self._target = target
+
+    def tell(self, message: Any) -> None:
+        if not self._target.alive:
+            raise pykka.ActorDeadError(f"{self._target.name} is dead")
+        self._sim.enqueue(self._target, message)
+
+
+class RecordingStateMachine(StateMachine):
+    def __init__(self) -> None:
+        self.applied: list[tuple[int, int, bytes]] = []  # (index, term, data)
+
+    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
+        self.applied.extend((c.index, c.term, c.data) for c in commands)
+        return [c.index for c in commands]
+
+
+@dataclass
+class SimPeer:
+    id: str
+    log: ObservedLog
+    meta: MemoryMetaStorage = field(default_factory=MemoryMetaStorage)
+    incarnation: int = 0
+    sm: RecordingStateMachine | None = None
+    actors: PeerActors | None = None
+    members: list[SimActor] = field(default_factory=list)
+    endpoint: MemoryTransport | None = None
+    node_actor: Node | None = None
+    disk_latency: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.actors is not None
+
+    @property
+    def node(self) -> Node:
+        assert self.node_actor is not None, f"{self.id} is down"
+        return self.node_actor
+
+
+# -- the simulation ---------------------------------------------------------------------------
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        size: int = 3,
+        election_timeout: float = 1.0,
+        network_delay: float = 0.001,
+        record_trace: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.time = 0.0
+        self.steps = 0
+        self._events: list[tuple[float, int, _Event]] = []
+        self._seq = itertools.count()
+        self._runnable: list[SimActor] = []  # actors with queued messages, in enqueue order
+        self.clock = SimClock(self)
+        self.network = MemoryNetwork(rng=random.Random(self.rng.random()), clock=self.clock)
+        self.network.set_delay(network_delay)
+        self.ids = [f"10.0.0.{n}:7000" for n in range(1, size + 1)]
+        self.options = RaftOptions(election_timeout=election_timeout)
+        self.checker = SafetyChecker()
+        self.peers = {
+            p: SimPeer(p, ObservedLog(p, MemoryLogStorage(), self.checker)) for p in self.ids
+        }
+        self._trace = hashlib.blake2b(digest_size=16)
+        self.trace: list[str] | None = [] if record_trace else None
+        for peer_id in self.ids:
+            self.start(peer_id)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def schedule(self, delay: float, callback: Callable[[], None], label: str) -> _Event:
+        event = _Event(callback, label)
+        heapq.heappush(self._events, (self.time + max(0.0, delay), next(self._seq), event))
+        return event
+
+    def enqueue(self, target: SimActor, message: Any) -> None:
+        if not target.inbox:
+            self._runnable.append(target)
+        target.inbox.append(message)
+
+    def step(self) -> None:
+        """Fire the earliest due event, or run one queued message of a random actor."""
+        self._runnable = [a for a in self._runnable if a.alive and a.inbox]
+        due = self._events and self._events[0][0] <= self.time
+        if due or not self._runnable:
+            if not self._events:
+                raise RuntimeError("simulation has nothing left to do")
+            when, _, event = heapq.heappop(self._events)
+            self.time = max(self.time, when)
+            if not event.cancelled:
+                self._record(f"{self.time:.6f} {event.label}")
+                event.callback()
+        else:
+            actor = self._runnable[self.rng.randrange(len(self._runnable))]
+            message = actor.inbox.popleft()
+            if not actor.inbox:
+                self._runnable.remove(actor)
+            self._record(f"{self.time:.6f} {actor.name} <- {describe(message)}")
+            actor.actor.receive(message)
+            self.time += self.rng.uniform(1e-6, 2e-5)  # processing takes a little time
+        self.steps += 1
+        for peer in self.peers.values():
+            if peer.node_actor is not None and peer.actors is not None and peer.sm is not None:
+                self.checker.check_peer_state(
+                    peer.id,
+                    peer.incarnation,
+                    peer.node_actor.role,
+                    peer.node_actor.term,
+                    peer.actors.view,
+                    peer.sm.applied,
+                )
+
+    def run_for(self, seconds: float) -> None:
+        end = self.time + seconds
+        while self.time < end:
+            self.step()
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        end = self.time + timeout
+        while self.time < end:
+            if predicate():
+                return True
+            self.step()
+        return predicate()
+
+    def _record(self, line: str) -> None:
+        self._trace.update(line.encode())
+        if self.trace is not None:
+            self.trace.append(line)
+
+    @property
+    def trace_hash(self) -> str:
+        return self._trace.hexdigest()
+
+    # -- peers -------------------------------------------------------------------------------
+
+    def start(self, peer_id: str) -> None:
+        peer = self.peers[peer_id]
+        peer.incarnation += 1
+        peer.sm = RecordingStateMachine()
+        peer.members = []
+        endpoint = peer.endpoint = self.network.endpoint(peer_id)
+
+        def spawn(actor_class: type[RaftActor], *args: Any, **kwargs: Any) -> SimMailbox:
+            actor = actor_class(*args, **kwargs)
+            member = SimActor(f"{peer_id}#{peer.incarnation}/{actor_class.__name__}", actor)
+            mailbox = SimMailbox(self, member)
+            actor.bind_self(
+                _DiskLatency(self, peer, mailbox) if actor_class is LogManager else mailbox
+            )
+            peer.members.append(member)
+            if isinstance(actor, Node):
+                peer.node_actor = actor
+            actor.on_start()
+            return mailbox
+
+        def stop(mailbox: Any) -> None:
+            member = mailbox._target
+            member.alive = False
+            member.actor.on_stop()
+
+        options = NodeOptions(peer_id, Configuration.of(self.ids), self.options)
+        peer.actors = assemble_peer(
+            options,
+            peer.sm,
+            peer.log,
+            peer.meta,
+            endpoint,
+            self.clock,
+            random.Random(self.rng.random()),
+            spawn,
+            stop,
+        )
+        endpoint.start(Router(peer_id, peer.actors).deliver)
+        peer.log.is_leader = lambda: (
+            peer.node_actor is not None and peer.node_actor.role is Role.LEADER
+        )
+        self._record(f"{self.time:.6f} start {peer_id}#{peer.incarnation}")
+
+    def crash(self, peer_id: str) -> None:
+        """Power cut: every actor dies mid-flight; storage keeps only what was fsynced."""
+        peer = self.peers[peer_id]
+        if peer.actors is None:
+            return
+        assert peer.endpoint is not None
+        peer.endpoint.stop()
+        for member in peer.members:  # replicators included: they are spawned members too
+            member.alive = False
+        peer.actors = None
+        peer.node_actor = None
+        peer.members = []
+        peer.log = peer.log.crash()
+        peer.meta = peer.meta.crash()
+        self._record(f"{self.time:.6f} crash {peer_id}")
+
+    def alive(self) -> list[str]:
+        return [p for p in self.ids if self.peers[p].alive]
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def propose(self, peer_id: str, command: bytes) -> pykka.Future[Any]:
+        """A client command submitted to `peer_id`'s node, as RaftNode.apply does."""
+        future: pykka.Future[Any] = pykka.ThreadingFuture()
+        self.peers[peer_id].node.self_mailbox.tell(Apply((command,), (future,)))
+        return future
+
+
+class _DiskLatency:
+    """The LogManager's self-mailbox: a Flush (its group commit, i.e. the fsync) arrives after
+    the peer's disk latency, so a slow disk is a peer whose Flushes come late."""
+
+    def __init__(self, sim: Simulation, peer: SimPeer, mailbox: SimMailbox) -> None:
+        self._sim, self._peer, self._mailbox = sim, peer, mailbox
+
+    def tell(self, message: Any) -> None:
+        if isinstance(message, Flush) and self._peer.disk_latency > 0:
+            latency = self._sim.rng.uniform(0, self._peer.disk_latency)
+            self._sim.schedule(latency, lambda: _quietly(self._mailbox, message), "disk")
+        else:
+            self._mailbox.tell(message)
+
+
+def _quietly(mailbox: SimMailbox, message: Any) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):  # the peer crashed meanwhile
+        mailbox.tell(message)
+
+
+def describe(value: Any) -> str:
+    """A stable description for the trace: no object addresses, futures or mailboxes."""
+    if is_dataclass(value) and not isinstance(value, type):
+        inner = ",".join(describe(getattr(value, f.name)) for f in fields(value))
+        return f"{type(value).__name__}({inner})"
+    if isinstance(value, tuple | list):
+        return "[" + ",".join(describe(v) for v in value) + "]"
+    if isinstance(value, int | str | bytes | float | bool) or value is None:
+        return repr(value)
+    if isinstance(value, frozenset | set):
+        return "{" + ",".join(sorted(describe(v) for v in value)) + "}"
+    return type(value).__name__
