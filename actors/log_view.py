@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 
 from storage.base import LogStorage
-from storage.entry import LogEntry
+from storage.entry import LogEntry, clip_to_bytes
 
 
 class LogView:
@@ -64,7 +64,9 @@ class LogView:
             if first > last:
                 return []
             if first >= tail_first:
-                return _clip(self._tail[first - tail_first : last - tail_first + 1], max_bytes)
+                return clip_to_bytes(
+                    self._tail[first - tail_first : last - tail_first + 1], max_bytes
+                )
             # A copy taken under the lock: the writer may trim the tail once we let go, but only
             # of entries that are durable, which storage then serves.
             tail_part = self._tail[: last - tail_first + 1] if last >= tail_first else []
@@ -72,7 +74,7 @@ class LogView:
             out = self._storage.get_entries(first, min(last, tail_first - 1), max_bytes)
         if out and out[-1].index == tail_first - 1:  # storage gave the whole run: no gap
             out.extend(tail_part)
-        return _clip(out, max_bytes)
+        return clip_to_bytes(out, max_bytes)
 
     def entry(self, index: int) -> LogEntry | None:
         got = self.entries(index, index)
@@ -125,14 +127,3 @@ class LogView:
             if drop_through >= self._tail_first:
                 del self._tail[: drop_through - self._tail_first + 1]
                 self._tail_first = drop_through + 1
-
-
-def _clip(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
-    if max_bytes <= 0:
-        return entries
-    used = 0
-    for n, entry in enumerate(entries):
-        used += len(entry.data)
-        if used > max_bytes and n > 0:
-            return entries[:n]
-    return entries

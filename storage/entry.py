@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -25,3 +26,28 @@ class LogEntry:
 
     def __str__(self) -> str:
         return f"{self.index}@{self.term}:{self.type.name}({len(self.data)}B)"
+
+
+def clip_to_bytes(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
+    """The longest prefix whose payloads fit in `max_bytes` (all of it when max_bytes <= 0),
+    but never less than one entry: a single oversized entry must still be able to travel."""
+    if max_bytes <= 0:
+        return entries
+    used = 0
+    for n, entry in enumerate(entries):
+        used += len(entry.data)
+        if used > max_bytes and n > 0:
+            return entries[:n]
+    return entries
+
+
+def check_contiguous(entries: Sequence[LogEntry], expected: int, log_range: str) -> None:
+    """Raise LogIndexError unless `entries` are indexes expected, expected+1, ..."""
+    from storage.errors import LogIndexError
+
+    for entry in entries:
+        if entry.index != expected:
+            raise LogIndexError(
+                f"append of index {entry.index}, expected {expected} (log is {log_range})"
+            )
+        expected += 1

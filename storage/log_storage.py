@@ -52,7 +52,7 @@ from storage._fileutil import (
     pwrite_all,
     read_file,
 )
-from storage.entry import LogEntry
+from storage.entry import LogEntry, check_contiguous
 from storage.errors import CorruptLogError, LogIndexError, StorageError
 from storage.segment import (
     FILE_HEADER_SIZE,
@@ -297,14 +297,7 @@ class SegmentLogStorage:
         self._check_usable()
         if not entries:
             return
-        expected = self._last + 1
-        for entry in entries:
-            if entry.index != expected:
-                raise LogIndexError(
-                    f"append of index {entry.index}, expected {expected} "
-                    f"(log is {self._first}..{self._last})"
-                )
-            expected += 1
+        check_contiguous(entries, self._last + 1, f"{self._first}..{self._last}")
         seg = self._segment_for_append()
         assert seg.fd is not None
         old_size, old_count = seg.size, len(seg.offsets)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from storage.entry import LogEntry
+from storage.entry import LogEntry, check_contiguous, clip_to_bytes
 from storage.errors import LogIndexError, StorageError
 
 
@@ -64,24 +64,13 @@ class MemoryLogStorage:
         lo = max(first, self._first)
         hi = min(last, self.last_log_index())
         out = self._entries[lo - self._first : hi - self._first + 1] if lo <= hi else []
-        if max_bytes > 0:
-            taken = 0
-            for n, entry in enumerate(out):
-                taken += len(entry.data)
-                if taken > max_bytes and n > 0:
-                    return out[:n]
-        return out
+        return clip_to_bytes(out, max_bytes)
 
     def append_entries(self, entries: Sequence[LogEntry]) -> None:
         self._check_open()
-        expected = self.last_log_index() + 1
-        for entry in entries:
-            if entry.index != expected:
-                raise LogIndexError(
-                    f"append of index {entry.index}, expected {expected} "
-                    f"(log is {self._first}..{self.last_log_index()})"
-                )
-            expected += 1
+        check_contiguous(
+            entries, self.last_log_index() + 1, f"{self._first}..{self.last_log_index()}"
+        )
         self._entries.extend(entries)
         if self._sync:
             self._durable_last = self.last_log_index()
