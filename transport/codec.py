@@ -37,6 +37,7 @@ transport's I/O thread.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from itertools import repeat
 from types import MappingProxyType
@@ -265,7 +266,7 @@ def _encode_entries(entries: tuple[LogEntry, ...], prev_log_index: int) -> list[
     return flat
 
 
-_JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_JSON_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
 def _check_json(value: object, depth: int) -> bool:
@@ -275,6 +276,8 @@ def _check_json(value: object, depth: int) -> bool:
     kind = type(value)
     if kind in _JSON_SCALARS:
         return True
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]  # NaN/inf are not JSON
     if depth >= MAX_STATUS_DEPTH:
         return False
     if kind is list:

@@ -65,7 +65,7 @@ json_scalars: st.SearchStrategy[Any] = st.one_of(
     st.booleans(),
     st.integers(-(1 << 63), UINT64_MAX),
     st.text(),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
 )
 
 

@@ -20,6 +20,7 @@ from transport.codec import (
     encode,
 )
 from transport.errors import DecodeError, EncodeError, TransportError
+from transport.rpc import StatusResponse
 
 
 def fields_of(frame: bytes) -> list[Any]:
@@ -333,3 +334,11 @@ def test_encode_errors(message: Any) -> None:
 def test_generated_source_is_available() -> None:
     assert "def _decode_AppendEntriesRequest(a):" in codec.GENERATED_SOURCE
     assert PROTOCOL_VERSION == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_status_with_a_non_finite_float_is_refused(bad: float) -> None:
+    """NaN and infinities are not JSON (and NaN is not even equal to itself)."""
+    frame = msgpack.packb([1, MESSAGE_TAGS[StatusResponse], 1, "a:1", {"x": bad}])
+    with pytest.raises(DecodeError):
+        decode(frame)
