@@ -4,11 +4,14 @@
                        [--election-timeout-ms N] [--log-level LEVEL]
     python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
                                             | cas KEY EXPECTED NEW | status
+    python launcher.py chaos [--peers N | --peers H:P,...] [--duration S] [--clients N]
+                             [--keys N] [--seed S] [--data-dir DIR] [--election-timeout-ms N]
 
 Without --self, `run` starts one OS process per peer on this machine (each is `run --self`),
 supervises them (a peer that dies is reported and restarted after a back-off), says who leads,
 and stops them all on SIGINT/SIGTERM. With --self it runs that one peer in the foreground.
-Each peer keeps its data in DIR/<host>_<port>/ either way.
+Each peer keeps its data in DIR/<host>_<port>/ either way. `chaos` runs a local cluster under
+injected faults and checks what its clients saw for linearizability (transport/chaos.py).
 
 Exit codes: 0 success; 1 a definite failure (the service refused, a peer could not start);
 2 bad command-line input; 3 a client timeout (the outcome is unknown).
@@ -90,12 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("new", nargs="?")
     cas.add_argument("--if-absent", action="store_true", help="swap only if KEY is absent")
     ops.add_parser("status", help="print one JSON object per peer")
+
+    chaos = commands.add_parser(
+        "chaos", help="kill and pause peers of a local cluster under load; check linearizability"
+    )
+    chaos.add_argument("--peers", default="3", help="a number of peers on free ports, or H:P,...")
+    chaos.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
+    chaos.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    chaos.add_argument("--keys", type=int, default=5, help="how many keys they use (default 5)")
+    chaos.add_argument("--seed", type=int, help="seeds operations and faults (default: random)")
+    chaos.add_argument("--data-dir", help="where peers keep data and logs (default: a temp dir)")
+    chaos.add_argument("--election-timeout-ms", type=int, default=300)
+    chaos.add_argument("--client-timeout", type=float, default=1.0, help="per operation (s)")
+    chaos.add_argument("--check-timeout", type=float, default=300.0, help="checker budget (s)")
+    chaos.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="the peers' log level; logs go to DATA_DIR/chaos-logs/",
+    )
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
-    if not argv or argv[0] not in ("run", "client", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "client", "chaos", "-h", "--help"):
         argv.insert(0, "run")  # `run` is the default command
     return build_parser().parse_args(argv)
 
@@ -367,11 +390,26 @@ def run_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- chaos ------------------------------------------------------------------------------------
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    from transport import chaos
+
+    try:
+        config = chaos.config_from_args(args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return chaos.main(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "client":
             return run_client(args)
+        if args.command == "chaos":
+            return run_chaos(args)
         return run_service(args)
     except UsageError as error:
         print(f"launcher.py: error: {error}", file=sys.stderr)
