@@ -218,6 +218,12 @@ class Replicator(RaftActor):
             else:
                 # A refusal overtaken by a later success (requests reordered on the way): the
                 # follower durably holds everything up to match_index, so never go below it.
+                log.debug(
+                    "replicator %s: refusal of seq %d overtaken; resuming after match %d",
+                    self.peer_id,
+                    resp.seq,
+                    self.match_index,
+                )
                 next_index = self.match_index + 1
         self._reset_pipeline(next_index)
         self._send_probe()

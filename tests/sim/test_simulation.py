@@ -146,3 +146,21 @@ def test_checker_refuses_a_commit_index_going_back() -> None:
     checker.check_peer_state("a", 1, Role.FOLLOWER, 1, view, [])
     with pytest.raises(InvariantViolation, match="commit index went back"):
         checker.check_peer_state("a", 1, Role.FOLLOWER, 1, LogView(log), [])
+
+
+# -- regressions: each pins a seed that reaches the path of a bug the simulation found --------
+
+
+def test_regression_refusal_overtaken_by_success_keeps_match_index(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seed 5 reorders AppendEntries so refusals are handled after later successes. The
+    Replicator used to back off below what the follower had durably acknowledged (re-sending it
+    all) and log a false "follower lost acknowledged entries". If the first assertion fails,
+    the seed no longer reaches the path: pick another (`overtaken` in its DEBUG log)."""
+    logging.disable(logging.NOTSET)
+    with caplog.at_level(logging.DEBUG, logger="actors.replicator"):
+        run_scenario(5)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("overtaken" in m for m in messages)
+    assert not any("lost acknowledged" in m for m in messages)
