@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,21 +39,12 @@ from transport import codec  # noqa: E402
 from transport.client import KVClient  # noqa: E402
 from transport.kv_protocol import PUT, KVCommand, LoggedCommand, encode_command, encode_logged  # noqa: E402
 from transport.kv_server import KVServer  # noqa: E402
+from transport.peers import free_ports  # noqa: E402
 from transport.rpc import ClientRequest, ClientResponse, ClientStatus  # noqa: E402
 from transport.zmq_transport import ZmqTransport  # noqa: E402
 
 LAUNCHER = str(ROOT / "launcher.py")
 VALUE = "v" * 100
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_peer(

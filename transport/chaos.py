@@ -73,7 +73,7 @@ from transport.linearizability import (
     check,
     fence_by_session,
 )
-from transport.peers import parse_peer, parse_peers
+from transport.peers import free_ports, parse_peer, parse_peers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 START_TIMEOUT = 30.0  # seconds a (re)started peer has to say "serving"
@@ -356,18 +356,6 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float) -> Any:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         pause.wait(TICK)  # pacing between polls of other processes' state
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free now (bound to port 0, read back, released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 # -- the clients ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 
 def parse_peer(peer: str) -> tuple[str, int]:
     """Split "host:port"; a ValueError says what is wrong with a malformed address."""
@@ -26,3 +28,16 @@ def parse_peers(text: str) -> list[str]:
     if duplicates:
         raise ValueError(f"peer listed twice: {', '.join(duplicates)}")
     return peers
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS reports free now (bound to port 0, read back, released) - for tests, tools
+    and benchmarks that must not use fixed ports. Another process may take one before use."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

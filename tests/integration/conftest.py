@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,22 +20,11 @@ from typing import Any
 import pytest
 
 from transport.client import KVClient
+from transport.peers import free_ports
 
 LAUNCHER = str(Path(__file__).resolve().parents[2] / "launcher.py")
 ELECTION_TIMEOUT_MS = 300
 START_TIMEOUT = 30.0
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free now (bound to port 0, read back, released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
