@@ -11,7 +11,7 @@ Without --self, `run` starts one OS process per peer on this machine (each is `r
 supervises them (a peer that dies is reported and restarted after a back-off), says who leads,
 and stops them all on SIGINT/SIGTERM. With --self it runs that one peer in the foreground.
 Each peer keeps its data in DIR/<host>_<port>/ either way. `chaos` runs a local cluster under
-injected faults and checks what its clients saw for linearizability (transport/chaos.py).
+injected faults and checks what its clients saw for linearizability (transport/chaos/).
 
 Exit codes: 0 success; 1 a definite failure (the service refused, a peer could not start);
 2 bad command-line input; 3 a client timeout (the outcome is unknown).

@@ -1,4 +1,4 @@
-"""The chaos runner (transport/chaos.py) against real peer processes: a short run must inject
+"""The chaos runner (transport/chaos/) against real peer processes: a short run must inject
 both kinds of fault, complete operations, converge and be linearizable; a doctored history must
 fail the run through the same reporting path; Ctrl-C ends a run early and stops every peer."""
 

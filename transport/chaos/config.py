@@ -1,0 +1,169 @@
+"""A chaos run's configuration, and the report that turns what it saw into a verdict."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transport.chaos.constants import EXIT_FAILED, EXIT_OK, FINAL_CLIENT
+from transport.linearizability import (
+    CheckResult,
+    Operation,
+    Outcome,
+    Verdict,
+    check,
+    fence_by_session,
+)
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """One chaos run. `peers` None means `size` peers on ports picked at start."""
+
+    peers: tuple[str, ...] | None = None
+    size: int = 3
+    duration: float = 60.0
+    clients: int = 4
+    keys: int = 5
+    seed: int = 0
+    data_dir: str | None = None
+    election_timeout_ms: int = 300
+    # A KVClient's per-operation budget. Short on purpose: failovers then end some operations
+    # in ClientTimeout, and unknown outcomes are where duplicate or lost writes would hide.
+    client_timeout: float = 1.0
+    fault_gap: tuple[float, float] = (0.3, 2.0)  # seconds between a recovery and the next fault
+    kill_downtime: tuple[float, float] = (0.2, 3.0)  # seconds a killed peer stays dead
+    pause_factor: tuple[float, float] = (1.5, 6.0)  # SIGSTOP length, in election timeouts
+    leader_bias: float = 0.6  # probability a fault targets the current leader
+    converge_timeout: float = 60.0
+    check_timeout: float = 300.0
+    log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if self.peer_count < 3:
+            raise ValueError("chaos needs at least 3 peers (a minority must be able to fail)")
+        if self.duration <= 0:
+            raise ValueError("--duration must be positive")
+        if self.clients < 1 or self.keys < 1:
+            raise ValueError("--clients and --keys must be at least 1")
+        if self.election_timeout_ms <= 0:
+            raise ValueError("--election-timeout-ms must be positive")
+        if self.client_timeout <= 0 or self.check_timeout <= 0 or self.converge_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+
+    @property
+    def peer_count(self) -> int:
+        return len(self.peers) if self.peers is not None else self.size
+
+    @property
+    def max_down(self) -> int:
+        """Peers that may be down at once: a minority, so a quorum always survives."""
+        return (self.peer_count - 1) // 2
+
+
+@dataclass
+class Convergence:
+    """How the cluster ended up. `problems` empty means converged and consistent."""
+
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    commit_index: int | None = None
+    log_digest: str | None = None
+    final_values: dict[str, str | None] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class ChaosReport:
+    """Everything a run observed; `exit_code` and `render` turn it into a verdict."""
+
+    config: ChaosConfig
+    peers: list[str] = field(default_factory=list)
+    data_dir: str = ""
+    ran_for: float = 0.0
+    history: list[Operation] = field(default_factory=list)
+    failed_ops: int = 0  # definite failures (CommandError): not in the history
+    client_errors: Counter[str] = field(default_factory=Counter)  # unexpected, by type
+    faults: Counter[str] = field(default_factory=Counter)
+    leader_changes: int = 0
+    terms_seen: tuple[int, int] | None = None
+    peer_failures: list[str] = field(default_factory=list)  # crashes, failed restarts
+    convergence: Convergence = field(default_factory=Convergence)
+    check: CheckResult | None = None
+    interrupted: bool = False
+
+    @property
+    def ops_ok(self) -> int:
+        return sum(o.outcome is Outcome.OK and o.client != FINAL_CLIENT for o in self.history)
+
+    @property
+    def ops_unknown(self) -> int:
+        return sum(o.outcome is Outcome.UNKNOWN for o in self.history)
+
+    @property
+    def exit_code(self) -> int:
+        if self.check is not None and self.check.verdict is Verdict.VIOLATION:
+            return EXIT_FAILED
+        if self.peer_failures or not self.convergence.ok or self.check is None:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def render(self) -> str:
+        """The human summary printed at the end of a run."""
+        c = self.config
+        rate = self.ops_ok / self.ran_for if self.ran_for else 0.0
+        lines = [
+            "",
+            "== chaos summary ==",
+            f"cluster: {len(self.peers)} peers, election timeout {c.election_timeout_ms} ms; "
+            f"{c.clients} clients on {c.keys} keys for {self.ran_for:.1f}s; seed {c.seed}"
+            + (" (interrupted)" if self.interrupted else ""),
+            f"operations: {self.ops_ok} ok, {self.ops_unknown} unknown (timed out), "
+            f"{self.failed_ops} failed; {rate:.0f} ok ops/s",
+        ]
+        if self.client_errors:
+            lines.append(f"unexpected client errors: {dict(self.client_errors)}")
+        faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        lines.append(f"faults: {faults}")
+        terms = f" (terms {self.terms_seen[0]}..{self.terms_seen[1]})" if self.terms_seen else ""
+        lines.append(f"leader changes seen: {self.leader_changes}{terms}")
+        lines.extend(f"PEER FAILURE: {failure}" for failure in self.peer_failures)
+        conv = self.convergence
+        if conv.ok:
+            lines.append(
+                f"convergence: OK - every peer at commit = applied = last index "
+                f"{conv.commit_index}; logs identical on disk (sha256 {conv.log_digest}); "
+                f"replayed state = final reads of {len(conv.final_values)} keys"
+            )
+        else:
+            lines.append("convergence: FAILED")
+            lines.extend(f"  {problem}" for problem in conv.problems)
+        lines.append(self._render_check())
+        lines.append(f"data: {self.data_dir}")
+        lines.append("RESULT: " + ("PASS" if self.exit_code == EXIT_OK else "FAIL"))
+        return "\n".join(lines)
+
+    def _render_check(self) -> str:
+        result = self.check
+        if result is None:
+            return "linearizability: not checked"
+        what = f"{result.operations} ops on {result.keys} keys in {result.elapsed:.2f}s"
+        if result.verdict is Verdict.OK:
+            return f"linearizability: OK ({what})"
+        if result.verdict is Verdict.UNKNOWN:
+            return (
+                "!" * 72 + f"\nWARNING: linearizability NOT DECIDED ({what}): "
+                f"{result.description}. This is not a verdict; rerun with a larger "
+                "check budget or a shorter run.\n" + "!" * 72
+            )
+        return f"linearizability: VIOLATION ({what})\n{result.description}"
+
+
+def check_history(history: Sequence[Operation], timeout: float) -> CheckResult:
+    """The run's verdict on a history: fence timed-out writes by their session, then check."""
+    return check(fence_by_session(history), timeout=timeout)

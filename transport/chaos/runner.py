@@ -1,0 +1,402 @@
+"""One chaos run from start to verdict, the audit of the peers' logs, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from actors.kv_store import KVStateMachine
+from actors.state_machine import Command
+from storage.entry import EntryType, LogEntry
+from storage.log_storage import SegmentLogStorage
+from transport.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
+from transport.chaos.constants import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FINAL_CLIENT,
+)
+from transport.chaos.faults import FaultInjector
+from transport.chaos.processes import PeerProcess, wait_for
+from transport.chaos.workload import Worker
+from transport.client import KVClient
+from transport.linearizability import (
+    GET,
+    Operation,
+    Outcome,
+    Verdict,
+)
+from transport.peers import free_ports, parse_peer, parse_peers
+
+
+def run_chaos(
+    config: ChaosConfig,
+    stop: threading.Event | None = None,
+    out: IO[str] | None = None,
+) -> ChaosReport:
+    """One chaos run (see the module docstring). `stop`, when set, ends the traffic-and-faults
+    phase early; the run still heals, converges and checks. Every peer process is stopped
+    before this returns or raises. ValueError if a peer's data directory is not empty."""
+    out = out or sys.stdout
+    stop = stop or threading.Event()
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    temporary = config.data_dir is None
+    data_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="pykka-raft-chaos-")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ids = list(config.peers or [f"127.0.0.1:{p}" for p in free_ports(config.size)])
+    # The checker's model starts with every key absent: peers must start from empty storage.
+    for peer_id in ids:
+        host, port = parse_peer(peer_id)
+        peer_dir = data_dir / f"{host}_{port}"
+        if peer_dir.exists() and any(peer_dir.iterdir()):
+            raise ValueError(f"{peer_dir} already holds data: chaos needs fresh peers")
+    report = ChaosReport(config, peers=ids, data_dir=str(data_dir))
+    peers = {peer_id: PeerProcess(peer_id, ids, config, data_dir) for peer_id in ids}
+    say(
+        f"chaos: {len(ids)} peers {','.join(ids)}; {config.clients} clients, {config.keys} keys, "
+        f"{config.duration:g}s, seed {config.seed}; data in {data_dir}"
+    )
+    try:
+        for peer in peers.values():
+            peer.start()
+        for peer in peers.values():
+            peer.wait_serving()
+            say(f"peer {peer.id} serving (pid {peer.pid})")
+        _drive(config, ids, peers, stop, report, say)
+        say("healing: resuming paused peers, restarting dead ones")
+        report.convergence = _converge_and_audit(config, ids, peers, report, say)
+    finally:
+        for peer in peers.values():
+            peer.stop()
+    _save_history(data_dir / "history.jsonl", report.history)
+    say(f"checking {len(report.history)} operations for linearizability...")
+    report.check = check_history(report.history, config.check_timeout)
+    if temporary and report.exit_code == EXIT_OK and report.check.verdict is Verdict.OK:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        report.data_dir = f"{data_dir} (deleted: the run passed)"
+    return report
+
+
+def _drive(
+    config: ChaosConfig,
+    ids: list[str],
+    peers: dict[str, PeerProcess],
+    stop: threading.Event,
+    report: ChaosReport,
+    say: Callable[[str], None],
+) -> None:
+    """Clients and faults for `config.duration` seconds (or until `stop`); leaves every peer
+    up and serving. Fills the report's history, fault and leadership counts."""
+    traffic_stop, fault_stop = threading.Event(), threading.Event()
+    started = time.monotonic()
+    workers = [Worker(n, ids, config, traffic_stop) for n in range(config.clients)]
+    injector = FaultInjector(peers, config, fault_stop, say, started)
+    for thread in (*workers, injector):
+        thread.start()
+    try:
+        stop.wait(config.duration)
+        report.interrupted = stop.is_set()
+    finally:
+        fault_stop.set()
+        injector.join()
+        try:
+            injector.heal()  # before stopping the clients: their last operations can complete
+        finally:
+            traffic_stop.set()
+            for worker in workers:
+                worker.join()  # each is at most one client timeout away from noticing
+    report.ran_for = time.monotonic() - started
+    injector.raise_if_failed()
+    for worker in workers:
+        worker.raise_if_failed()
+    for worker in workers:
+        report.history.extend(worker.history)
+        report.failed_ops += worker.failed
+        report.client_errors.update(worker.errors)
+    report.faults = injector.faults
+    report.leader_changes = injector.leader_changes
+    report.peer_failures.extend(injector.failures)
+    if injector.terms:
+        report.terms_seen = (min(injector.terms), max(injector.terms))
+
+
+def _converge_and_audit(
+    config: ChaosConfig,
+    ids: list[str],
+    peers: dict[str, PeerProcess],
+    report: ChaosReport,
+    say: Callable[[str], None],
+) -> Convergence:
+    """Wait for agreement, read every key (appended to the history), stop the peers, then
+    compare their logs on disk and replay them. Returns what was found."""
+    result = Convergence()
+    keys = [f"key{n}" for n in range(config.keys)]
+    try:
+        _wait_converged(ids, config.converge_timeout)
+    except TimeoutError as error:
+        result.problems.append(f"{error}; last statuses: {_statuses(ids)}")
+        return result
+    with KVClient(ids, timeout=10.0, attempt_timeout=0.5) as reader:
+        for key in keys:
+            invoke = time.monotonic()
+            try:
+                value = reader.get(key)
+            except Exception as error:
+                result.problems.append(f"final read of {key} failed: {error!r}")
+                continue
+            report.history.append(
+                Operation(FINAL_CLIENT, GET, key, (), invoke, time.monotonic(), value)
+            )
+            result.final_values[key] = value
+    try:
+        result.statuses = _wait_converged(ids, config.converge_timeout)
+    except TimeoutError as error:
+        result.problems.append(f"after the final reads: {error}; last: {_statuses(ids)}")
+        return result
+    result.commit_index = result.statuses[0]["commit_index"]
+    say(f"converged at index {result.commit_index}; final values: {result.final_values}")
+    for peer in peers.values():
+        code = peer.stop()
+        if code != 0:
+            result.problems.append(f"{peer.id} exited with {code} on SIGTERM:{peer.log_tail()}")
+    if result.problems:
+        return result
+    assert result.commit_index is not None
+    _audit_logs(peers, result.commit_index, keys, result)
+    return result
+
+
+def _statuses(ids: list[str]) -> list[dict[str, Any]]:
+    with KVClient(ids, timeout=1.0, attempt_timeout=0.5) as client:
+        return client.status()
+
+
+def _wait_converged(ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    """Statuses once every peer answers, agrees on one leader and term, and has applied its
+    whole log, the same on all peers; the same on two polls in a row (nothing in flight)."""
+    previous: list[tuple[Any, ...]] = []
+
+    def converged() -> list[dict[str, Any]] | None:
+        nonlocal previous
+        statuses = _statuses(ids)
+        if any("commit_index" not in s or "error" in s for s in statuses):
+            previous = []
+            return None
+        leaders = {s["id"] for s in statuses if s["role"] == "leader"}
+        summary = [
+            (s["term"], s["leader"], s["commit_index"], s["applied_index"], s["last_log_index"])
+            for s in statuses
+        ]
+        indexes = {index for (_, _, *rest) in summary for index in rest}
+        agreed = len(leaders) == 1 and {(t, leader) for t, leader, *_ in summary} == {
+            (statuses[0]["term"], next(iter(leaders)))
+        }
+        stable = agreed and len(indexes) == 1 and summary == previous
+        previous = summary
+        return statuses if stable else None
+
+    statuses: list[dict[str, Any]] = wait_for(converged, "the peers to converge", timeout)
+    return statuses
+
+
+def _audit_logs(
+    peers: dict[str, PeerProcess], commit: int, keys: list[str], result: Convergence
+) -> None:
+    """Compare the stopped peers' logs entry by entry up to `commit` and replay them through
+    the KV state machine: every peer must hold the same log, and its state must be exactly
+    what the final reads returned. (The running peers' in-memory state is not visible; their
+    applied index equals `commit`, and the state machine is deterministic.)"""
+    digests: dict[str, str] = {}
+    logs: dict[str, list[tuple[int, int, bytes]]] = {}
+    for peer in peers.values():
+        host, port = parse_peer(peer.id)
+        storage = SegmentLogStorage(peer.data_dir / f"{host}_{port}" / "log", sync=False)
+        try:
+            if storage.first_log_index() != 1:
+                result.problems.append(f"{peer.id}: log starts at {storage.first_log_index()}")
+                continue
+            if storage.last_log_index() < commit:
+                result.problems.append(
+                    f"{peer.id}: log on disk ends at {storage.last_log_index()} < commit {commit}"
+                )
+                continue
+            entries = [
+                (e.term, int(e.type), e.data) for e in _read_log(storage, commit)
+            ]  # index = position + 1
+        finally:
+            storage.close()
+        logs[peer.id] = entries
+        digest = hashlib.sha256()
+        for term, kind, data in entries:
+            digest.update(f"{term}:{kind}:{len(data)}:".encode())
+            digest.update(data)
+        digests[peer.id] = digest.hexdigest()[:16]
+    if len(set(digests.values())) > 1:
+        first, *others = logs
+        for other in others:
+            diff = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(logs[first], logs[other], strict=True))
+                    if a != b
+                ),
+                None,
+            )
+            if diff is not None:
+                result.problems.append(
+                    f"logs differ: {first} and {other} first disagree at index {diff + 1}: "
+                    f"{logs[first][diff][:2]} vs {logs[other][diff][:2]}"
+                )
+        return
+    if not logs:
+        return
+    result.log_digest = next(iter(digests.values()))
+    machine = KVStateMachine()
+    entries = next(iter(logs.values()))
+    commands = [
+        Command(index, term, data)
+        for index, (term, kind, data) in enumerate(entries, start=1)
+        if kind == EntryType.DATA
+    ]
+    for start in range(0, len(commands), 1024):
+        machine.on_apply(commands[start : start + 1024])
+    unexpected = sorted(set(machine.data) - set(keys))
+    if unexpected:
+        result.problems.append(f"replayed state has keys no client wrote: {unexpected[:5]}")
+    for key in keys:
+        if key in result.final_values and machine.data.get(key) != result.final_values[key]:
+            result.problems.append(
+                f"replayed log gives {key}={machine.data.get(key)!r} but the final read "
+                f"returned {result.final_values[key]!r}"
+            )
+
+
+def _read_log(storage: SegmentLogStorage, last: int) -> Iterator[LogEntry]:
+    index = 1
+    while index <= last:
+        batch = storage.get_entries(index, min(last, index + 4095))
+        if not batch:
+            raise RuntimeError(f"log entry {index} unreadable")
+        yield from batch
+        index = batch[-1].index + 1
+
+
+def _save_history(path: Path, history: Sequence[Operation]) -> None:
+    """One JSON object per operation: enough to re-check a run with `load_history` + check."""
+    with open(path, "w") as f:
+        for o in sorted(history, key=lambda o: o.invoke):
+            record = {
+                "client": o.client,
+                "op": o.op,
+                "key": o.key,
+                "args": list(o.args),
+                "invoke": o.invoke,
+                "complete": o.complete,
+                "result": o.result,
+                "outcome": o.outcome.value,
+            }
+            f.write(json.dumps(record) + "\n")
+
+
+def load_history(path: str | Path) -> list[Operation]:
+    """Read a history saved by a chaos run (DATA_DIR/history.jsonl)."""
+    history = []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            history.append(
+                Operation(
+                    r["client"],
+                    r["op"],
+                    r["key"],
+                    tuple(r["args"]),
+                    r["invoke"],
+                    r["complete"],
+                    r["result"],
+                    Outcome(r["outcome"]),
+                )
+            )
+    return history
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def config_from_args(args: argparse.Namespace) -> ChaosConfig:
+    """A ChaosConfig from `launcher.py chaos` arguments; ValueError (a usage error) if they
+    make no sense."""
+    text = args.peers.strip()
+    peers: tuple[str, ...] | None = None
+    size = 3
+    if text.isdigit():
+        size = int(text)
+    else:
+        peers = tuple(parse_peers(text))
+        for peer in peers:
+            host, port = parse_peer(peer)
+            with socket.socket() as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError as error:
+                    raise ValueError(f"--peers: {peer} is not available ({error})") from None
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    return ChaosConfig(
+        peers=peers,
+        size=size,
+        duration=args.duration,
+        clients=args.clients,
+        keys=args.keys,
+        seed=seed,
+        data_dir=args.data_dir,
+        election_timeout_ms=args.election_timeout_ms,
+        client_timeout=args.client_timeout,
+        check_timeout=args.check_timeout,
+        log_level=args.log_level,
+    )
+
+
+def main(config: ChaosConfig) -> int:
+    """Run from the command line: Ctrl-C (or SIGTERM) once ends the run early but still checks
+    it; a second time aborts (the peers are stopped either way)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping the run early (again to abort)...", file=sys.stderr, flush=True)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report = run_chaos(config, stop)
+    except KeyboardInterrupt:
+        print("aborted; every peer was stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ValueError as error:
+        print(f"launcher.py: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RuntimeError, TimeoutError, OSError) as error:
+        print(f"chaos run failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print(report.render(), flush=True)
+    return report.exit_code
