@@ -51,10 +51,3 @@ class MailboxSlot:
 
     def __repr__(self) -> str:
         return f"MailboxSlot({self._name!r})"
-
-
-class NullMailbox:
-    """Drops everything: for a collaborator a configuration does not need."""
-
-    def tell(self, message: Any) -> None:
-        pass

@@ -200,11 +200,6 @@ class Simulation:
                     peer.sm.applied,
                 )
 
-    def run_for(self, seconds: float) -> None:
-        end = self.time + seconds
-        while self.time < end:
-            self.step()
-
     def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         end = self.time + timeout
         while self.time < end:
