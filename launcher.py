@@ -4,14 +4,12 @@
                        [--election-timeout-ms N] [--log-level LEVEL]
     python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
                                             | cas KEY EXPECTED NEW | status
-    python launcher.py chaos [--peers N | --peers H:P,...] [--duration S] [--clients N]
-                             [--keys N] [--seed S] [--data-dir DIR] [--election-timeout-ms N]
 
 Without --self, `run` starts one OS process per peer on this machine (each is `run --self`),
 supervises them (a peer that dies is reported and restarted after a back-off), says who leads,
 and stops them all on SIGINT/SIGTERM. With --self it runs that one peer in the foreground.
-Each peer keeps its data in DIR/<host>_<port>/ either way. `chaos` runs a local cluster under
-injected faults and checks what its clients saw for linearizability (transport/chaos/).
+Each peer keeps its data in DIR/<host>_<port>/ either way. The service itself lives in
+actors/service/; this module is only its command line.
 
 Exit codes: 0 success; 1 a definite failure (the service refused, a peer could not start);
 2 bad command-line input; 3 a client timeout (the outcome is unknown).
@@ -25,15 +23,18 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from actors.errors import OptionsError
+from actors.service.local_peer import STOP_GRACE, LocalPeer
+from actors.service.peer import PeerConfig, PeerStartError
+from actors.service.peer import run_peer as serve_peer
+from transport.client import ClientTimeout, KVClient, KVError
 from transport.peers import parse_peer, parse_peers
 
 DEFAULT_PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -41,7 +42,6 @@ DEFAULT_DATA_DIR = "./raft-data"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)  # wait before the n-th restart of a crashed peer
 STABLE_AFTER = 60.0  # a peer up this long has its back-off reset
-STOP_GRACE = 10.0  # seconds a peer gets to stop after SIGTERM before it is killed
 SUPERVISOR_TICK = 0.2
 
 log = logging.getLogger("launcher")
@@ -94,31 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("--if-absent", action="store_true", help="swap only if KEY is absent")
     ops.add_parser("status", help="print one JSON object per peer")
 
-    chaos = commands.add_parser(
-        "chaos", help="kill and pause peers of a local cluster under load; check linearizability"
-    )
-    chaos.add_argument("--peers", default="3", help="a number of peers on free ports, or H:P,...")
-    chaos.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
-    chaos.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
-    chaos.add_argument("--keys", type=int, default=5, help="how many keys they use (default 5)")
-    chaos.add_argument("--seed", type=int, help="seeds operations and faults (default: random)")
-    chaos.add_argument("--data-dir", help="where peers keep data and logs (default: a temp dir)")
-    chaos.add_argument("--election-timeout-ms", type=int, default=300)
-    chaos.add_argument("--client-timeout", type=float, default=1.0, help="per operation (s)")
-    chaos.add_argument("--check-timeout", type=float, default=300.0, help="checker budget (s)")
-    chaos.add_argument(
-        "--log-level",
-        default="WARNING",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="the peers' log level; logs go to DATA_DIR/chaos-logs/",
-    )
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
-    if not argv or argv[0] not in ("run", "client", "chaos", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "client", "-h", "--help"):
         argv.insert(0, "run")  # `run` is the default command
     return build_parser().parse_args(argv)
 
@@ -148,58 +129,35 @@ def _on_signals(stop: threading.Event) -> None:
 
 def run_peer(args: argparse.Namespace, peers: list[str]) -> int:
     """Run one peer in the foreground until SIGINT/SIGTERM (or its supervisor dies)."""
-    from actors.configuration import Configuration
-    from actors.errors import OptionsError
-    from actors.kv_store import KVStateMachine
-    from actors.options import NodeOptions, RaftOptions
-    from actors.raft_node import RaftNode
-    from storage.errors import StorageError
-    from storage.log_storage import SegmentLogStorage
-    from storage.meta_storage import FileMetaStorage
-    from transport.errors import BindError
-    from transport.kv_server import KVServer
-    from transport.zmq_transport import ZmqTransport
-
-    self_id: str = args.self_id
-    host, port = parse_peer(self_id)
-    try:
-        options = NodeOptions(
-            self_id,
-            Configuration.of(peers),
-            RaftOptions(election_timeout=args.election_timeout_ms / 1000),
-        )
-    except OptionsError as error:
-        raise UsageError(str(error)) from None
-    peer_dir = Path(args.data_dir) / f"{host}_{port}"
-    try:
-        peer_dir.mkdir(parents=True, exist_ok=True)
-        log_storage = SegmentLogStorage(peer_dir / "log", sync=not args.no_fsync)
-        meta = FileMetaStorage(peer_dir / "meta")
-    except (StorageError, OSError) as error:
-        print(f"{self_id}: cannot use data directory {peer_dir}: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     stop = threading.Event()
     _on_signals(stop)
-    transport = ZmqTransport(self_id, f"tcp://{host}:{port}", peers)
+    supervisor = args.supervisor_pid
+
+    def orphaned() -> bool:
+        # An orphan is re-parented, so a changed parent means the supervisor is gone.
+        if supervisor and os.getppid() != supervisor:
+            log.warning("supervisor %d is gone; stopping", supervisor)
+            return True
+        return False
+
     try:
-        node = RaftNode.start(options, KVStateMachine(), log_storage, meta, transport)
-    except BindError as error:
-        print(f"{self_id}: cannot listen: {error.reason} (port {port} in use?)", file=sys.stderr)
+        serve_peer(_peer_config(args, args.self_id, peers), stop, orphaned)
+    except OptionsError as error:
+        raise UsageError(str(error)) from None
+    except PeerStartError as error:
+        print(f"{args.self_id}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    KVServer(node, transport)
-    print(f"peer {self_id} serving (pid {os.getpid()}, data in {peer_dir})", flush=True)
-    while not stop.wait(1.0):
-        if args.supervisor_pid and not _alive(args.supervisor_pid):
-            log.warning("supervisor %d is gone; stopping", args.supervisor_pid)
-            break
-    node.stop()
-    print(f"peer {self_id} stopped", flush=True)
     return EXIT_OK
 
 
-def _alive(supervisor_pid: int) -> bool:
-    # An orphan is re-parented, so a changed parent means the supervisor is gone.
-    return os.getppid() == supervisor_pid
+def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerConfig:
+    return PeerConfig(
+        peer_id=peer,
+        peers=tuple(peers),
+        data_dir=Path(args.data_dir),
+        election_timeout_ms=args.election_timeout_ms,
+        fsync=not args.no_fsync,
+    )
 
 
 # -- a local cluster --------------------------------------------------------------------------
@@ -207,8 +165,8 @@ def _alive(supervisor_pid: int) -> bool:
 
 @dataclass
 class _Child:
-    peer: str
-    process: subprocess.Popen[bytes] | None = None
+    peer: LocalPeer
+    up: bool = False  # started, and its exit (if any) not yet handled
     started_at: float = 0.0
     restarts: int = 0
     next_start_at: float = 0.0
@@ -223,15 +181,18 @@ def supervise(args: argparse.Namespace, peers: list[str]) -> int:
             return EXIT_FAILURE
     stop = threading.Event()
     _on_signals(stop)
-    children = {peer: _Child(peer) for peer in peers}
+    children = [
+        _Child(LocalPeer(_peer_config(args, peer, peers), log_level=args.log_level))
+        for peer in peers
+    ]
     leader: tuple[str, int] | None = None
     next_status = 0.0
     print(f"starting {len(peers)} peers; data in {Path(args.data_dir).resolve()}", flush=True)
     try:
         while not stop.is_set():
             now = time.monotonic()
-            for child in children.values():
-                failure = _tend(child, args, peers, now)
+            for child in children:
+                failure = _tend(child, now)
                 if failure:
                     print(failure, file=sys.stderr)
                     return EXIT_FAILURE
@@ -240,58 +201,37 @@ def supervise(args: argparse.Namespace, peers: list[str]) -> int:
                 leader = _report_leader(peers, leader)
             stop.wait(SUPERVISOR_TICK)
     finally:
-        _stop_children(children.values())
+        _stop_children([child.peer for child in children])
     print("all peers stopped", flush=True)
     return EXIT_OK
 
 
-def _tend(child: _Child, args: argparse.Namespace, peers: list[str], now: float) -> str | None:
+def _tend(child: _Child, now: float) -> str | None:
     """Start, or notice the death of, one child. Returns a message if the cluster must stop."""
-    process = child.process
-    if process is not None:
-        code = process.poll()
+    peer = child.peer
+    if child.up:
+        code = peer.poll()
         if code is None:
             if now - child.started_at > STABLE_AFTER:
                 child.restarts = 0
             return None
-        child.process = None
+        child.up = False
         if code == EXIT_USAGE:
-            return f"peer {child.peer} refused its arguments (exit {code}); stopping"
+            return f"peer {peer.id} refused its arguments (exit {code}); stopping"
         delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
         child.restarts += 1
         child.next_start_at = now + delay
         print(
-            f"peer {child.peer} (pid {process.pid}) exited with code {code}; "
-            f"restarting in {delay:.0f}s",
+            f"peer {peer.id} (pid {peer.pid}) exited with code {code}; restarting in {delay:.0f}s",
             file=sys.stderr,
             flush=True,
         )
         return None
     if now >= child.next_start_at:
-        child.process = subprocess.Popen(_peer_command(child.peer, args, peers))
+        peer.start()
+        child.up = True
         child.started_at = now
     return None
-
-
-def _peer_command(peer: str, args: argparse.Namespace, peers: list[str]) -> list[str]:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "run",
-        "--self",
-        peer,
-        "--peers",
-        ",".join(peers),
-        "--data-dir",
-        args.data_dir,
-        "--election-timeout-ms",
-        str(args.election_timeout_ms),
-        "--log-level",
-        args.log_level,
-        "--supervisor-pid",
-        str(os.getpid()),
-    ]
-    return [*command, "--no-fsync"] if args.no_fsync else command
 
 
 def _port_problem(peer: str) -> str | None:
@@ -305,8 +245,6 @@ def _port_problem(peer: str) -> str | None:
 
 
 def _report_leader(peers: list[str], known: tuple[str, int] | None) -> tuple[str, int] | None:
-    from transport.client import KVClient
-
     with KVClient(peers, timeout=0.5) as client:
         statuses = client.status()
     leaders = [(s["id"], s["term"]) for s in statuses if s.get("role") == "leader"]
@@ -318,18 +256,15 @@ def _report_leader(peers: list[str], known: tuple[str, int] | None) -> tuple[str
     return current
 
 
-def _stop_children(children: Any) -> None:
-    running = [c.process for c in children if c.process is not None and c.process.poll() is None]
-    for process in running:
-        process.send_signal(signal.SIGTERM)
+def _stop_children(peers: list[LocalPeer]) -> None:
+    running = [peer for peer in peers if peer.running]
+    for peer in running:
+        peer.terminate()
     deadline = time.monotonic() + STOP_GRACE
-    for process in running:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"peer pid {process.pid} did not stop in time; killing it", file=sys.stderr)
-            process.kill()
-            process.wait()
+    for peer in running:
+        if peer.wait(deadline - time.monotonic()) is None:
+            print(f"peer pid {peer.pid} did not stop in time; killing it", file=sys.stderr)
+            peer.kill()
 
 
 def run_service(args: argparse.Namespace) -> int:
@@ -353,8 +288,6 @@ def run_service(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    from transport.client import ClientTimeout, KVClient, KVError
-
     peers = _peers(args.peers)
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -390,26 +323,11 @@ def run_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- chaos ------------------------------------------------------------------------------------
-
-
-def run_chaos(args: argparse.Namespace) -> int:
-    from transport import chaos
-
-    try:
-        config = chaos.config_from_args(args)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    return chaos.main(config)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "client":
             return run_client(args)
-        if args.command == "chaos":
-            return run_chaos(args)
         return run_service(args)
     except UsageError as error:
         print(f"launcher.py: error: {error}", file=sys.stderr)

@@ -4,7 +4,7 @@ The user API (futures from `RaftNode.apply`) fails with these. Whether the comma
 effect is part of each error's meaning, as in hashicorp/raft's docs:
 - NotLeaderError: definitely not applied; retry at `leader_hint`.
 - LeadershipLostError: outcome UNKNOWN (it was appended; it may yet commit under a new leader).
-- NodeStoppedError, NodeErrorState: the node cannot serve; for commands accepted before, unknown.
+- NodeStoppedError, NodeFailedError: the node cannot serve; for commands accepted before, unknown.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ class NodeStoppedError(RaftError):
     """The node is shutting down or stopped."""
 
 
-class NodeErrorState(RaftError):
+class NodeFailedError(RaftError):
     """The node entered ERROR (e.g. its state machine raised) and refuses to serve."""
 
 
-class InvariantViolation(RaftError):
+class InvariantViolationError(RaftError):
     """A Raft safety invariant would break (e.g. truncating at or below the commit index).
     Fatal: the node enters ERROR rather than continue with a possibly divergent log."""

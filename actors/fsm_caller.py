@@ -14,22 +14,21 @@ actor's thread, one at a time. It reads committed entries from the thread-safe `
   pending future fails with LeadershipLostError: outcome unknown, the entry may still commit
   under the next leader and be applied here, but its future has already been failed.
 - A state machine that raises (or returns the wrong number of results) puts the caller in ERROR:
-  pending futures fail with NodeErrorState, `on_error` is called, the Node is told FatalError,
+  pending futures fail with NodeFailedError, `on_error` is called, the Node is told FatalError,
   and nothing is ever applied again, rather than let this replica diverge silently.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 from collections.abc import Callable
 from typing import Any
 
 import pykka
 
 from actors.base import RaftActor, handles
-from actors.errors import LeadershipLostError, NodeErrorState, NodeStoppedError, RaftError
+from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, RaftError
+from actors.futures import complete, fail
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
@@ -53,13 +52,17 @@ class FSMCaller(RaftActor):
     may be read from any thread: a plain int, written after the state machine returned."""
 
     def __init__(
-        self, state_machine: StateMachine, log_view: LogView, node: Mailbox, options: RaftOptions
+        self,
+        state_machine: StateMachine,
+        log_view: LogView,
+        node: Mailbox,
+        raft_options: RaftOptions,
     ) -> None:
         super().__init__()
         self.state_machine = state_machine
         self.log_view = log_view
         self.node = node
-        self.options = options
+        self.raft_options = raft_options
         # Invariant: applied_index <= committed_index; it only grows, by exactly the entries
         # handed over in log order. (Starts at 0 until snapshots exist.)
         self.applied_index = 0
@@ -103,18 +106,18 @@ class FSMCaller(RaftActor):
     def on_register_pending(self, msg: RegisterPending) -> None:
         if self.error is not None:
             for future in msg.futures:
-                _fail(future, NodeErrorState(f"state machine failed: {self.error}"))
+                fail(future, NodeFailedError(f"state machine failed: {self.error}"))
             return
         for offset, future in enumerate(msg.futures):
             index = msg.first_index + offset
             if index <= self.applied_index:
                 # Causal order (LogManager registers before anyone can grant) rules this out.
                 log.warning("fsm: future for %d registered after it was applied", index)
-                _fail(future, LeadershipLostError(f"entry {index} applied before registration"))
+                fail(future, LeadershipLostError(f"entry {index} applied before registration"))
                 continue
             replaced = self.pending.get(index)
             if replaced is not None:
-                _fail(replaced, LeadershipLostError(f"entry {index} was overwritten"))
+                fail(replaced, LeadershipLostError(f"entry {index} was overwritten"))
             self.pending[index] = future
 
     @handles(LeaderStart)
@@ -159,7 +162,7 @@ class FSMCaller(RaftActor):
         """Apply up to max_apply_batch entries after applied_index. Returns whether it made
         progress without entering ERROR."""
         first = self.applied_index + 1
-        last = min(self.committed_index, self.applied_index + self.options.max_apply_batch)
+        last = min(self.committed_index, self.applied_index + self.raft_options.max_apply_batch)
         entries = self.log_view.entries(first, last)
         if not entries:
             # The next Commit retries; no retry loop of our own.
@@ -207,7 +210,7 @@ class FSMCaller(RaftActor):
         for entry_index, result in results:
             future = self.pending.pop(entry_index, None)
             if future is not None:
-                _complete(future, result)
+                complete(future, result)
         self._maybe_leader_start()
 
     # -- leadership and errors -----------------------------------------------------------------
@@ -238,7 +241,7 @@ class FSMCaller(RaftActor):
         reason = f"{where}: {type(exc).__name__}: {exc}"
         self.error = reason
         log.error("fsm: entering ERROR after %s", reason, exc_info=exc)
-        self._fail_pending(NodeErrorState(f"state machine failed: {reason}"))
+        self._fail_pending(NodeFailedError(f"state machine failed: {reason}"))
         try:
             self.state_machine.on_error(exc)
         except Exception:
@@ -248,15 +251,4 @@ class FSMCaller(RaftActor):
     def _fail_pending(self, error: BaseException) -> None:
         pending, self.pending = self.pending, {}
         for future in pending.values():
-            _fail(future, error)
-
-
-def _complete(future: pykka.Future[Any], result: Any) -> None:
-    # queue.Full is pykka's "already settled": whoever holds the future settled it first.
-    with contextlib.suppress(queue.Full):
-        future.set(result)
-
-
-def _fail(future: pykka.Future[Any], error: BaseException) -> None:
-    with contextlib.suppress(queue.Full):
-        future.set_exception((type(error), error, error.__traceback__))
+            fail(future, error)

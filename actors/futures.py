@@ -1,9 +1,16 @@
-"""A pykka future that calls back when completed, for edges that must not block a thread per
-request (the KV server answers each client when its command's future completes)."""
+"""Settling pykka futures: the one way the actors complete or fail a command's future, and a
+future that calls back when settled, for edges that must not block a thread per request.
+
+`complete` and `fail` tolerate a future that is already settled (a caller that timed out and
+settled it itself, or a second path reaching the same future during shutdown): the first
+outcome wins, and settling again is a no-op rather than an exception inside an actor.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import queue
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pykka
@@ -11,8 +18,26 @@ import pykka
 from actors.errors import RaftError
 
 
+def complete(future: pykka.Future[Any], value: Any) -> None:
+    """Settle `future` with `value`, unless it is settled already."""
+    # queue.Full is pykka's "already settled": whoever holds the future settled it first.
+    with contextlib.suppress(queue.Full):
+        future.set(value)
+
+
+def fail(future: pykka.Future[Any], error: BaseException) -> None:
+    """Settle `future` with `error` (raised by its `get`), unless it is settled already."""
+    with contextlib.suppress(queue.Full):
+        future.set_exception((type(error), error, error.__traceback__))
+
+
+def fail_all(futures: Iterable[pykka.Future[Any]], error: BaseException) -> None:
+    for future in futures:
+        fail(future, error)
+
+
 class CompletionFuture(pykka.ThreadingFuture[Any]):
-    """Calls `on_done(value, error)` exactly once, on the thread that completes the future
+    """Calls `on_done(value, error)` exactly once, on the thread that settles the future
     (for Raft commands, the FSMCaller's or the Node's): keep it short and non-blocking."""
 
     def __init__(self, on_done: Callable[[Any, BaseException | None], None]) -> None:

@@ -19,7 +19,8 @@ import logging
 from dataclasses import dataclass
 
 from actors.base import RaftActor, handles
-from actors.errors import InvariantViolation, NotLeaderError
+from actors.errors import InvariantViolationError, NotLeaderError
+from actors.futures import fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
@@ -81,7 +82,7 @@ class LogManager(RaftActor):
     ) -> None:
         super().__init__()
         self.peer_id = peer_id
-        self.view = log_view
+        self.log_view = log_view
         self.meta = meta
         self.transport = transport
         self.node = node
@@ -100,7 +101,7 @@ class LogManager(RaftActor):
     def __str__(self) -> str:
         role = f"leader@{self.leader_term}" if self.leader_term is not None else "follower"
         return (
-            f"{role} last={self.view.last_index} stable={self.view.stable_index} "
+            f"{role} last={self.log_view.last_index} stable={self.log_view.stable_index} "
             f"committed={self.committed_index} unflushed={len(self._unflushed)}"
         )
 
@@ -110,7 +111,7 @@ class LogManager(RaftActor):
     def on_become_leader(self, msg: BecomeLeader) -> None:
         self._flush()  # everything accepted as a follower is durable and acked first
         self.leader_term = msg.term
-        first = self.view.last_index + 1
+        first = self.log_view.last_index + 1
         self._granted = first - 1
         self.ballot_box.tell(ResetPending(msg.term, first, msg.conf))
         self.fsm_caller.tell(LeaderStart(msg.term, first))
@@ -121,11 +122,9 @@ class LogManager(RaftActor):
     @handles(AppendLeaderEntries)
     def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None:
         if self.leader_term != msg.term or self._failed:
-            error = NotLeaderError(None)
-            for future in msg.futures:
-                future.set_exception((type(error), error, None))
+            fail_all(msg.futures, NotLeaderError(None))
             return
-        first = self.view.last_index + 1
+        first = self.log_view.last_index + 1
         entries = [
             LogEntry(first + n, msg.term, EntryType.DATA, command)
             for n, command in enumerate(msg.commands)
@@ -136,7 +135,7 @@ class LogManager(RaftActor):
         self._append_leader(entries)
 
     def _append_leader(self, entries: list[LogEntry]) -> None:
-        self.view.append_unstable(entries)
+        self.log_view.append_unstable(entries)
         self._unflushed.extend(entries)
         self._grant_upto = entries[-1].index
         appended = LogAppended(entries[-1].index)
@@ -165,7 +164,7 @@ class LogManager(RaftActor):
     def on_committed(self, msg: Committed) -> None:
         if msg.index > self.committed_index:
             self.committed_index = msg.index
-            self.view.set_committed(msg.index)
+            self.log_view.set_committed(msg.index)
 
     # -- follower ----------------------------------------------------------------------------
 
@@ -175,7 +174,7 @@ class LogManager(RaftActor):
         if self.leader_term is not None or self._failed:
             log.warning("%s: AppendEntries from %s ignored (%s)", self.peer_id, req.leader_id, self)
             return
-        view = self.view
+        view = self.log_view
         prev = req.prev_log_index
         if prev > view.last_index or view.term_at(prev) != req.prev_log_term:
             # Mismatch: our last index lets the leader jump back rather than step one by one.
@@ -204,7 +203,7 @@ class LogManager(RaftActor):
     def _truncate_suffix(self, last_index_kept: int) -> bool:
         if last_index_kept < self.committed_index:
             self._fail(
-                InvariantViolation(
+                InvariantViolationError(
                     f"would truncate committed entries after {last_index_kept} "
                     f"(commit index {self.committed_index})"
                 )
@@ -212,7 +211,7 @@ class LogManager(RaftActor):
             return False
         log.info("%s: conflict, truncating log after %d", self.peer_id, last_index_kept)
         self._unflushed = [e for e in self._unflushed if e.index <= last_index_kept]
-        self.view.truncate_suffix(last_index_kept)
+        self.log_view.truncate_suffix(last_index_kept)
         return True
 
     def _response(
@@ -221,7 +220,7 @@ class LogManager(RaftActor):
         return AppendEntriesResponse(
             term=term,
             success=success,
-            last_log_index=self.view.last_index,
+            last_log_index=self.log_view.last_index,
             peer_id=self.peer_id,
             seq=req.seq,
             req_term=req.term,
@@ -259,8 +258,8 @@ class LogManager(RaftActor):
         request = RequestVoteRequest(
             term=msg.term,
             candidate_id=self.peer_id,
-            last_log_index=self.view.last_index,
-            last_log_term=self.view.last_term,
+            last_log_index=self.log_view.last_index,
+            last_log_term=self.log_view.last_term,
             pre_vote=msg.pre_vote,
         )
         for peer in msg.peers:
@@ -269,7 +268,7 @@ class LogManager(RaftActor):
     @handles(CheckVote)
     def on_check_vote(self, msg: CheckVote) -> None:
         req = msg.request
-        view = self.view
+        view = self.log_view
         log_ok = (req.last_log_term, req.last_log_index) >= (view.last_term, view.last_index)
         granted = log_ok
         if not req.pre_vote:
@@ -322,7 +321,7 @@ class LogManager(RaftActor):
         if self._unflushed:
             batch, self._unflushed = self._unflushed, []
             try:
-                self.view.persist(batch)
+                self.log_view.persist(batch)
             except Exception as exc:
                 self._fail(exc)
                 return
@@ -337,7 +336,7 @@ class LogManager(RaftActor):
                 commit = max(commit, ack.commit_index)
             if commit > self.committed_index:
                 self.committed_index = commit
-                self.view.set_committed(commit)
+                self.log_view.set_committed(commit)
                 self.fsm_caller.tell(Commit(commit))
 
     def _fail(self, error: BaseException) -> None:
@@ -350,7 +349,7 @@ class LogManager(RaftActor):
 
     def on_stop(self) -> None:
         self._flush()
-        for closable in (self.view, self.meta):
+        for closable in (self.log_view, self.meta):
             try:
                 closable.close()
             except Exception:

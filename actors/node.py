@@ -19,12 +19,13 @@ import enum
 import logging
 import os
 import random
-from typing import Any, Protocol
+from typing import Protocol
 
 from actors.base import RaftActor, handles
 from actors.clock import Clock
 from actors.configuration import Configuration
-from actors.errors import NodeErrorState, NodeStoppedError, NotLeaderError, RaftError
+from actors.errors import NodeFailedError, NodeStoppedError, NotLeaderError, RaftError
+from actors.futures import complete, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
@@ -49,6 +50,7 @@ from actors.messages import (
     VoteTimeout,
 )
 from actors.options import NodeOptions
+from actors.status import NodeStatus
 from transport.base import Transport
 from transport.rpc import (
     AppendEntriesRequest,
@@ -93,10 +95,10 @@ class Node(RaftActor):
     ) -> None:
         super().__init__()
         self.options = options
-        self.raft = options.raft
+        self.raft_options = options.raft
         self.peer_id = options.peer_id
         self.conf: Configuration = options.initial_conf
-        self.view = log_view
+        self.log_view = log_view
         self.log_manager = log_manager
         self.transport = transport
         self.replicators = replicators
@@ -143,20 +145,21 @@ class Node(RaftActor):
             return
         error: RaftError
         if self.role is Role.ERROR:
-            error = NodeErrorState(f"node {self.peer_id} is in ERROR: {self.error}")
+            error = NodeFailedError(f"node {self.peer_id} is in ERROR: {self.error}")
         elif self.role is Role.SHUTDOWN:
             error = NodeStoppedError(f"node {self.peer_id} is stopped")
         else:
             error = NotLeaderError(self.leader_id)
-        for future in msg.futures:
-            future.set_exception((type(error), error, None))
+        fail_all(msg.futures, error)
 
     # -- timers ------------------------------------------------------------------------------
 
     def _arm_election_timer(self, delay: float | None = None) -> None:
         self._election_gen += 1
         if delay is None:
-            delay = self.raft.election_timeout + self.rng.uniform(0, self.raft.election_delay)
+            delay = self.raft_options.election_timeout + self.rng.uniform(
+                0, self.raft_options.election_delay
+            )
         self.tell_later(self.clock, delay, ElectionTimeout(self._election_gen))
 
     def _invalidate_timers(self) -> None:
@@ -170,15 +173,19 @@ class Node(RaftActor):
             return
         # Re-armed lazily: contacts only move a timestamp, the timer checks it when it fires.
         quiet_since = max(self._last_leader_contact, self._election_reset_at)
-        remaining = quiet_since + self.raft.election_timeout - self.clock.now()
+        remaining = quiet_since + self.raft_options.election_timeout - self.clock.now()
         if remaining > 0:
-            self._arm_election_timer(remaining + self.rng.uniform(0, self.raft.election_delay))
+            self._arm_election_timer(
+                remaining + self.rng.uniform(0, self.raft_options.election_delay)
+            )
             return
         self._start_pre_vote()
 
     def _arm_vote_timer(self) -> None:
         self._vote_gen += 1
-        delay = self.raft.election_timeout + self.rng.uniform(0, self.raft.election_delay)
+        delay = self.raft_options.election_timeout + self.rng.uniform(
+            0, self.raft_options.election_delay
+        )
         self.tell_later(self.clock, delay, VoteTimeout(self._vote_gen))
 
     @handles(VoteTimeout)
@@ -268,7 +275,7 @@ class Node(RaftActor):
     def _has_live_leader(self) -> bool:
         if self.role is Role.LEADER:
             return True
-        recent = self.clock.now() - self._last_leader_contact < self.raft.election_timeout
+        recent = self.clock.now() - self._last_leader_contact < self.raft_options.election_timeout
         return self.leader_id is not None and recent
 
     def _refuse_vote(self, req: RequestVoteRequest) -> None:
@@ -356,7 +363,9 @@ class Node(RaftActor):
 
     def _arm_lease_check(self) -> None:
         self._lease_gen += 1
-        self.tell_later(self.clock, self.raft.lease_timeout / 4, LeaseCheck(self._lease_gen))
+        self.tell_later(
+            self.clock, self.raft_options.lease_timeout / 4, LeaseCheck(self._lease_gen)
+        )
 
     @handles(PeerContact)
     def on_peer_contact(self, msg: PeerContact) -> None:
@@ -370,7 +379,7 @@ class Node(RaftActor):
     def on_lease_check(self, msg: LeaseCheck) -> None:
         if msg.generation != self._lease_gen or self.role is not Role.LEADER:
             return
-        horizon = self.clock.now() - self.raft.lease_timeout
+        horizon = self.clock.now() - self.raft_options.lease_timeout
         alive = {p for p, at in self._peer_contact.items() if at >= horizon} | {self.peer_id}
         if not self.conf.has_quorum(alive):
             log.warning("%s: no quorum heard within the lease; stepping down", self.peer_id)
@@ -410,30 +419,28 @@ class Node(RaftActor):
         self.transport.send(
             req.leader_id,
             AppendEntriesResponse(
-                term, False, self.view.last_index, self.peer_id, req.seq, req.term
+                term, False, self.log_view.last_index, self.peer_id, req.seq, req.term
             ),
         )
 
     # -- status ------------------------------------------------------------------------------
 
     @handles(GetStatus)
-    def on_get_status(self, msg: GetStatus) -> dict[str, Any]:
-        status: dict[str, Any] = {
-            "id": self.peer_id,
-            "role": self.role.value,
-            "term": self.term,
-            "leader": self.leader_id,
-            "voted_for": self.voted_for,
-            "commit_index": self.view.committed_index,
-            "applied_index": self.view.applied_index,
-            "last_log_index": self.view.last_index,
-            "pid": os.getpid(),
-            "conf": sorted(self.conf.all_peers()),
-        }
-        if self.error:
-            status["error"] = self.error
-        if self.role is Role.LEADER:
-            status["replicators"] = dict(sorted(self._peer_state.items()))
+    def on_get_status(self, msg: GetStatus) -> NodeStatus:
+        status = NodeStatus(
+            id=self.peer_id,
+            role=self.role.value,
+            term=self.term,
+            leader=self.leader_id,
+            voted_for=self.voted_for,
+            commit_index=self.log_view.committed_index,
+            applied_index=self.log_view.applied_index,
+            last_log_index=self.log_view.last_index,
+            pid=os.getpid(),
+            conf=sorted(self.conf.all_peers()),
+            error=self.error,
+            replicators=dict(sorted(self._peer_state.items())) if self.role is Role.LEADER else {},
+        )
         if msg.reply is not None:
-            msg.reply.set(status)
+            complete(msg.reply, status)
         return status

@@ -10,15 +10,13 @@ Every method may be called from any thread. `apply` only tells; `status`, `is_le
 application, never from inside another actor's handler.
 
 Futures fail with the errors of actors.errors: NotLeaderError (not applied; see leader_hint),
-LeadershipLostError (outcome unknown), NodeErrorState / NodeStoppedError.
+LeadershipLostError (outcome unknown), NodeFailedError / NodeStoppedError.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,9 +24,12 @@ import pykka
 
 from actors.clock import Clock, RealClock
 from actors.errors import NodeStoppedError
+from actors.futures import fail, fail_all
 from actors.messages import Apply, GetStatus
 from actors.options import NodeOptions
 from actors.state_machine import StateMachine
+from actors.status import NodeStatus
+from actors.wait import wait_until
 from actors.wiring import (
     ClientHandler,
     PeerActors,
@@ -115,48 +116,39 @@ class RaftNode:
         try:
             self._node.tell(Apply(tuple(commands), tuple(futures)))
         except pykka.ActorDeadError:
-            error = NodeStoppedError(f"node {self.options.peer_id} is stopped")
-            for future in futures:
-                future.set_exception((type(error), error, None))
+            fail_all(futures, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
         return list(futures)
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+    def status(self, timeout: float = 5.0) -> NodeStatus:
         """Role, term, leader, commit/applied/last index, pid, per-follower replication."""
-        future: pykka.Future[dict[str, Any]] = pykka.ThreadingFuture()
+        future: pykka.Future[NodeStatus] = pykka.ThreadingFuture()
         self.status_async(future)
         return future.get(timeout=timeout)
 
     def status_async(self, reply: pykka.Future[Any]) -> None:
-        """Complete `reply` with `status()`, without blocking the caller."""
+        """Complete `reply` with `status()` (a NodeStatus), without blocking the caller."""
         try:
             self._node.tell(GetStatus(reply))
         except pykka.ActorDeadError:
-            error = NodeStoppedError(f"node {self.options.peer_id} is stopped")
-            reply.set_exception((type(error), error, None))
+            fail(reply, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
 
     def wait_for_leader(self, timeout: float = 10.0) -> str:
         """Block until this node knows a leader (itself or another); return its id. Raises
         TimeoutError if none is known within `timeout` (e.g. no quorum is reachable)."""
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        while True:
-            leader: str | None = self.status(timeout=max(0.1, deadline - time.monotonic()))[
-                "leader"
-            ]
-            if leader is not None:
-                return leader
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"no leader known to {self.options.peer_id} after {timeout}s")
-            pause.wait(0.02)  # an election takes at least one election timeout anyway
+
+        def known_leader() -> str | None:
+            return self.status(timeout=max(0.1, timeout)).leader
+
+        # A leader is known at the earliest after one election timeout: polling is cheap here.
+        return wait_until(known_leader, f"a leader known to {self.options.peer_id}", timeout)
 
     @property
     def is_leader(self) -> bool:
-        return bool(self.status()["role"] == "leader")
+        return self.status().is_leader
 
     @property
     def leader_id(self) -> str | None:
-        leader: str | None = self.status()["leader"]
-        return leader
+        return self.status().leader
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, then every actor (the LogManager flushes and closes storage).

@@ -76,7 +76,7 @@ class Replicator(RaftActor):
         ballot_box: Mailbox,
         node: Mailbox,
         clock: Clock,
-        options: RaftOptions,
+        raft_options: RaftOptions,
     ) -> None:
         super().__init__()
         self.peer_id = peer_id
@@ -87,7 +87,7 @@ class Replicator(RaftActor):
         self.ballot_box = ballot_box
         self.node = node
         self.clock = clock
-        self.options = options
+        self.raft_options = raft_options
 
         self.state = ReplicatorState.PROBE
         self.blocked = False  # waiting out an RPC error; nothing is sent
@@ -146,7 +146,7 @@ class Replicator(RaftActor):
             return
         if resp.seq != self.inflight[0].seq:
             self.held[resp.seq] = resp  # its turn comes once every earlier one is handled
-            if len(self.held) > self.options.max_inflight:  # a guard: held keys are in flight
+            if len(self.held) > self.raft_options.max_inflight:  # a guard: held keys are in flight
                 self._reset_pipeline()
                 self._send_probe()
             return
@@ -168,7 +168,7 @@ class Replicator(RaftActor):
             self._responded = False
             self.node.tell(PeerContact(self.peer_id, self.term, self.last_response_at, str(self)))
         oldest = self.inflight[0] if self.inflight else None
-        if oldest and self.clock.now() - oldest.sent_at >= self.options.replicator_rpc_timeout:
+        if oldest and self.clock.now() - oldest.sent_at >= self.raft_options.replicator_rpc_timeout:
             self._block(f"no response to seq {oldest.seq} in time")
         if self.blocked:
             return
@@ -243,11 +243,11 @@ class Replicator(RaftActor):
             self.state is ReplicatorState.REPLICATE
             and not self.blocked
             and not self.stopped
-            and len(self.inflight) < self.options.max_inflight
+            and len(self.inflight) < self.raft_options.max_inflight
             and self.next_index <= self.log_view.last_index
         ):
-            last = self.next_index + self.options.max_entries_per_request - 1
-            entries = self.log_view.entries(self.next_index, last, self.options.max_body_bytes)
+            last = self.next_index + self.raft_options.max_entries_per_request - 1
+            entries = self.log_view.entries(self.next_index, last, self.raft_options.max_body_bytes)
             if not entries or entries[0].index != self.next_index:
                 # Compacted away (after a snapshot): the SNAPSHOT state will take over here.
                 log.warning("replicator %s: entry %d unavailable", self.peer_id, self.next_index)
@@ -297,20 +297,20 @@ class Replicator(RaftActor):
         log.info(
             "replicator %s: blocked for %.3fs: %s",
             self.peer_id,
-            self.options.replicator_block,
+            self.raft_options.replicator_block,
             reason,
         )
         self._reset_pipeline()
         self.blocked = True
         self._block_gen += 1
         self._block_timer = self.tell_later(
-            self.clock, self.options.replicator_block, Unblock(self._block_gen)
+            self.clock, self.raft_options.replicator_block, Unblock(self._block_gen)
         )
 
     def _arm_heartbeat(self) -> None:
         self._heartbeat_gen += 1
         self._heartbeat_timer = self.tell_later(
-            self.clock, self.options.heartbeat_interval, HeartbeatTick(self._heartbeat_gen)
+            self.clock, self.raft_options.heartbeat_interval, HeartbeatTick(self._heartbeat_gen)
         )
 
     def _stop_replicating(self) -> None:

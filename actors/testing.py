@@ -1,4 +1,5 @@
-"""Test helpers: recording mailboxes and an unthreaded actor harness. Tests only.
+"""Test helpers: recording mailboxes, a recording state machine and an unthreaded actor
+harness. Tests only.
 
     node_log = RecordingMailbox("log_manager")
     harness = ActorHarness(Node(options, log_manager=node_log, ...))
@@ -12,11 +13,14 @@ Everything happens on the test's thread, so assertions need no waiting.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from actors.base import RaftActor
 from actors.clock import ManualClock
+from actors.state_machine import Command, StateMachine
 from transport.rpc import RpcMessage
 
 T = TypeVar("T")
@@ -99,6 +103,69 @@ class RecordingTransport:
             (taken if wanted else kept).append(sent)
         self.sent = kept
         return taken
+
+
+class RecordingStateMachine(StateMachine):
+    """Records everything the FSMCaller does to it; the result of each command is its index.
+
+    `applied` holds (index, term, data) of every command in apply order, `batches` the indexes
+    of each on_apply call, `events` the leadership and shutdown callbacks, `errors` what
+    on_error got. Every change happens under `changed` and notifies it, so a test on another
+    thread can `wait_until(..., condition=sm.changed)` (share one condition across peers to
+    wait on a whole cluster). `fail_at` makes on_apply raise on a batch holding that index;
+    `short_results` makes it return one result too few (both put the node into ERROR).
+    """
+
+    def __init__(
+        self,
+        changed: threading.Condition | None = None,
+        *,
+        fail_at: int | None = None,
+        short_results: bool = False,
+    ) -> None:
+        self.changed = changed or threading.Condition()
+        self.applied: list[tuple[int, int, bytes]] = []
+        self.batches: list[list[int]] = []
+        self.events: list[str] = []
+        self.errors: list[BaseException] = []
+        self.leader_term: int | None = None
+        self.fail_at = fail_at
+        self.short_results = short_results
+
+    @property
+    def applied_indexes(self) -> list[int]:
+        with self.changed:
+            return [index for index, _, _ in self.applied]
+
+    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
+        indexes = [c.index for c in commands]
+        if self.fail_at in indexes:
+            raise RuntimeError(f"boom at {self.fail_at}")
+        with self.changed:
+            self.applied.extend((c.index, c.term, c.data) for c in commands)
+            self.batches.append(indexes)
+            self.changed.notify_all()
+        return indexes[:-1] if self.short_results else indexes
+
+    def on_leader_start(self, term: int) -> None:
+        self._event(f"start {term}", leader_term=term)
+
+    def on_leader_stop(self, term: int) -> None:
+        self._event(f"stop {term}", leader_term=None)
+
+    def on_error(self, error: BaseException) -> None:
+        with self.changed:
+            self.errors.append(error)
+            self.changed.notify_all()
+
+    def on_shutdown(self) -> None:
+        self._event("shutdown", leader_term=None)
+
+    def _event(self, event: str, leader_term: int | None) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.leader_term = leader_term
+            self.changed.notify_all()
 
 
 class _SelfQueue:

@@ -31,12 +31,10 @@ from transport.rpc import (
     AppendEntriesRequest,
     AppendEntriesResponse,
     ClientRequest,
-    InstallSnapshotResponse,
     RequestVoteRequest,
     RequestVoteResponse,
     RpcMessage,
     StatusRequest,
-    TimeoutNowResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ StopActor = Callable[[Mailbox], None]
 ClientHandler = Callable[[RpcMessage], None]
 
 _TO_NODE = (AppendEntriesRequest, RequestVoteRequest, RequestVoteResponse)
-_TO_REPLICATOR = (AppendEntriesResponse, InstallSnapshotResponse, TimeoutNowResponse)
+_TO_REPLICATOR = (AppendEntriesResponse,)
 _FROM_CLIENTS = (ClientRequest, StatusRequest)
 
 
@@ -81,7 +79,7 @@ class PeerActors:
     log_manager: Mailbox
     ballot_box: Mailbox
     fsm_caller: Mailbox
-    view: LogView
+    log_view: LogView
     replicators: Replicators
 
     def in_stop_order(self) -> list[Mailbox]:
@@ -104,7 +102,7 @@ def assemble_peer(
     only actor that starts work on its own, from a timer) is started."""
     raft = options.raft
     peer_id = options.peer_id
-    view = LogView(log_storage, raft.log_tail_entries)
+    log_view = LogView(log_storage, raft.log_tail_entries)
     node, log_manager, ballot_box, fsm = (MailboxSlot(n) for n in ("node", "lm", "bb", "fsm"))
 
     def build_replicator(peer: str, term: int, next_index: int) -> Mailbox:
@@ -114,7 +112,7 @@ def assemble_peer(
             peer_id,
             term,
             next_index,
-            view,
+            log_view,
             transport,
             ballot_box,
             node,
@@ -122,11 +120,11 @@ def assemble_peer(
             raft,
         )
 
-    fsm_ref = spawn(FSMCaller, state_machine, view, node, raft)
+    fsm_ref = spawn(FSMCaller, state_machine, log_view, node, raft)
     fsm.bind(fsm_ref)
     bb_ref = spawn(BallotBox, fsm, log_manager)
     ballot_box.bind(bb_ref)
-    lm_ref = spawn(LogManager, peer_id, view, meta_storage, transport, node, ballot_box, fsm)
+    lm_ref = spawn(LogManager, peer_id, log_view, meta_storage, transport, node, ballot_box, fsm)
     log_manager.bind(lm_ref)
     replicators = Replicators(build_replicator, stop)
     node_ref = spawn(
@@ -134,7 +132,7 @@ def assemble_peer(
         options,
         term=meta_storage.term,
         voted_for=meta_storage.voted_for,
-        log_view=view,
+        log_view=log_view,
         log_manager=log_manager,
         transport=transport,
         replicators=replicators,
@@ -142,7 +140,7 @@ def assemble_peer(
         rng=rng,
     )
     node.bind(node_ref)
-    return PeerActors(node_ref, lm_ref, bb_ref, fsm_ref, view, replicators)
+    return PeerActors(node_ref, lm_ref, bb_ref, fsm_ref, log_view, replicators)
 
 
 class Router:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,42 +29,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from actors.configuration import Configuration  # noqa: E402
-from actors.kv_store import KVStateMachine  # noqa: E402
 from actors.options import NodeOptions, RaftOptions  # noqa: E402
 from actors.raft_node import RaftNode  # noqa: E402
+from actors.service.kv_server import KVServer  # noqa: E402
+from actors.service.kv_store import KVStateMachine  # noqa: E402
+from actors.service.local_peer import LocalPeer  # noqa: E402
+from actors.service.peer import PeerConfig, peer_data_dir  # noqa: E402
+from actors.wait import wait_until  # noqa: E402
 from storage.log_storage import SegmentLogStorage  # noqa: E402
 from storage.meta_storage import FileMetaStorage  # noqa: E402
 from transport import codec  # noqa: E402
 from transport.client import KVClient  # noqa: E402
 from transport.kv_protocol import PUT, KVCommand, LoggedCommand, encode_command, encode_logged  # noqa: E402
-from transport.kv_server import KVServer  # noqa: E402
 from transport.peers import free_ports  # noqa: E402
 from transport.rpc import ClientRequest, ClientResponse, ClientStatus  # noqa: E402
 from transport.zmq_transport import ZmqTransport  # noqa: E402
 
-LAUNCHER = str(ROOT / "launcher.py")
 VALUE = "v" * 100
 
 
-def start_peer(
-    peer: str, peers: list[str], data: Path, fsync: bool, timeout_ms: int
-) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        LAUNCHER,
-        "run",
-        "--self",
-        peer,
-        "--peers",
-        ",".join(peers),
-        "--data-dir",
-        str(data),
-        "--election-timeout-ms",
-        str(timeout_ms),
-        "--log-level",
-        "WARNING",
-    ]
-    return subprocess.Popen(args + ([] if fsync else ["--no-fsync"]), stdout=subprocess.DEVNULL)
+def start_peer(peer: str, peers: list[str], data: Path, fsync: bool, timeout_ms: int) -> LocalPeer:
+    config = PeerConfig(peer, tuple(peers), data, timeout_ms, fsync)
+    local = LocalPeer(config, log_path=data / "logs" / f"{config.peer_dir.name}.log")
+    local.start()
+    return local
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -157,14 +144,13 @@ def bench_concurrent(leader: str, clients: int, seconds: float) -> dict[str, flo
 
 def bench_embedded(
     data: Path, fsync: bool, seconds: float, window: int = 4096
-) -> tuple[dict[str, float], list[subprocess.Popen[bytes]]]:
+) -> tuple[dict[str, float], list[LocalPeer]]:
     """Host the leader in this process (short election timeout so it wins) and apply commands
     through RaftNode.apply_batch, keeping `window` commands in flight."""
     peers = [f"127.0.0.1:{p}" for p in free_ports(3)]
     me = peers[0]
     followers = [start_peer(p, peers, data / "embedded", fsync, 5000) for p in peers[1:]]
-    host, port = me.split(":")
-    peer_dir = data / "embedded" / f"{host}_{port}"
+    peer_dir = peer_data_dir(data / "embedded", me)
     peer_dir.mkdir(parents=True)
     transport = ZmqTransport(me, f"tcp://{me}", peers)
     node = RaftNode.start(
@@ -175,8 +161,7 @@ def bench_embedded(
         transport,
     )
     KVServer(node, transport)
-    while not node.is_leader:
-        time.sleep(0.05)
+    wait_until(lambda: node.is_leader, "the embedded peer to lead", 30.0)
     command = encode_logged(LoggedCommand("embedded", 0, KVCommand(PUT, "k", VALUE)))
     batch = 256
     inflight: list[Any] = []
@@ -224,13 +209,10 @@ def main() -> None:
             }
         finally:
             for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=15)
+                proc.stop()
         embedded, followers = bench_embedded(data, fsync, args.seconds)
         for proc in followers:
-            proc.terminate()
-            proc.wait(timeout=15)
+            proc.stop()
         rows.append(("(c) embedded facade, many in flight", embedded))
     print(f"\n3 peers, 100-byte values, fsync {'on' if fsync else 'OFF'}, {args.seconds:.0f}s each")
     for name, result in rows:

@@ -1,29 +1,12 @@
 """Durable storage of a Raft peer: the log, the term/vote meta data, and in-memory twins.
 
-`SegmentLogStorage` and `FileMetaStorage` are the durable implementations of the `LogStorage`
-and `MetaStorage` protocols; `MemoryLogStorage` and `MemoryMetaStorage` are for tests only.
+The bottom layer: it imports nothing else of the project. `storage.entry` (the log entry) is
+the one type the disk and the wire share; this package's `__init__` imports nothing, so the
+wire can import `storage.entry` without pulling in any disk code.
+
+- `base`: the `LogStorage` and `MetaStorage` protocols;
+- `log_storage` / `segment`: `SegmentLogStorage`, the durable segmented log;
+- `meta_storage`: `FileMetaStorage`, the durable term and vote;
+- `memory`: `MemoryLogStorage` and `MemoryMetaStorage`, in-memory twins (tests only);
+- `errors`: `StorageError` and its subclasses.
 """
-
-from __future__ import annotations
-
-from storage.base import LogStorage, MetaStorage
-from storage.entry import EntryType, LogEntry
-from storage.errors import CorruptLogError, CorruptMetaError, LogIndexError, StorageError
-from storage.log_storage import SegmentLogStorage
-from storage.memory import MemoryLogStorage, MemoryMetaStorage
-from storage.meta_storage import FileMetaStorage
-
-__all__ = [
-    "CorruptLogError",
-    "CorruptMetaError",
-    "EntryType",
-    "FileMetaStorage",
-    "LogEntry",
-    "LogIndexError",
-    "LogStorage",
-    "MemoryLogStorage",
-    "MemoryMetaStorage",
-    "MetaStorage",
-    "SegmentLogStorage",
-    "StorageError",
-]

@@ -40,7 +40,7 @@ _NO_LEADER_PAUSE = 0.05  # after every peer said "no leader" (an election is on)
 _CONNECT_WAIT_MS = 200  # how long a send waits for a connection to a peer to come up
 
 
-class KVError(Exception):
+class KVError(TransportError):
     """Base class of KVClient errors."""
 
 
@@ -201,7 +201,7 @@ class KVClient:
                 if attempt == 0 and not sock.poll(_CONNECT_WAIT_MS, zmq.POLLOUT):
                     return False
             except zmq.ZMQError as exc:
-                raise TransportError(f"cannot send to {peer}: {exc}") from exc
+                raise KVError(f"cannot send to {peer}: {exc}") from exc
         return False
 
     def _await(self, request_id: int, deadline: float) -> ClientResponse | None:

@@ -80,12 +80,8 @@ MESSAGE_TAGS: Final[Mapping[type, int]] = MappingProxyType(
         rpc.RequestVoteResponse: 2,
         rpc.AppendEntriesRequest: 3,
         rpc.AppendEntriesResponse: 4,
-        rpc.InstallSnapshotRequest: 5,
-        rpc.InstallSnapshotResponse: 6,
-        rpc.TimeoutNowRequest: 7,
-        rpc.TimeoutNowResponse: 8,
-        rpc.ReadIndexRequest: 9,
-        rpc.ReadIndexResponse: 10,
+        # 5-10 are reserved: an early draft used them for InstallSnapshot, TimeoutNow and
+        # ReadIndex. The features that need such messages take new tags (15 on).
         rpc.ClientRequest: 11,
         rpc.ClientResponse: 12,
         rpc.StatusRequest: 13,

@@ -74,87 +74,6 @@ class AppendEntriesResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class InstallSnapshotRequest:
-    """One chunk of a snapshot; `done` marks the last chunk."""
-
-    term: int
-    leader_id: str
-    last_included_index: int
-    last_included_term: int
-    configuration: bytes  # encoded configuration at last_included_index
-    offset: int
-    data: bytes
-    done: bool
-    seq: int
-
-    @property
-    def sender(self) -> str:
-        return self.leader_id
-
-
-@dataclass(frozen=True, slots=True)
-class InstallSnapshotResponse:
-    term: int
-    success: bool
-    peer_id: str
-    seq: int
-    req_term: int
-
-    @property
-    def sender(self) -> str:
-        return self.peer_id
-
-
-@dataclass(frozen=True, slots=True)
-class TimeoutNowRequest:
-    """Leadership transfer: the leader asks `peer_id` to start an election at once."""
-
-    term: int
-    leader_id: str
-    peer_id: str
-
-    @property
-    def sender(self) -> str:
-        return self.leader_id
-
-
-@dataclass(frozen=True, slots=True)
-class TimeoutNowResponse:
-    term: int
-    success: bool
-    peer_id: str
-
-    @property
-    def sender(self) -> str:
-        return self.peer_id
-
-
-@dataclass(frozen=True, slots=True)
-class ReadIndexRequest:
-    """A follower (or client) asks the leader for a read index (Raft dissertation §6.4)."""
-
-    sender_id: str
-    request_id: int
-
-    @property
-    def sender(self) -> str:
-        return self.sender_id
-
-
-@dataclass(frozen=True, slots=True)
-class ReadIndexResponse:
-    peer_id: str
-    request_id: int
-    index: int
-    success: bool
-    leader_hint: str = ""
-
-    @property
-    def sender(self) -> str:
-        return self.peer_id
-
-
-@dataclass(frozen=True, slots=True)
 class ClientRequest:
     """A client command. (client_id, seq) lets the state machine de-duplicate retried writes
     (Raft dissertation §6.3); request_id correlates the reply on the client's connection."""
@@ -218,12 +137,6 @@ RpcMessage = (
     | RequestVoteResponse
     | AppendEntriesRequest
     | AppendEntriesResponse
-    | InstallSnapshotRequest
-    | InstallSnapshotResponse
-    | TimeoutNowRequest
-    | TimeoutNowResponse
-    | ReadIndexRequest
-    | ReadIndexResponse
     | ClientRequest
     | ClientResponse
     | StatusRequest

@@ -11,7 +11,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import pytest
 
@@ -20,37 +19,13 @@ from actors.configuration import Configuration
 from actors.errors import RaftError
 from actors.options import NodeOptions, RaftOptions
 from actors.raft_node import RaftNode
-from actors.state_machine import Command, StateMachine
+from actors.testing import RecordingStateMachine
+from actors.wait import wait_until
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
 from transport.memory import MemoryNetwork
 
 ELECTION_TIMEOUT = 0.3
 WAIT = 15.0  # generous deadline for a condition; a healthy run takes a small fraction of it
-
-
-class RecordingStateMachine(StateMachine):
-    """Records every applied command; results are the entry's index."""
-
-    def __init__(self, changed: threading.Condition) -> None:
-        self.changed = changed
-        self.applied: list[tuple[int, bytes]] = []
-        self.leader_term: int | None = None
-
-    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
-        with self.changed:
-            self.applied.extend((c.index, c.data) for c in commands)
-            self.changed.notify_all()
-        return [c.index for c in commands]
-
-    def on_leader_start(self, term: int) -> None:
-        with self.changed:
-            self.leader_term = term
-            self.changed.notify_all()
-
-    def on_leader_stop(self, term: int) -> None:
-        with self.changed:
-            self.leader_term = None
-            self.changed.notify_all()
 
 
 class Peer:
@@ -140,9 +115,7 @@ class Cluster:
         return node
 
     def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        with self.changed:
-            if not self.changed.wait_for(predicate, timeout=timeout):
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        wait_until(predicate, what, timeout, condition=self.changed)
 
     def wait_for_leader(self, among: Sequence[str] | None = None) -> str:
         """A peer whose leadership is established (its first entry applied), among `among`."""
@@ -161,7 +134,7 @@ class Cluster:
 
     def applied(self, peer_id: str) -> list[tuple[int, bytes]]:
         with self.changed:
-            return list(self.sm(peer_id).applied)
+            return [(index, data) for index, _, data in self.sm(peer_id).applied]
 
     def wait_applied(self, count: int, peers: Sequence[str] | None = None) -> None:
         targets = list(peers or self.running())

@@ -42,7 +42,7 @@ def test_leader_elected_and_commands_applied_identically_everywhere(
     applied = assert_same_prefix(cluster, cluster.ids)
     assert [data for _, data in applied] == [f"cmd-{n}".encode() for n in range(200)]
     status = node.status()
-    assert status["role"] == "leader" and status["commit_index"] >= indexes[-1]
+    assert status.is_leader and status.commit_index >= indexes[-1]
 
 
 def test_follower_refuses_commands_with_a_leader_hint(make_cluster: MakeCluster) -> None:
@@ -86,13 +86,13 @@ def test_partitioned_minority_leader_cannot_commit_and_steps_down(
     with pytest.raises(LeadershipLostError):
         stranded.get(timeout=WAIT)
     cluster.wait_until(lambda: cluster.sm(old).leader_term is None, "old leader stepped down")
-    assert cluster.node(old).status()["role"] != "leader"
+    assert not cluster.node(old).status().is_leader
     cluster.apply(b"after-partition")
     cluster.heal()
     cluster.wait_applied(2, cluster.ids)
     applied = assert_same_prefix(cluster, cluster.ids)
     assert b"stranded" not in [data for _, data in applied]  # it never reached a majority
-    assert cluster.node(new).status()["term"] > 0
+    assert cluster.node(new).status().term > 0
 
 
 def test_divergent_follower_log_is_repaired(make_cluster: MakeCluster) -> None:

@@ -1,136 +1,44 @@
-"""Real peer processes (`launcher.py run --self`) on ports chosen at run time.
+"""Real peer processes (`launcher.py run --self`, through LocalPeer) on ports chosen at run time.
 
 Every process a test starts is killed in teardown, even when the test fails. Waits are on a
-condition with a deadline (a peer's "serving" line, a status predicate), never a bare sleep.
+condition with a deadline (a peer's readiness line, a status predicate), never a bare sleep.
 """
 
 from __future__ import annotations
 
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from actors.service.local_peer import LAUNCHER, LocalPeer
+from actors.service.peer import PeerConfig
+from actors.wait import wait_until
 from transport.client import KVClient
 from transport.peers import free_ports
 
-LAUNCHER = str(Path(__file__).resolve().parents[2] / "launcher.py")
+__all__ = ["ELECTION_TIMEOUT_MS", "LAUNCHER", "WAIT", "ServiceCluster", "free_ports", "wait_until"]
+
 ELECTION_TIMEOUT_MS = 300
-START_TIMEOUT = 30.0
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        pause.wait(0.05)  # pacing between polls of another process's state
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Peer:
-    def __init__(self, peer_id: str, peers: list[str], data_dir: Path) -> None:
-        self.id = peer_id
-        self.peers = peers
-        self.data_dir = data_dir
-        self.process: subprocess.Popen[str] | None = None
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._pump_thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None
-        self.lines = queue.Queue()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                LAUNCHER,
-                "run",
-                "--self",
-                self.id,
-                "--peers",
-                ",".join(self.peers),
-                "--data-dir",
-                str(self.data_dir),
-                "--election-timeout-ms",
-                str(ELECTION_TIMEOUT_MS),
-                "--log-level",
-                "WARNING",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._pump_thread = threading.Thread(
-            target=self._pump, args=(self.process, self.lines), daemon=True
-        )
-        self._pump_thread.start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{self.id} did not start in {START_TIMEOUT}s") from None
-            if "serving" in line:
-                return
-            if line == "":  # the process ended
-                raise AssertionError(f"{self.id} exited during start-up")
-
-    @staticmethod
-    def _pump(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
-        assert process.stdout is not None
-        with process.stdout:  # closed here, at EOF: the process has ended
-            for line in process.stdout:
-                lines.put(line)
-        lines.put("")
-
-    def _reap(self) -> None:
-        if self._pump_thread is not None:
-            self._pump_thread.join(timeout=10)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signum)
-
-    def kill(self) -> None:
-        """kill -9: no chance to flush or say goodbye."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._reap()
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=15)
-        self._reap()
-        return code
+WAIT = 20.0  # generous deadline for a condition; a healthy run takes a small fraction of it
 
 
 class ServiceCluster:
     def __init__(self, size: int, data_dir: Path) -> None:
         self.ids = [f"127.0.0.1:{port}" for port in free_ports(size)]
-        self.peers = {p: Peer(p, self.ids, data_dir) for p in self.ids}
+        configs = [PeerConfig(p, tuple(self.ids), data_dir, ELECTION_TIMEOUT_MS) for p in self.ids]
+        self.peers = {
+            c.peer_id: LocalPeer(c, log_path=data_dir / "logs" / f"{c.peer_dir.name}.log")
+            for c in configs
+        }
         self.clients: list[KVClient] = []
 
     def start(self) -> None:
         for peer in self.peers.values():
             peer.start()
+        for peer in self.peers.values():
+            peer.wait_ready()
 
     def client(self, timeout: float = 10.0) -> KVClient:
         client = KVClient(self.ids, timeout=timeout, attempt_timeout=0.5)
@@ -152,7 +60,7 @@ class ServiceCluster:
                 return roles[0]
             return None
 
-        leader: str = wait_until(agreed, "an agreed leader")
+        leader: str = wait_until(agreed, "an agreed leader", WAIT)
         return leader
 
     def shutdown(self) -> None:

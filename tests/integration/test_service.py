@@ -3,7 +3,6 @@ public contract (launcher flags, data layout, KVClient)."""
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import zmq
 
 from transport.client import ClientTimeout, KVClient
 
-from .conftest import ELECTION_TIMEOUT_MS, LAUNCHER, ServiceCluster, free_ports, wait_until
+from .conftest import ELECTION_TIMEOUT_MS, LAUNCHER, WAIT, ServiceCluster, free_ports, wait_until
 
 pytestmark = pytest.mark.integration
 MakeService = Callable[[int], ServiceCluster]
@@ -60,14 +59,16 @@ def test_leader_kill9_fails_over_and_restarted_peer_catches_up(service: MakeServ
     new = cluster.leader(among=[p for p in cluster.ids if p != old])
     assert new != old
     assert [client.get(f"before-{n}") for n in range(20)] == [str(n) for n in range(20)]
-    cluster.peers[old].start()  # `--self`, same data directory: recovers term, vote and log
+    cluster.peers[
+        old
+    ].start_and_wait()  # `--self`, same data directory: recovers term, vote and log
 
     def caught_up() -> bool:
         by_id = {s["id"]: s for s in cluster.statuses()}
         target = by_id[new].get("commit_index", -1)
         return by_id[old].get("applied_index", -2) >= target > 20
 
-    wait_until(caught_up, "the restarted peer to catch up")
+    wait_until(caught_up, "the restarted peer to catch up", WAIT)
 
 
 def test_kill9_all_peers_mid_load_loses_no_acknowledged_write(service: MakeService) -> None:
@@ -89,15 +90,14 @@ def test_kill9_all_peers_mid_load_loses_no_acknowledged_write(service: MakeServi
     writer = threading.Thread(target=load)
     writer.start()
     try:
-        wait_until(lambda: len(acked) >= 50, "50 acknowledged writes")
+        wait_until(lambda: len(acked) >= 50, "50 acknowledged writes", WAIT)
         for peer in cluster.peers.values():
             peer.kill()
     finally:
         stop.set()
         writer.join(timeout=30)
     assert not writer.is_alive()
-    for peer in cluster.peers.values():
-        peer.start()
+    cluster.start()
     client = cluster.client(timeout=15.0)
     missing = [n for n in acked if client.get(f"key-{n}") != f"value-{n}"]
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged writes lost"
@@ -109,19 +109,19 @@ def test_sigstopped_leader_steps_down_after_sigcont_and_loses_nothing(service: M
     client.put("a", "1")
     old = cluster.leader()
     old_term = next(s["term"] for s in cluster.statuses() if s["id"] == old)
-    cluster.peers[old].signal(signal.SIGSTOP)
+    cluster.peers[old].pause()
     try:
         client.put("b", "2")  # served by a new leader while the old one is frozen
         others = [p for p in cluster.ids if p != old]
         new = cluster.leader(among=others)
     finally:
-        cluster.peers[old].signal(signal.SIGCONT)
+        cluster.peers[old].resume()
 
     def old_stepped_down() -> bool:
         status = next(s for s in cluster.statuses() if s["id"] == old)
         return status.get("role") == "follower" and status.get("term", 0) > old_term
 
-    wait_until(old_stepped_down, "the old leader to step down")
+    wait_until(old_stepped_down, "the old leader to step down", WAIT)
     assert cluster.leader() == new
     assert (client.get("a"), client.get("b")) == ("1", "2")
 

@@ -14,7 +14,7 @@ import pytest
 
 from transport.client import KVClient
 
-from .conftest import LAUNCHER, free_ports, wait_until
+from .conftest import LAUNCHER, WAIT, free_ports, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -91,10 +91,12 @@ def test_supervisor_restarts_a_crashed_peer_and_stops_all_on_sigterm(tmp_path: P
                     and victim.pid not in {c.pid for c in supervisor.children()}
                 ),
                 "the crashed peer to be restarted",
+                WAIT,
             )
             wait_until(
                 lambda: all(s.get("role") != "unreachable" for s in client.status()),
                 "every peer to answer again",
+                WAIT,
             )
             assert client.get("k") == "v"
         children = supervisor.children()

@@ -23,7 +23,7 @@ from storage.entry import LogEntry
 from storage.memory import MemoryLogStorage
 
 
-class InvariantViolation(AssertionError):
+class SafetyViolationError(AssertionError):
     pass
 
 
@@ -39,7 +39,7 @@ class SafetyChecker:
         self._commit_seen: dict[tuple[str, int], int] = {}
 
     def fail(self, message: str) -> None:
-        raise InvariantViolation(message)
+        raise SafetyViolationError(message)
 
     # -- log events (from ObservedLog) -------------------------------------------------------
 

@@ -33,7 +33,7 @@ FAULTS = (
 LIVENESS_DEADLINE = 30.0  # virtual seconds after the faults stop
 
 
-class LivenessFailure(AssertionError):
+class LivenessError(AssertionError):
     pass
 
 
@@ -116,7 +116,7 @@ def run_scenario(
         return False
 
     if not sim.run_until(final_write_committed, LIVENESS_DEADLINE):
-        raise LivenessFailure(
+        raise LivenessError(
             f"seed {seed}: no write committed within {LIVENESS_DEADLINE}s after the faults "
             f"stopped (roles: {_roles(sim)})"
         )

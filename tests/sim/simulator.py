@@ -20,7 +20,7 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from actors.log_manager import LogManager
 from actors.messages import Apply, Flush
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
-from actors.state_machine import Command, StateMachine
+from actors.testing import RecordingStateMachine
 from actors.wiring import PeerActors, Router, assemble_peer
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
 from transport.memory import MemoryNetwork, MemoryTransport
@@ -89,15 +89,6 @@ class SimMailbox:
         if not self._target.alive:
             raise pykka.ActorDeadError(f"{self._target.name} is dead")
         self._sim.enqueue(self._target, message)
-
-
-class RecordingStateMachine(StateMachine):
-    def __init__(self) -> None:
-        self.applied: list[tuple[int, int, bytes]] = []  # (index, term, data)
-
-    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
-        self.applied.extend((c.index, c.term, c.data) for c in commands)
-        return [c.index for c in commands]
 
 
 @dataclass
@@ -196,7 +187,7 @@ class Simulation:
                     peer.incarnation,
                     peer.node_actor.role,
                     peer.node_actor.term,
-                    peer.actors.view,
+                    peer.actors.log_view,
                     peer.sm.applied,
                 )
 

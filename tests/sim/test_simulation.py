@@ -25,7 +25,7 @@ from actors.node import Role
 from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryLogStorage
 
-from .invariants import InvariantViolation, SafetyChecker
+from .invariants import SafetyChecker, SafetyViolationError
 from .scenario import run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_a_broken_vote_rule_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     for seed in range(100):
         try:
             run_scenario(seed)
-        except InvariantViolation as violation:
+        except SafetyViolationError as violation:
             caught.append(str(violation))
     assert any("Leader Completeness" in c for c in caught), "the simulation has no teeth"
 
@@ -104,7 +104,7 @@ def entry(index: int, term: int, data: bytes = b"x") -> LogEntry:
 def test_checker_refuses_different_payloads_at_one_index_and_term() -> None:
     checker = SafetyChecker()
     checker.on_append("a", MemoryLogStorage(), [entry(1, 1, b"x")])
-    with pytest.raises(InvariantViolation, match="Log Matching"):
+    with pytest.raises(SafetyViolationError, match="Log Matching"):
         checker.on_append("b", MemoryLogStorage(), [entry(1, 1, b"y")])
 
 
@@ -113,9 +113,9 @@ def test_checker_refuses_a_truncated_committed_entry_and_a_truncating_leader() -
     log = MemoryLogStorage()
     log.append_entries([entry(1, 1), entry(2, 1)])
     checker.committed[2] = (1, b"x")
-    with pytest.raises(InvariantViolation, match="committed entry 2@1"):
+    with pytest.raises(SafetyViolationError, match="committed entry 2@1"):
         checker.on_truncate("a", log, 1, is_leader=False)
-    with pytest.raises(InvariantViolation, match="Leader Append-Only"):
+    with pytest.raises(SafetyViolationError, match="Leader Append-Only"):
         SafetyChecker().on_truncate("a", log, 1, is_leader=True)
 
 
@@ -123,17 +123,17 @@ def test_checker_refuses_two_leaders_in_a_term_and_divergent_applies() -> None:
     checker = SafetyChecker()
     view = LogView(MemoryLogStorage())
     checker.check_peer_state("a", 1, Role.LEADER, 4, view, [])
-    with pytest.raises(InvariantViolation, match="Election Safety"):
+    with pytest.raises(SafetyViolationError, match="Election Safety"):
         checker.check_peer_state("b", 1, Role.LEADER, 4, view, [])
     checker.check_peer_state("a", 1, Role.FOLLOWER, 4, view, [(1, 1, b"x")])
-    with pytest.raises(InvariantViolation, match="State Machine Safety"):
+    with pytest.raises(SafetyViolationError, match="State Machine Safety"):
         checker.check_peer_state("c", 1, Role.FOLLOWER, 4, view, [(1, 1, b"y")])
 
 
 def test_checker_refuses_a_new_leader_missing_a_committed_entry() -> None:
     checker = SafetyChecker()
     checker.committed[1] = (1, b"x")
-    with pytest.raises(InvariantViolation, match="Leader Completeness"):
+    with pytest.raises(SafetyViolationError, match="Leader Completeness"):
         checker.check_peer_state("a", 1, Role.LEADER, 2, LogView(MemoryLogStorage()), [])
 
 
@@ -144,7 +144,7 @@ def test_checker_refuses_a_commit_index_going_back() -> None:
     view = LogView(log)
     view.set_committed(2)
     checker.check_peer_state("a", 1, Role.FOLLOWER, 1, view, [])
-    with pytest.raises(InvariantViolation, match="commit index went back"):
+    with pytest.raises(SafetyViolationError, match="commit index went back"):
         checker.check_peer_state("a", 1, Role.FOLLOWER, 1, LogView(log), [])
 
 

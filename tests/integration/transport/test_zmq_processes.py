@@ -26,7 +26,6 @@ from transport.rpc import (
     AppendEntriesResponse,
     ClientRequest,
     ClientResponse,
-    InstallSnapshotRequest,
     RequestVoteRequest,
     RequestVoteResponse,
     RpcMessage,
@@ -128,6 +127,10 @@ def test_down_peer_neither_blocks_nor_stalls_others(local: Local, spawn: Spawn) 
     )
 
 
+def big_append(term: int, chunk: bytes) -> AppendEntriesRequest:
+    return AppendEntriesRequest(term, "me", 0, 0, (LogEntry(1, 1, EntryType.DATA, chunk),), 0, term)
+
+
 def test_stalled_peer_does_not_stall_others(local: Local, spawn: Spawn) -> None:
     """A peer that is connected but does not read (SIGSTOP) fills its DEALER up to the HWM;
     from then on frames for it are dropped, and other peers are served all along."""
@@ -144,7 +147,7 @@ def test_stalled_peer_does_not_stall_others(local: Local, spawn: Spawn) -> None:
     term = 0
     for _ in deadline_loop():
         term += 1
-        me.send("stalled", InstallSnapshotRequest(term, "me", 1, 1, b"", 0, chunk, False, term))
+        me.send("stalled", big_append(term, chunk))
         me.send("live", RequestVoteRequest(term, "me", 0, 0, False))
         # Once the vote is answered, the chunk queued before it has been handled too.
         inbox.wait_for(vote_response(term))
@@ -153,7 +156,7 @@ def test_stalled_peer_does_not_stall_others(local: Local, spawn: Spawn) -> None:
     # The live peer still gets (and answers) everything after the stalled one backed up.
     stalled_drops = me.stats.dropped_sends
     for extra in range(term + 1, term + 20):
-        me.send("stalled", InstallSnapshotRequest(extra, "me", 1, 1, b"", 0, chunk, False, 0))
+        me.send("stalled", big_append(extra, chunk))
         me.send("live", RequestVoteRequest(extra, "me", 0, 0, False))
         inbox.wait_for(vote_response(extra))
     assert me.stats.dropped_sends == stalled_drops + 19

@@ -8,7 +8,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.errors import LeadershipLostError, NodeErrorState, NodeStoppedError
+from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError
 from actors.fsm_caller import FSMCaller
 from actors.log_view import LogView
 from actors.messages import (
@@ -20,48 +20,11 @@ from actors.messages import (
     RegisterPending,
 )
 from actors.options import RaftOptions
-from actors.state_machine import Command, StateMachine
-from actors.testing import ActorHarness, RecordingMailbox
+from actors.testing import ActorHarness, RecordingMailbox, RecordingStateMachine
 from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryLogStorage
 
 D, N, C = EntryType.DATA, EntryType.NO_OP, EntryType.CONFIGURATION
-
-
-class RecordingStateMachine(StateMachine):
-    """Returns b"r<index>" per command; records every call. `fail_at` makes on_apply raise
-    when a batch contains that index."""
-
-    def __init__(self, fail_at: int | None = None, short_results: bool = False) -> None:
-        self.batches: list[list[int]] = []
-        self.events: list[str] = []
-        self.errors: list[BaseException] = []
-        self.fail_at = fail_at
-        self.short_results = short_results
-
-    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
-        indexes = [c.index for c in commands]
-        if self.fail_at in indexes:
-            raise RuntimeError(f"boom at {self.fail_at}")
-        self.batches.append(indexes)
-        results = [b"r%d" % c.index for c in commands]
-        return results[:-1] if self.short_results else results
-
-    def on_leader_start(self, term: int) -> None:
-        self.events.append(f"start {term}")
-
-    def on_leader_stop(self, term: int) -> None:
-        self.events.append(f"stop {term}")
-
-    def on_error(self, error: BaseException) -> None:
-        self.errors.append(error)
-
-    def on_shutdown(self) -> None:
-        self.events.append("shutdown")
-
-    @property
-    def applied(self) -> list[int]:
-        return [i for batch in self.batches for i in batch]
 
 
 def make_view(types: Sequence[EntryType], term: int = 1) -> LogView:
@@ -76,8 +39,10 @@ class Fsm:
     ) -> None:
         self.sm = sm or RecordingStateMachine()
         self.node = RecordingMailbox("node")
-        self.view = make_view(types)
-        self.actor = FSMCaller(self.sm, self.view, self.node, RaftOptions(max_apply_batch=batch))
+        self.log_view = make_view(types)
+        self.actor = FSMCaller(
+            self.sm, self.log_view, self.node, RaftOptions(max_apply_batch=batch)
+        )
         self.harness = ActorHarness(self.actor)
 
     def send(self, *messages: object) -> None:
@@ -108,7 +73,7 @@ def test_applies_in_order_in_batches_and_completes_the_right_futures() -> None:
     futs = futures(5)
     fsm.send(RegisterPending(2, futs), Commit(6))
     assert fsm.sm.batches == [[2], [3, 4], [5, 6]]  # batch 1 was NO_OP 1 + DATA 2
-    assert [result(f) for f in futs] == [b"r2", b"r3", b"r4", b"r5", b"r6"]
+    assert [result(f) for f in futs] == [2, 3, 4, 5, 6]
     assert fsm.actor.applied_index == 6
     assert fsm.actor.pending == {}
 
@@ -120,7 +85,7 @@ def test_no_op_and_configuration_entries_are_skipped_and_split_runs() -> None:
     fsm.send(RegisterPending(1, first), RegisterPending(3, noop_future))
     fsm.send(RegisterPending(4, second), RegisterPending(6, third), Commit(6))
     assert fsm.sm.batches == [[1, 2], [4], [6]]
-    assert [result(f) for f in first + second + third] == [b"r1", b"r2", b"r4", b"r6"]
+    assert [result(f) for f in first + second + third] == [1, 2, 4, 6]
     assert result(noop_future[0]) is None  # a future on a NO_OP completes with None
     assert fsm.actor.applied_index == 6
 
@@ -138,10 +103,10 @@ def test_futures_registered_before_commit_wait_for_it() -> None:
     fsm = Fsm([D] * 4)
     futs = futures(4)
     fsm.send(RegisterPending(1, futs), Commit(2))
-    assert [result(f) for f in futs[:2]] == [b"r1", b"r2"]
+    assert [result(f) for f in futs[:2]] == [1, 2]
     assert is_pending(futs[2]) and is_pending(futs[3])
     fsm.send(Commit(4))
-    assert [result(f) for f in futs[2:]] == [b"r3", b"r4"]
+    assert [result(f) for f in futs[2:]] == [3, 4]
 
 
 def test_applied_index_is_monotonic_and_each_entry_applied_once() -> None:
@@ -149,18 +114,18 @@ def test_applied_index_is_monotonic_and_each_entry_applied_once() -> None:
     fsm.send(Commit(3), Commit(2), Commit(3), Commit(1))
     assert fsm.actor.applied_index == 3
     fsm.send(Commit(5), Commit(4))
-    assert fsm.sm.applied == [1, 2, 3, 4, 5]
+    assert fsm.sm.applied_indexes == [1, 2, 3, 4, 5]
     assert fsm.harness.send(GetApplied()) == 5
-    assert fsm.view.applied_index == 5  # published for status
+    assert fsm.log_view.applied_index == 5  # published for status
 
 
 def test_commit_beyond_the_readable_log_applies_what_is_there_then_retries() -> None:
     fsm = Fsm([D] * 2)
     fsm.send(Commit(3))
-    assert fsm.sm.applied == [1, 2]
-    fsm.view.append_unstable([LogEntry(3, 1, D, b"c3")])
+    assert fsm.sm.applied_indexes == [1, 2]
+    fsm.log_view.append_unstable([LogEntry(3, 1, D, b"c3")])
     fsm.send(Commit(3))
-    assert fsm.sm.applied == [1, 2, 3]
+    assert fsm.sm.applied_indexes == [1, 2, 3]
 
 
 def test_leader_start_waits_for_the_first_entry_of_the_term() -> None:
@@ -181,14 +146,14 @@ def test_leader_stop_fails_pending_futures_with_leadership_lost() -> None:
     fsm = Fsm([N, D, D, D])
     futs = futures(3)
     fsm.send(LeaderStart(2, 1), RegisterPending(2, futs), Commit(2), LeaderStop(2))
-    assert result(futs[0]) == b"r2"
+    assert result(futs[0]) == 2
     for future in futs[1:]:
         with pytest.raises(LeadershipLostError):
             result(future)
     assert fsm.sm.events == ["start 2", "stop 2"]
     # The entries may still commit (under the next leader): applied, futures stay failed.
     fsm.send(Commit(4))
-    assert fsm.sm.applied == [2, 3, 4]
+    assert fsm.sm.applied_indexes == [2, 3, 4]
     assert fsm.node.told == []
 
 
@@ -205,18 +170,18 @@ def test_stale_leader_stop_is_ignored() -> None:
     fsm = Fsm([N, D])
     futs = futures(1)
     fsm.send(LeaderStart(3, 1), RegisterPending(2, futs), LeaderStop(2), Commit(2))
-    assert result(futs[0]) == b"r2"
+    assert result(futs[0]) == 2
 
 
 def test_state_machine_error_enters_error_state() -> None:
     fsm = Fsm([D] * 5, RecordingStateMachine(fail_at=3), batch=2)
     futs = futures(5)
     fsm.send(RegisterPending(1, futs), Commit(5))
-    assert fsm.sm.applied == [1, 2]
+    assert fsm.sm.applied_indexes == [1, 2]
     assert fsm.actor.applied_index == 2
-    assert [result(f) for f in futs[:2]] == [b"r1", b"r2"]
+    assert [result(f) for f in futs[:2]] == [1, 2]
     for future in futs[2:]:
-        with pytest.raises(NodeErrorState):
+        with pytest.raises(NodeFailedError):
             result(future)
     assert [str(e) for e in fsm.sm.errors] == ["boom at 3"]
     [fatal] = fsm.node.take(FatalError)
@@ -226,9 +191,9 @@ def test_state_machine_error_enters_error_state() -> None:
     fsm.sm.fail_at = None
     late = futures(1)
     fsm.send(Commit(5), RegisterPending(6, late), LeaderStart(4, 1))
-    assert fsm.sm.applied == [1, 2]
+    assert fsm.sm.applied_indexes == [1, 2]
     assert fsm.sm.events == []
-    with pytest.raises(NodeErrorState):
+    with pytest.raises(NodeFailedError):
         result(late[0])
     assert fsm.node.told == []
 
@@ -240,7 +205,7 @@ def test_wrong_number_of_results_is_an_error() -> None:
     assert fsm.actor.applied_index == 0
     [fatal] = fsm.node.take(FatalError)
     assert "2 results for 3 commands" in fatal.reason
-    with pytest.raises(NodeErrorState):
+    with pytest.raises(NodeFailedError):
         result(futs[0])
 
 
@@ -251,7 +216,7 @@ def test_raising_on_leader_start_is_an_error_too() -> None:
 
     fsm = Fsm([N, D], Bad())
     fsm.send(LeaderStart(2, 1), Commit(2))
-    assert fsm.sm.applied == []  # entry 2 comes after the failed callback
+    assert fsm.sm.applied_indexes == []  # entry 2 comes after the failed callback
     assert len(fsm.node.take(FatalError)) == 1
 
 
@@ -261,7 +226,7 @@ def test_stop_shuts_the_state_machine_down_and_fails_remaining_futures() -> None
     fsm.send(RegisterPending(1, futs), Commit(1))
     fsm.harness.stop()
     assert fsm.sm.events == ["shutdown"]
-    assert result(futs[0]) == b"r1"
+    assert result(futs[0]) == 1
     with pytest.raises(NodeStoppedError):
         result(futs[1])
 
@@ -272,7 +237,7 @@ def test_threaded_fsm_caller_answers_get_applied() -> None:
     futs = futures(3)
     ref.tell(RegisterPending(1, futs))
     ref.tell(Commit(3))
-    assert [f.get(timeout=5) for f in futs] == [b"r1", b"r2", b"r3"]
+    assert [f.get(timeout=5) for f in futs] == [1, 2, 3]
     assert ref.ask(GetApplied(), timeout=5) == 3
     ref.stop()
     assert sm.events == ["shutdown"]

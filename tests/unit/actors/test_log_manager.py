@@ -82,13 +82,13 @@ class Fixture:
         if entries:
             MemoryLogStorage.append_entries(self.storage, entries)
         self.meta = RecordingMeta(self.transcript)
-        self.view = LogView(self.storage)
+        self.log_view = LogView(self.storage)
         self.transport = RecordingTransport(ME, self.transcript)
         self.node = RecordingMailbox("node", self.transcript)
         self.ballot = RecordingMailbox("ballot_box", self.transcript)
         self.fsm = RecordingMailbox("fsm_caller", self.transcript)
         self.lm = LogManager(
-            ME, self.view, self.meta, self.transport, self.node, self.ballot, self.fsm
+            ME, self.log_view, self.meta, self.transport, self.node, self.ballot, self.fsm
         )
         self.harness = ActorHarness(self.lm)
 
@@ -96,7 +96,7 @@ class Fixture:
         return self.harness.send(message)
 
     def log(self) -> list[tuple[int, int]]:
-        return [(e.index, e.term) for e in self.view.entries(1, self.view.last_index)]
+        return [(e.index, e.term) for e in self.log_view.entries(1, self.log_view.last_index)]
 
 
 def append_req(
@@ -249,7 +249,7 @@ def test_become_leader_resets_ballots_and_appends_a_no_op_of_its_term() -> None:
     assert f.ballot.take() == [ResetPending(3, 3, CONF), Grant(ME, 3, 3)]
     assert f.fsm.take() == [LeaderStart(3, 3)]
     assert f.node.take() == [LeaderLogReady(3, 3)]
-    assert f.view.entry(3) == LogEntry(3, 3, EntryType.NO_OP)
+    assert f.log_view.entry(3) == LogEntry(3, 3, EntryType.NO_OP)
 
 
 def test_leader_append_registers_futures_then_wakes_replicators_then_grants_after_fsync() -> None:
@@ -278,4 +278,4 @@ def test_leader_append_in_a_stale_term_fails_definitely() -> None:
     f.send(AppendLeaderEntries(1, (b"late",), (future,)))
     with pytest.raises(NotLeaderError):
         future.get(timeout=1)
-    assert f.view.last_index == 1  # just the no-op
+    assert f.log_view.last_index == 1  # just the no-op

@@ -14,7 +14,7 @@ import pytest
 
 from actors.clock import ManualClock
 from actors.configuration import Configuration
-from actors.errors import NodeErrorState, NotLeaderError
+from actors.errors import NodeFailedError, NotLeaderError
 from actors.log_view import LogView
 from actors.messages import (
     AppendLeaderEntries,
@@ -253,7 +253,7 @@ def test_check_quorum_leader_hearing_a_majority_stays(f: Fixture) -> None:
         f.harness.advance(0.2)
         f.send(PeerContact(B, 1, f.clock.now(), "REPLICATE"))
     assert f.node.role is Role.LEADER
-    assert f.send(GetStatus())["replicators"] == {B: "REPLICATE"}
+    assert f.send(GetStatus()).replicators == {B: "REPLICATE"}
 
 
 def test_apply_on_follower_fails_with_leader_hint(f: Fixture) -> None:
@@ -279,9 +279,9 @@ def test_fatal_error_enters_error_state_and_refuses_service(f: Fixture) -> None:
     assert StepDown(1) in f.lm.told
     future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
     f.send(Apply((b"x",), (future,)))
-    with pytest.raises(NodeErrorState, match="boom"):
+    with pytest.raises(NodeFailedError, match="boom"):
         future.get(timeout=1)
     f.lm.clear()
     f.harness.advance(10 * FULL_TIMEOUT)
     assert f.lm.told == []  # an ERROR node never campaigns
-    assert f.send(GetStatus())["error"] == "fsm_caller: boom"
+    assert f.send(GetStatus()).error == "fsm_caller: boom"

@@ -40,15 +40,15 @@ class Rep:
     ) -> None:
         storage = MemoryLogStorage()
         storage.append_entries([entry(i, t, size) for i, t in enumerate(terms, start=1)])
-        self.view = LogView(storage)
-        self.view.set_committed(committed)
+        self.log_view = LogView(storage)
+        self.log_view.set_committed(committed)
         self.clock = ManualClock()
         self.transport = RecordingTransport(LEADER)
         self.ballot_box = RecordingMailbox("ballot_box")
         self.node = RecordingMailbox("node")
         opts = {"max_inflight": 3, "max_entries_per_request": 2, **options}
         self.actor = Replicator(
-            PEER, LEADER, TERM, next_index, self.view, self.transport, self.ballot_box,
+            PEER, LEADER, TERM, next_index, self.log_view, self.transport, self.ballot_box,
             self.node, self.clock, RaftOptions(**opts),
         )  # fmt: skip
         self.harness = ActorHarness(self.actor, self.clock)
@@ -63,9 +63,9 @@ class Rep:
             self.harness.send(message)
 
     def append(self, *terms: int) -> None:
-        first = self.view.last_index + 1
-        self.view.append_unstable([entry(first + n, t) for n, t in enumerate(terms)])
-        self.harness.send(LogAppended(self.view.last_index))
+        first = self.log_view.last_index + 1
+        self.log_view.append_unstable([entry(first + n, t) for n, t in enumerate(terms)])
+        self.harness.send(LogAppended(self.log_view.last_index))
 
     def grants(self) -> list[int]:
         return [g.last_index for g in self.ballot_box.take(Grant)]
@@ -300,7 +300,7 @@ def test_heartbeats_only_when_the_pipeline_is_idle() -> None:
     rep.harness.advance(HEARTBEAT)  # the heartbeat is still in flight: nothing more
     assert rep.sent() == []
     rep.send(ok(beat))
-    rep.view.set_committed(2)
+    rep.log_view.set_committed(2)
     rep.harness.advance(HEARTBEAT)
     [beat] = rep.sent()
     assert (beat.seq, beat.committed_index) == (3, 2)  # heartbeats carry the commit index

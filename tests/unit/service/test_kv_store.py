@@ -6,7 +6,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from actors.kv_store import STALE, InvalidCommand, KVStateMachine
+from actors.service.errors import InvalidCommandError
+from actors.service.kv_store import STALE, KVStateMachine
 from actors.state_machine import Command
 from transport.errors import DecodeError
 from transport.kv_protocol import (
@@ -85,7 +86,7 @@ def test_sessions_expire_by_log_index_identically_on_every_replica() -> None:
 def test_an_undecodable_entry_is_an_error_result_and_changes_nothing(log: Log) -> None:
     log.apply("c", 1, PUT, "k", "v")
     (result,) = log.sm.on_apply([Command(99, 1, b"\xc1garbage")])
-    assert isinstance(result, InvalidCommand)
+    assert isinstance(result, InvalidCommandError)
     assert log.sm.data == {"k": "v"}
 
 

@@ -80,12 +80,6 @@ def test_tags_never_change() -> None:
         "RequestVoteResponse": 2,
         "AppendEntriesRequest": 3,
         "AppendEntriesResponse": 4,
-        "InstallSnapshotRequest": 5,
-        "InstallSnapshotResponse": 6,
-        "TimeoutNowRequest": 7,
-        "TimeoutNowResponse": 8,
-        "ReadIndexRequest": 9,
-        "ReadIndexResponse": 10,
         "ClientRequest": 11,
         "ClientResponse": 12,
         "StatusRequest": 13,
@@ -104,7 +98,9 @@ def test_wire_layout() -> None:
         7,
     )
     assert fields_of(encode(request)) == [1, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
-    assert encode(rpc.TimeoutNowResponse(7, True, "b")) == bytes.fromhex("95010807c3a162")
+    assert encode(rpc.RequestVoteResponse(7, True, False, "b", 6)) == bytes.fromhex(
+        "97010207c3c2a16206"
+    )
 
 
 # ---- what decode rejects ----------------------------------------------------------------------

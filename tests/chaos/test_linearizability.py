@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transport.linearizability import (
+from tests.chaos.linearizability import (
     CAS,
     DELETE,
     GET,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.errors import LeadershipLostError, NodeErrorState, NodeStoppedError, NotLeaderError
+from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, NotLeaderError
 from actors.futures import CompletionFuture
-from actors.kv_store import STALE, InvalidCommand
 from actors.raft_node import RaftNode
+from actors.service.errors import InvalidCommandError
+from actors.service.kv_store import STALE
 from transport.base import Transport
 from transport.errors import DecodeError
 from transport.kv_protocol import LoggedCommand, decode_command, encode_logged, encode_result
@@ -53,7 +54,7 @@ class KVServer:
 
         def done(result: Any, error: BaseException | None) -> None:
             if error is None:
-                if isinstance(result, InvalidCommand):
+                if isinstance(result, InvalidCommandError):
                     self._reply(req, ClientStatus.ERROR, message=str(result))
                 elif result is STALE:
                     self._reply(req, ClientStatus.ERROR, message="stale request (seq too old)")
@@ -63,7 +64,7 @@ class KVServer:
                 self._reply(req, ClientStatus.NOT_LEADER, leader_hint=error.leader_hint or "")
             elif isinstance(error, LeadershipLostError | NodeStoppedError):
                 self._reply(req, ClientStatus.UNKNOWN, message=str(error))
-            elif isinstance(error, NodeErrorState):
+            elif isinstance(error, NodeFailedError):
                 self._reply(req, ClientStatus.ERROR, message=str(error))
             else:
                 log.error("%s: command failed unexpectedly", self.peer_id, exc_info=error)
@@ -87,7 +88,7 @@ class KVServer:
 
     def _on_status(self, req: StatusRequest) -> None:
         def done(status: Any, error: BaseException | None) -> None:
-            body = status if error is None else {"id": self.peer_id, "error": str(error)}
+            body = status.to_json() if error is None else {"id": self.peer_id, "error": str(error)}
             self.transport.send(req.client_id, StatusResponse(req.request_id, self.peer_id, body))
 
         self.node.status_async(CompletionFuture(done))

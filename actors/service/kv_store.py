@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from actors.service.errors import InvalidCommandError
 from actors.state_machine import Command, StateMachine
 from transport.errors import DecodeError
 from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_logged
@@ -40,10 +41,6 @@ class StaleRequest:
 STALE = StaleRequest()
 
 
-class InvalidCommand(Exception):
-    """A log entry that is not a valid KV command (only a buggy or hostile proposer makes one)."""
-
-
 class KVStateMachine(StateMachine):
     def __init__(self, session_ttl_entries: int = 1_000_000) -> None:
         self.data: dict[str, str] = {}
@@ -63,7 +60,7 @@ class KVStateMachine(StateMachine):
             logged = decode_logged(entry.data)
         except DecodeError as exc:
             # Deterministic on every replica: answered as an error, state unchanged.
-            return InvalidCommand(str(exc))
+            return InvalidCommandError(str(exc))
         command = logged.command
         if command.op == GET:
             return self.data.get(command.key)

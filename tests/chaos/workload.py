@@ -9,10 +9,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from transport.chaos.config import ChaosConfig
-from transport.chaos.constants import OP_WEIGHTS
-from transport.client import ClientTimeout, CommandError, KVClient
-from transport.linearizability import (
+from tests.chaos.config import ChaosConfig
+from tests.chaos.constants import OP_WEIGHTS
+from tests.chaos.linearizability import (
     CAS,
     DELETE,
     GET,
@@ -20,6 +19,7 @@ from transport.linearizability import (
     Operation,
     Outcome,
 )
+from transport.client import ClientTimeout, CommandError, KVClient
 
 
 class Worker(threading.Thread):

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transport.chaos.constants import EXIT_FAILED, EXIT_OK, FINAL_CLIENT
-from transport.linearizability import (
+from tests.chaos.constants import EXIT_FAILED, EXIT_OK, FINAL_CLIENT
+from tests.chaos.linearizability import (
     CheckResult,
     Operation,
     Outcome,

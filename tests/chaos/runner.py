@@ -2,45 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import random
 import shutil
-import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
-from actors.kv_store import KVStateMachine
+from actors.service.kv_store import KVStateMachine
+from actors.service.local_peer import LocalPeer
+from actors.service.peer import PeerConfig, peer_data_dir
 from actors.state_machine import Command
+from actors.wait import wait_until
 from storage.entry import EntryType, LogEntry
 from storage.log_storage import SegmentLogStorage
-from transport.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
-from transport.chaos.constants import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    FINAL_CLIENT,
-)
-from transport.chaos.faults import FaultInjector
-from transport.chaos.processes import PeerProcess, wait_for
-from transport.chaos.workload import Worker
-from transport.client import KVClient
-from transport.linearizability import (
+from tests.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
+from tests.chaos.constants import EXIT_OK, FINAL_CLIENT
+from tests.chaos.faults import FaultInjector
+from tests.chaos.linearizability import (
     GET,
     Operation,
     Outcome,
     Verdict,
 )
-from transport.peers import free_ports, parse_peer, parse_peers
+from tests.chaos.workload import Worker
+from transport.client import KVClient
+from transport.peers import free_ports
 
 
 def run_chaos(
@@ -63,12 +54,11 @@ def run_chaos(
     ids = list(config.peers or [f"127.0.0.1:{p}" for p in free_ports(config.size)])
     # The checker's model starts with every key absent: peers must start from empty storage.
     for peer_id in ids:
-        host, port = parse_peer(peer_id)
-        peer_dir = data_dir / f"{host}_{port}"
+        peer_dir = peer_data_dir(data_dir, peer_id)
         if peer_dir.exists() and any(peer_dir.iterdir()):
             raise ValueError(f"{peer_dir} already holds data: chaos needs fresh peers")
     report = ChaosReport(config, peers=ids, data_dir=str(data_dir))
-    peers = {peer_id: PeerProcess(peer_id, ids, config, data_dir) for peer_id in ids}
+    peers = {peer_id: _local_peer(peer_id, ids, config, data_dir) for peer_id in ids}
     say(
         f"chaos: {len(ids)} peers {','.join(ids)}; {config.clients} clients, {config.keys} keys, "
         f"{config.duration:g}s, seed {config.seed}; data in {data_dir}"
@@ -77,7 +67,7 @@ def run_chaos(
         for peer in peers.values():
             peer.start()
         for peer in peers.values():
-            peer.wait_serving()
+            peer.wait_ready()
             say(f"peer {peer.id} serving (pid {peer.pid})")
         _drive(config, ids, peers, stop, report, say)
         say("healing: resuming paused peers, restarting dead ones")
@@ -94,10 +84,22 @@ def run_chaos(
     return report
 
 
+def _local_peer(peer_id: str, ids: list[str], config: ChaosConfig, data_dir: Path) -> LocalPeer:
+    """A peer logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own (a
+    Ctrl-C at the terminal reaches only the runner, which stops the peers in order)."""
+    peer_config = PeerConfig(peer_id, tuple(ids), data_dir, config.election_timeout_ms)
+    return LocalPeer(
+        peer_config,
+        log_level=config.log_level,
+        log_path=data_dir / "chaos-logs" / f"{peer_config.peer_dir.name}.log",
+        new_session=True,
+    )
+
+
 def _drive(
     config: ChaosConfig,
     ids: list[str],
-    peers: dict[str, PeerProcess],
+    peers: dict[str, LocalPeer],
     stop: threading.Event,
     report: ChaosReport,
     say: Callable[[str], None],
@@ -140,7 +142,7 @@ def _drive(
 def _converge_and_audit(
     config: ChaosConfig,
     ids: list[str],
-    peers: dict[str, PeerProcess],
+    peers: dict[str, LocalPeer],
     report: ChaosReport,
     say: Callable[[str], None],
 ) -> Convergence:
@@ -212,12 +214,12 @@ def _wait_converged(ids: list[str], timeout: float) -> list[dict[str, Any]]:
         previous = summary
         return statuses if stable else None
 
-    statuses: list[dict[str, Any]] = wait_for(converged, "the peers to converge", timeout)
+    statuses: list[dict[str, Any]] = wait_until(converged, "the peers to converge", timeout)
     return statuses
 
 
 def _audit_logs(
-    peers: dict[str, PeerProcess], commit: int, keys: list[str], result: Convergence
+    peers: dict[str, LocalPeer], commit: int, keys: list[str], result: Convergence
 ) -> None:
     """Compare the stopped peers' logs entry by entry up to `commit` and replay them through
     the KV state machine: every peer must hold the same log, and its state must be exactly
@@ -226,8 +228,7 @@ def _audit_logs(
     digests: dict[str, str] = {}
     logs: dict[str, list[tuple[int, int, bytes]]] = {}
     for peer in peers.values():
-        host, port = parse_peer(peer.id)
-        storage = SegmentLogStorage(peer.data_dir / f"{host}_{port}" / "log", sync=False)
+        storage = SegmentLogStorage(peer.config.peer_dir / "log", sync=False)
         try:
             if storage.first_log_index() != 1:
                 result.problems.append(f"{peer.id}: log starts at {storage.first_log_index()}")
@@ -334,69 +335,3 @@ def load_history(path: str | Path) -> list[Operation]:
                 )
             )
     return history
-
-
-# -- the command line -------------------------------------------------------------------------
-
-
-def config_from_args(args: argparse.Namespace) -> ChaosConfig:
-    """A ChaosConfig from `launcher.py chaos` arguments; ValueError (a usage error) if they
-    make no sense."""
-    text = args.peers.strip()
-    peers: tuple[str, ...] | None = None
-    size = 3
-    if text.isdigit():
-        size = int(text)
-    else:
-        peers = tuple(parse_peers(text))
-        for peer in peers:
-            host, port = parse_peer(peer)
-            with socket.socket() as probe:
-                try:
-                    probe.bind((host, port))
-                except OSError as error:
-                    raise ValueError(f"--peers: {peer} is not available ({error})") from None
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    return ChaosConfig(
-        peers=peers,
-        size=size,
-        duration=args.duration,
-        clients=args.clients,
-        keys=args.keys,
-        seed=seed,
-        data_dir=args.data_dir,
-        election_timeout_ms=args.election_timeout_ms,
-        client_timeout=args.client_timeout,
-        check_timeout=args.check_timeout,
-        log_level=args.log_level,
-    )
-
-
-def main(config: ChaosConfig) -> int:
-    """Run from the command line: Ctrl-C (or SIGTERM) once ends the run early but still checks
-    it; a second time aborts (the peers are stopped either way)."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping the run early (again to abort)...", file=sys.stderr, flush=True)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        report = run_chaos(config, stop)
-    except KeyboardInterrupt:
-        print("aborted; every peer was stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except ValueError as error:
-        print(f"launcher.py: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (RuntimeError, TimeoutError, OSError) as error:
-        print(f"chaos run failed: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    print(report.render(), flush=True)
-    return report.exit_code

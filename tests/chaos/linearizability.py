@@ -6,7 +6,7 @@ operation can be given a single instant (its linearization point) inside its int
 running the operations one at a time, in the order of those instants, against a plain dict gives
 exactly the answers the clients saw. That is the contract `KVClient` promises (DESIGN.md).
 
-    from transport.linearizability import Operation, check
+    from tests.chaos.linearizability import Operation, check
     result = check(history, timeout=60.0)
     result.verdict          # Verdict.OK, Verdict.VIOLATION, or Verdict.UNKNOWN (budget spent)
     print(result.description)   # for a violation: the key and the operations that explain it

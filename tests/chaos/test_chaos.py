@@ -1,4 +1,4 @@
-"""The chaos runner (transport/chaos/) against real peer processes: a short run must inject
+"""The chaos runner (tests/chaos/) against real peer processes: a short run must inject
 both kinds of fault, complete operations, converge and be linearizable; a doctored history must
 fail the run through the same reporting path; Ctrl-C ends a run early and stops every peer."""
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from transport.chaos import (
+from actors.wait import wait_until
+from tests.chaos import (
     FINAL_CLIENT,
     ChaosConfig,
     ChaosReport,
@@ -28,11 +29,12 @@ from transport.chaos import (
     load_history,
     run_chaos,
 )
-from transport.linearizability import GET, PUT, Operation, Outcome, Verdict
-
-from .conftest import LAUNCHER, free_ports, wait_until
+from tests.chaos.linearizability import GET, PUT, Operation, Outcome, Verdict
+from transport.peers import free_ports
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+CHAOS = [sys.executable, "-m", "tests.chaos"]
 RUN_SECONDS = 20.0  # CI budget: the whole module takes about 25 s
 
 
@@ -150,10 +152,7 @@ def test_bad_arguments_exit_2() -> None:
             (["--duration", "0"], "positive"),
         ]:
             result = subprocess.run(
-                [sys.executable, LAUNCHER, "chaos", *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
+                [*CHAOS, *args], capture_output=True, text=True, timeout=60, cwd=ROOT
             )
             assert result.returncode == 2, (args, result.stderr)
             assert message in result.stderr
@@ -164,23 +163,25 @@ def test_a_data_directory_with_peer_data_is_refused(tmp_path: Path) -> None:
     peers = ",".join(f"127.0.0.1:{port}" for port in ports)
     (tmp_path / f"127.0.0.1_{ports[0]}" / "log").mkdir(parents=True)
     result = subprocess.run(
-        [sys.executable, LAUNCHER, "chaos", "--peers", peers, "--data-dir", str(tmp_path)],
+        [*CHAOS, "--peers", peers, "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 2 and "already holds data" in result.stderr, result.stderr
 
 
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
-    """`launcher.py chaos` as a subprocess with its output in a queue; on teardown, it and
+    """`python -m tests.chaos` as a subprocess with its output in a queue; on teardown, it and
     every peer it reported are killed if still alive."""
     process = subprocess.Popen(
-        [sys.executable, LAUNCHER, "chaos", "--duration", "600", "--data-dir", str(tmp_path)],
+        [*CHAOS, "--duration", "600", "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=ROOT,
     )
     lines: queue.Queue[str] = queue.Queue()
     seen: list[str] = []

@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from transport.chaos.config import ChaosConfig
-from transport.chaos.constants import START_TIMEOUT, TICK
-from transport.chaos.processes import PeerProcess
+from actors.service.local_peer import START_TIMEOUT, LocalPeer, PeerExitedError
+from tests.chaos.config import ChaosConfig
+from tests.chaos.constants import TICK
 from transport.client import KVClient
 
 
@@ -25,7 +25,7 @@ class FaultInjector(threading.Thread):
 
     def __init__(
         self,
-        peers: dict[str, PeerProcess],
+        peers: dict[str, LocalPeer],
         config: ChaosConfig,
         stop: threading.Event,
         say: Callable[[str], None],
@@ -89,8 +89,8 @@ class FaultInjector(threading.Thread):
             peer = self.peers[peer_id]
             if peer_id in self.restarting:
                 try:
-                    serving = peer.serving()
-                except RuntimeError as error:
+                    serving = peer.ready()
+                except PeerExitedError as error:
                     self._failure(f"{peer_id} did not come back after kill -9: {error}")
                     serving = False
                     peer.kill()
@@ -114,7 +114,7 @@ class FaultInjector(threading.Thread):
                     self.say(f"{self._t()} restart {peer_id} (pid {peer.pid})")
         for peer_id, peer in self.peers.items():
             if peer_id not in self.down and not peer.running:
-                code = peer.process.returncode if peer.process is not None else None
+                code = peer.poll()
                 self._failure(f"{peer_id} exited by itself (code {code}):{peer.log_tail()}")
                 peer.start()
                 self.down[peer_id] = now
@@ -158,8 +158,8 @@ class FaultInjector(threading.Thread):
                 peer.start()
         for peer_id in list(self.down):
             try:
-                self.peers[peer_id].wait_serving()
-            except (RuntimeError, TimeoutError) as error:
+                self.peers[peer_id].wait_ready()
+            except (PeerExitedError, TimeoutError) as error:
                 self._failure(f"{peer_id} did not come back at the end: {error}")
         self.down.clear()
         self.restarting.clear()

@@ -1,8 +1,8 @@
 """Chaos testing: real peer processes, concurrent clients, injected faults, then a verdict.
 
-    python launcher.py chaos [--peers 3 | --peers H:P,H:P,...] [--duration 60] [--clients 4]
-                             [--keys 5] [--seed S] [--data-dir DIR] [--election-timeout-ms 300]
-                             [--client-timeout 1.0] [--check-timeout 300] [--log-level WARNING]
+    python -m tests.chaos [--peers 3 | --peers H:P,H:P,...] [--duration 60] [--clients 4]
+                          [--keys 5] [--seed S] [--data-dir DIR] [--election-timeout-ms 300]
+                          [--client-timeout 1.0] [--check-timeout 300] [--log-level WARNING]
 
 What one run does:
 
@@ -20,7 +20,7 @@ What one run does:
    a client (recorded in the history too), converges again;
 5. stops the peers and audits their logs on disk: identical on every peer up to the converged
    commit index, and replaying them through the KV state machine gives exactly the final reads;
-6. checks the history for linearizability (transport/linearizability.py), after bounding each
+6. checks the history for linearizability (tests/chaos/linearizability.py), after bounding each
    timed-out write by its client's next acknowledged write (exactly-once sessions, see
    `fence_by_session`).
 
@@ -34,15 +34,16 @@ is not a verdict (exit 0). The history is kept as DATA_DIR/history.jsonl; a temp
 directory is deleted after a passing run and kept after a failing one.
 """
 
-from transport.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
-from transport.chaos.constants import (
+from tests.chaos.cli import config_from_args, main
+from tests.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
+from tests.chaos.constants import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     FINAL_CLIENT,
 )
-from transport.chaos.runner import config_from_args, load_history, main, run_chaos
+from tests.chaos.runner import load_history, run_chaos
 
 __all__ = [
     "EXIT_FAILED",

@@ -1,0 +1,99 @@
+"""One peer of the replicated KV service: its storage, transport, Raft node and KV server.
+
+This is what `launcher.py run --self H:P` runs. The launcher parses the command line and handles
+signals; this module owns the data layout and the readiness line:
+
+- a peer keeps its data in `DATA_DIR/<host>_<port>/` (`log/` segments and `meta`, the term and
+  vote), so a peer restarted by the supervisor or by hand with `--self` finds its state;
+- once it is serving it prints one line containing `READY_MARK`, which the launcher's
+  supervisor, the tests, the chaos runner and the benchmarks wait for (see local_peer.py).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.configuration import Configuration
+from actors.options import NodeOptions, RaftOptions
+from actors.raft_node import RaftNode
+from actors.service.errors import ServiceError
+from actors.service.kv_server import KVServer
+from actors.service.kv_store import KVStateMachine
+from storage.errors import StorageError
+from storage.log_storage import SegmentLogStorage
+from storage.meta_storage import FileMetaStorage
+from transport.errors import BindError
+from transport.peers import parse_peer
+from transport.zmq_transport import ZmqTransport, peer_address
+
+READY_MARK = " serving (pid "
+"""Part of the line a peer prints once it serves: `peer H:P serving (pid N, data in DIR)`."""
+
+ORPHAN_CHECK_INTERVAL = 1.0  # seconds between checks that the supervisor is still there
+
+
+class PeerStartError(ServiceError):
+    """The peer cannot start: its data directory is unusable or its port is taken."""
+
+
+def peer_data_dir(data_dir: Path | str, peer_id: str) -> Path:
+    """Where `peer_id` keeps its data under `data_dir`: `<data_dir>/<host>_<port>`."""
+    host, port = parse_peer(peer_id)
+    return Path(data_dir) / f"{host}_{port}"
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Everything one peer process needs; the launcher builds it from its flags."""
+
+    peer_id: str
+    peers: tuple[str, ...]
+    data_dir: Path
+    election_timeout_ms: int = 1000
+    fsync: bool = True  # False for benchmarks only: a power failure loses acknowledged writes
+
+    @property
+    def peer_dir(self) -> Path:
+        return peer_data_dir(self.data_dir, self.peer_id)
+
+    def node_options(self) -> NodeOptions:
+        """Raises OptionsError for a bad configuration (e.g. peer_id not among peers)."""
+        raft = RaftOptions(election_timeout=self.election_timeout_ms / 1000)
+        return NodeOptions(self.peer_id, Configuration.of(self.peers), raft)
+
+
+def run_peer(
+    config: PeerConfig,
+    stop: threading.Event,
+    orphaned: Callable[[], bool] = lambda: False,
+) -> None:
+    """Serve until `stop` is set or `orphaned()` turns true (checked every second), then stop
+    cleanly. Raises OptionsError for a bad configuration, PeerStartError when the data
+    directory or the port cannot be used."""
+    options = config.node_options()
+    peer_dir = config.peer_dir
+    try:
+        peer_dir.mkdir(parents=True, exist_ok=True)
+        log_storage = SegmentLogStorage(peer_dir / "log", sync=config.fsync)
+        meta = FileMetaStorage(peer_dir / "meta")
+    except (StorageError, OSError) as error:
+        raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
+    transport = ZmqTransport(config.peer_id, peer_address(config.peer_id), config.peers)
+    try:
+        node = RaftNode.start(options, KVStateMachine(), log_storage, meta, transport)
+    except BindError as error:
+        _, port = parse_peer(config.peer_id)
+        raise PeerStartError(f"cannot listen: {error.reason} (port {port} in use?)") from error
+    try:
+        KVServer(node, transport)
+        print(f"peer {config.peer_id}{READY_MARK}{os.getpid()}, data in {peer_dir})", flush=True)
+        while not stop.wait(ORPHAN_CHECK_INTERVAL):
+            if orphaned():
+                break
+    finally:
+        node.stop()
+    print(f"peer {config.peer_id} stopped", flush=True)

@@ -1,0 +1,50 @@
+"""NodeStatus: what a node reports about itself (`RaftNode.status()`, `client status`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One peer as it sees itself. Indexes are read from the LogView without a lock, so they may
+    be a moment old, never torn. `to_json` is the wire and CLI form; its keys are part of the
+    public contract (`KVClient.status()`), so fields are only ever added."""
+
+    id: str
+    role: str  # a Role value: "follower", "candidate", "leader", "error", "shutdown"
+    term: int
+    leader: str | None
+    voted_for: str | None
+    commit_index: int
+    applied_index: int
+    last_log_index: int
+    pid: int
+    conf: list[str]
+    error: str | None = None  # why the node is in ERROR
+    replicators: dict[str, str] = field(default_factory=dict)  # leader: follower -> progress
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == "leader"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-like dict; `error` and `replicators` appear only when they say something."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "term": self.term,
+            "leader": self.leader,
+            "voted_for": self.voted_for,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "last_log_index": self.last_log_index,
+            "pid": self.pid,
+            "conf": list(self.conf),
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.replicators:
+            out["replicators"] = dict(self.replicators)
+        return out
