@@ -1,6 +1,6 @@
 """FSMCaller: applies committed entries to the user's state machine, in log order, exactly once.
 
-It owns the `StateMachine` (DESIGN principle 2): every call into user code happens on this
+It owns the `StateMachine` (docs/DESIGN.md, principle 2): every call into user code happens on this
 actor's thread, one at a time. It reads committed entries from the thread-safe `LogView`.
 
 - `Commit(index)` raises the target; the work itself is one `ApplyCommitted` told to itself, so

@@ -2,7 +2,7 @@
 
 The LogManager actor is the only writer (the `LogManager thread only` methods). Readers run on
 other actors' threads; this is the one structure of a node shared across threads
-(DESIGN.md, principle 2), so it is explicitly thread-safe:
+(docs/DESIGN.md, principle 2 and "Threads"), so it is explicitly thread-safe:
 
 - The in-memory tail (`_tail`, entries `_tail_first`..`last_index`) holds every entry not yet
   durable plus a bounded run of recent durable ones. It is guarded by `_tail_lock`, which is never

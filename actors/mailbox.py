@@ -3,7 +3,7 @@
 An actor holds its collaborators as `Mailbox`es, never as objects. In production a mailbox is a
 pykka `ActorRef`; in unit tests a `actors.testing.RecordingMailbox`; under the simulator a
 scheduler's queue. Actors therefore only ever `tell`: a blocking `ask` between actors would
-serialise the pipeline and can deadlock (DESIGN.md, principle 1).
+serialise the pipeline and can deadlock (docs/DESIGN.md, principle 1).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from storage.entry import LogEntry
+from storage.errors import LogIndexError
 
 
 class LogStorage(Protocol):
@@ -69,3 +70,14 @@ class MetaStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def check_contiguous(entries: Sequence[LogEntry], expected: int, log_range: str) -> None:
+    """Raise LogIndexError unless `entries` are indexes expected, expected+1, ... (the
+    contiguity every LogStorage keeps; `log_range` describes the log for the message)."""
+    for entry in entries:
+        if entry.index != expected:
+            raise LogIndexError(
+                f"append of index {entry.index}, expected {expected} (log is {log_range})"
+            )
+        expected += 1

@@ -1,8 +1,9 @@
-"""The unit of the replicated log."""
+"""The log entry: the one type the disk (storage) and the wire (transport) share.
+
+It imports nothing of the project, so both may import it (docs/DESIGN.md, "Layers")."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -39,15 +40,3 @@ def clip_to_bytes(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
         if used > max_bytes and n > 0:
             return entries[:n]
     return entries
-
-
-def check_contiguous(entries: Sequence[LogEntry], expected: int, log_range: str) -> None:
-    """Raise LogIndexError unless `entries` are indexes expected, expected+1, ..."""
-    from storage.errors import LogIndexError
-
-    for entry in entries:
-        if entry.index != expected:
-            raise LogIndexError(
-                f"append of index {entry.index}, expected {expected} (log is {log_range})"
-            )
-        expected += 1

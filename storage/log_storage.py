@@ -52,7 +52,8 @@ from storage._fileutil import (
     pwrite_all,
     read_file,
 )
-from storage.entry import LogEntry, check_contiguous
+from storage.base import check_contiguous
+from storage.entry import LogEntry
 from storage.errors import CorruptLogError, LogIndexError, StorageError
 from storage.segment import (
     FILE_HEADER_SIZE,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from storage.entry import LogEntry, check_contiguous, clip_to_bytes
+from storage.base import check_contiguous
+from storage.entry import LogEntry, clip_to_bytes
 from storage.errors import LogIndexError, StorageError
 
 

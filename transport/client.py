@@ -1,4 +1,4 @@
-"""KVClient: the public client of the replicated KV service (see DESIGN.md, public contract).
+"""KVClient: the public client of the replicated KV service (its API is the public contract).
 
     c = KVClient(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"], timeout=5.0)
     c.put("k", "v"); c.get("k"); c.delete("k"); c.cas("k", "v", "w"); c.status(); c.close()

@@ -21,14 +21,15 @@ the wire, the fastest msgpack shape). Field encodings:
 Type tags are a fixed table (``MESSAGE_TAGS``): a tag is never reused or renumbered; a new message
 gets a new tag. Changing a message's fields changes its arity and needs a PROTOCOL_VERSION bump.
 
-Decoding is the trust boundary of DESIGN principle 6: `decode` validates the frame's size, the
-version, the tag, the arity and every field's type and range, and raises `DecodeError` - and
-nothing else - for any input bytes whatsoever.
+Decoding is the trust boundary (docs/DESIGN.md, principle 6): `decode` validates the frame's
+size, the version, the tag, the arity and every field's type and range, and raises
+`DecodeError` - and nothing else - for any input bytes whatsoever.
 
-Speed (principle 5): the per-message encoders and decoders are generated once at import time
-from the dataclass field annotations (as dataclasses itself generates ``__init__``), so each is
-straight-line code with no per-field interpretation loop; the entries of an AppendEntriesRequest
-are validated and built with C-level ``map`` passes rather than a Python loop per entry.
+Speed (docs/DESIGN.md, principle 5): the per-message encoders and decoders are generated once
+at import time from the dataclass field annotations (as dataclasses itself generates
+``__init__``), so each is straight-line code with no per-field interpretation loop; the entries
+of an AppendEntriesRequest are validated and built with C-level ``map`` passes rather than a
+Python loop per entry.
 
 Everything here is pure and thread-safe: encode runs on the sending actor's thread, decode on the
 transport's I/O thread.

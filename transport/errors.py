@@ -11,7 +11,8 @@ class DecodeError(TransportError):
     """A frame from the network is not a valid message of our protocol.
 
     The only exception `transport.codec.decode` raises, whatever the input bytes: the receiving
-    transport counts the frame as bad, logs it (rate-limited) and drops it (DESIGN principle 6).
+    transport counts the frame as bad, logs it (rate-limited) and drops it (docs/DESIGN.md,
+    principle 6).
     """
 
 

@@ -12,12 +12,14 @@ Topology (one process = one peer):
 So `send(to, msg)` uses the DEALER of `to` when `to` is a known peer, and otherwise the ROUTER,
 treating `to` as the routing id of a connected client.
 
-Threads (DESIGN principle 2): one I/O thread, started by `start`, owns every ZeroMQ socket of
-the transport: it creates them, is the only one to touch them and closes them. Other threads
+Threads (docs/DESIGN.md, principle 2 and "Threads"): one I/O thread, started by `start`, owns
+every ZeroMQ socket of the transport: it creates them, is the only one to touch them and closes
+them. Other threads
 (actors) call `send`, which encodes the message on the caller's thread, appends (destination,
 frame) to a deque and wakes the I/O thread through an eventfd (a pipe where there is no
 eventfd). A wake-up is written only when none is pending, so a burst of sends costs one
-syscall, and the I/O thread drains the whole deque per wake-up (principle 5: batching).
+syscall, and the I/O thread drains the whole deque per wake-up (docs/DESIGN.md, principle 5:
+batching).
 `send` never blocks: when the deque is over its bound, or a peer's DEALER is at its high-water
 mark, or the peer is not connected (IMMEDIATE), the frame is dropped and counted - Raft
 tolerates loss, and a down or slow peer never stalls the others.
@@ -25,7 +27,7 @@ tolerates loss, and a down or slow peer never stalls the others.
 Inbound, the I/O thread drains every frame the ROUTER has per wake-up, decodes and validates it
 (transport.codec), checks that the message's `sender` is the routing id it arrived with, and
 calls `deliver(message)` on the I/O thread. A frame failing any check is counted, logged
-(rate-limited, first per source) and dropped (principle 6).
+(rate-limited, first per source) and dropped (docs/DESIGN.md, principle 6).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A *history* is what concurrent clients observed: for every operation, when it wa
 its answer arrived (if it did) and what the answer was. The history is *linearizable* if every
 operation can be given a single instant (its linearization point) inside its interval such that
 running the operations one at a time, in the order of those instants, against a plain dict gives
-exactly the answers the clients saw. That is the contract `KVClient` promises (DESIGN.md).
+exactly the answers the clients saw. That is the contract `KVClient` promises (README,
+"Running it").
 
     from tests.chaos.linearizability import Operation, check
     result = check(history, timeout=60.0)

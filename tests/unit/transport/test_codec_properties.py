@@ -1,5 +1,5 @@
 """Property tests of transport.codec: valid messages round-trip, and no input bytes whatsoever
-make decode raise anything but DecodeError (DESIGN principle 6)."""
+make decode raise anything but DecodeError (docs/DESIGN.md, principle 6)."""
 
 from __future__ import annotations
 
