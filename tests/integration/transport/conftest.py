@@ -20,6 +20,7 @@ from typing import IO, Any
 import pytest
 import zmq
 
+from actors.wait import wait_until
 from transport.base import Deliver
 from transport.codec import decode, encode
 from transport.rpc import RpcMessage
@@ -28,14 +29,7 @@ from transport.zmq_transport import ZmqTransport
 HELPER = Path(__file__).with_name("peer_process.py")
 ROOT = Path(__file__).resolve().parents[3]
 TIMEOUT = 20.0  # generous: the machine may be busy; nothing waits this long when things work
-
-
-def deadline_loop(timeout: float = TIMEOUT) -> Iterator[float]:
-    """Yield the remaining time until `timeout` has passed, then fail the test."""
-    end = time.monotonic() + timeout
-    while (remaining := end - time.monotonic()) > 0:
-        yield remaining
-    pytest.fail(f"condition not met within {timeout} s")
+POLL = 0.05  # how long one look at an event queue waits before the deadline is checked again
 
 
 class PeerProcess:
@@ -95,16 +89,16 @@ class PeerProcess:
         return self.wait_event("stats")
 
     def wait_event(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        for remaining in deadline_loop(timeout):
+        def next_of_kind() -> dict[str, Any] | None:
             try:
-                event = self._events.get(timeout=remaining)
+                event = self._events.get(timeout=POLL)
             except queue.Empty:
-                continue
+                return None
             if event is None:
                 pytest.fail(f"{self.peer_id} exited; log:\n{self.log_path.read_text()}")
-            if event["event"] == kind:
-                return event
-        raise AssertionError("unreachable")
+            return event if event["event"] == kind else None
+
+        return wait_until(next_of_kind, f"a {kind!r} event from {self.peer_id}", timeout)
 
     def received(self) -> list[RpcMessage]:
         with self._changed:
@@ -250,10 +244,12 @@ def request_until_answered(
 ) -> None:
     """Connections come up asynchronously and IMMEDIATE drops frames until they do: resend
     until an answer arrives (waiting up to 0.2 s per try, never sleeping blindly)."""
-    for remaining in deadline_loop(timeout):
+
+    def send_and_wait() -> bool:
         send()
-        if answered(min(0.2, remaining)):
-            return
+        return answered(0.2)
+
+    wait_until(send_and_wait, "an answer", timeout)
 
 
 def recv_with_timeout(socket: zmq.Socket[Any], timeout: float) -> list[bytes] | None:

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import zmq
 
+from actors.wait import wait_until
 from storage.entry import EntryType, LogEntry
 from tests.integration.transport.conftest import (
     TIMEOUT,
     Inbox,
     PeerProcess,
-    deadline_loop,
     recv_with_timeout,
     request_until_answered,
 )
@@ -145,14 +145,17 @@ def test_stalled_peer_does_not_stall_others(local: Local, spawn: Spawn) -> None:
     chunk = os.urandom(256 * 1024)
     dropped_before = me.stats.dropped_sends
     term = 0
-    for _ in deadline_loop():
+
+    def send_until_dropped() -> bool:
+        nonlocal term
         term += 1
         me.send("stalled", big_append(term, chunk))
         me.send("live", RequestVoteRequest(term, "me", 0, 0, False))
         # Once the vote is answered, the chunk queued before it has been handled too.
         inbox.wait_for(vote_response(term))
-        if me.stats.dropped_sends > dropped_before:
-            break
+        return me.stats.dropped_sends > dropped_before
+
+    wait_until(send_until_dropped, "frames for the stalled peer to be dropped", TIMEOUT)
     # The live peer still gets (and answers) everything after the stalled one backed up.
     stalled_drops = me.stats.dropped_sends
     for extra in range(term + 1, term + 20):
@@ -236,9 +239,7 @@ def test_client_request_reply_through_the_router(spawn: Spawn, raw_dealer: RawDe
         )
     # A reply to a client that is not connected is dropped and counted, nothing else.
     server.send("ghost", ClientResponse(1, 0, b"", "", "", "server"))
-    for _ in deadline_loop():
-        if server.stats()["dropped_sends"] >= 1:
-            break
+    wait_until(lambda: server.stats()["dropped_sends"] >= 1, "the drop to be counted", TIMEOUT)
     clients["c1"].send(encode(StatusRequest("c1", 3)))
     reply = recv_with_timeout(clients["c1"], TIMEOUT)
     assert reply is not None and isinstance(decode(reply[0]), StatusResponse)
