@@ -1,7 +1,8 @@
 """Replicator: one actor per follower, for one leader term. Brings the follower's log in line
 with the leader's and reports how far it got (Grant) to the BallotBox.
 
-States (SOFAJRaft's, and etcd's `tracker.Progress`):
+States (SOFAJRaft's, and etcd's `tracker.Progress`); their rules live in actors/progress.py, a
+pure object this actor drives (it keeps only the messages, timers, sending, telling and logging):
 
 - PROBE: find where the logs agree. At most one request in flight, with no entries. On a
   mismatch, back `next_index` off (jumping straight past the follower's last index when that is
@@ -26,12 +27,9 @@ tell this actor a message carrying a generation; a stale generation is ignored.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from actors.base import RaftActor, handles
 from actors.clock import Clock, TimerHandle
@@ -39,27 +37,14 @@ from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import Grant, HeartbeatTick, HigherTermSeen, LogAppended, PeerContact, Unblock
 from actors.options import RaftOptions
+from actors.progress import BackOff, Placement, Progress, ReplicatorState
 from storage.entry import LogEntry
 from transport.base import Transport
 from transport.rpc import AppendEntriesRequest, AppendEntriesResponse
 
+__all__ = ["Replicator", "ReplicatorState"]
+
 log = logging.getLogger(__name__)
-
-
-class ReplicatorState(enum.Enum):
-    PROBE = "PROBE"
-    REPLICATE = "REPLICATE"
-    # SNAPSHOT = "SNAPSHOT"  (later: InstallSnapshot in chunks)
-
-
-@dataclass(frozen=True, slots=True)
-class Inflight:
-    """What an AppendEntries in flight covered: entries prev_log_index+1 .. +count."""
-
-    seq: int
-    prev_log_index: int
-    count: int
-    sent_at: float
 
 
 class Replicator(RaftActor):
@@ -89,18 +74,10 @@ class Replicator(RaftActor):
         self.clock = clock
         self.raft_options = raft_options
 
-        self.state = ReplicatorState.PROBE
+        # State, next/match index, the in-flight window and the held responses.
+        self.progress: Progress[AppendEntriesResponse] = Progress(next_index, log_view.first_index)
         self.blocked = False  # waiting out an RPC error; nothing is sent
         self.stopped = False  # a higher term was seen: this term is over, nothing is sent
-        # Invariant: match_index < next_index, and first_index <= next_index (unless a follower
-        # lost entries it had acknowledged, which is logged). match_index only grows.
-        self.next_index = max(next_index, log_view.first_index, 1)
-        self.match_index = 0
-        # Requests in flight, oldest first. Invariant: their seqs are consecutive (every send
-        # appends the next seq; a reset clears it), and in PROBE there is at most one.
-        self.inflight: deque[Inflight] = deque()
-        # Responses that arrived before their turn, by seq. Invariant: keys are in flight.
-        self.held: dict[int, AppendEntriesResponse] = {}
         self._seqs = itertools.count(1)
         self.last_response_at = 0.0
         self._responded = False  # a response arrived since the last PeerContact
@@ -112,10 +89,7 @@ class Replicator(RaftActor):
     def __str__(self) -> str:
         flags = " blocked" if self.blocked else ""
         flags += " stopped" if self.stopped else ""
-        return (
-            f"{self.state.value} next={self.next_index} match={self.match_index} "
-            f"inflight={len(self.inflight)}{flags}"
-        )
+        return f"{self.progress}{flags}"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,17 +115,18 @@ class Replicator(RaftActor):
             return
         self.last_response_at = self.clock.now()
         self._responded = True
-        if not self.inflight or not (self.inflight[0].seq <= resp.seq <= self.inflight[-1].seq):
+        placement = self.progress.place(resp.seq)
+        if placement is Placement.STALE:
             log.debug("replicator %s: seq %d not in flight (%s)", self.peer_id, resp.seq, self)
             return
-        if resp.seq != self.inflight[0].seq:
-            self.held[resp.seq] = resp  # its turn comes once every earlier one is handled
-            if len(self.held) > self.raft_options.max_inflight:  # a guard: held keys are in flight
-                self._reset_pipeline()
+        if placement is Placement.EARLY:
+            self.progress.hold(resp.seq, resp)  # its turn comes once every earlier one is handled
+            if len(self.progress.held) > self.raft_options.max_inflight:  # a guard: see `held`
+                self.progress.become_probe()
                 self._send_probe()
             return
         self._handle_in_order(resp)
-        while self.inflight and (early := self.held.pop(self.inflight[0].seq, None)) is not None:
+        while (early := self.progress.pop_held()) is not None:
             self._handle_in_order(early)
         self._send_more()
 
@@ -167,16 +142,16 @@ class Replicator(RaftActor):
         if self._responded:
             self._responded = False
             self.node.tell(PeerContact(self.peer_id, self.term, self.last_response_at, str(self)))
-        oldest = self.inflight[0] if self.inflight else None
-        if oldest and self.clock.now() - oldest.sent_at >= self.raft_options.replicator_rpc_timeout:
+        now, timeout = self.clock.now(), self.raft_options.replicator_rpc_timeout
+        if (oldest := self.progress.overdue(now, timeout)) is not None:
             self._block(f"no response to seq {oldest.seq} in time")
         if self.blocked:
             return
-        if self.state is ReplicatorState.PROBE:
-            if not self.inflight:
+        if self.progress.state is ReplicatorState.PROBE:
+            if not self.progress.inflight:
                 self._send_probe()
-        elif not self._send_more() and not self.inflight:
-            self._send(self.next_index - 1, ())  # heartbeat: idle pipeline, nothing new
+        elif not self._send_more() and not self.progress.inflight:
+            self._send(())  # heartbeat: idle pipeline, nothing new
 
     @handles(Unblock)
     def on_unblock(self, msg: Unblock) -> None:
@@ -188,80 +163,66 @@ class Replicator(RaftActor):
     # -- responses, in the order the requests were sent ---------------------------------------
 
     def _handle_in_order(self, resp: AppendEntriesResponse) -> None:
-        sent = self.inflight.popleft()
-        acked = sent.prev_log_index + sent.count
-        if resp.success and resp.last_log_index >= acked:
-            self.state = ReplicatorState.REPLICATE  # a probe that matched: next_index = prev+1
-            if acked > self.match_index:
-                self.match_index = acked
-                self.ballot_box.tell(Grant(self.peer_id, acked, self.term))
+        sent = self.progress.pop_oldest()
+        if sent.acknowledged_by(resp.success, resp.last_log_index):
+            self.progress.become_replicate()  # a probe that matched: next_index = prev+1
+            if self.progress.maybe_update(sent.last_index):
+                self.ballot_box.tell(Grant(self.peer_id, sent.last_index, self.term))
             return
-        if resp.success:
-            # Success, yet the follower's log is shorter than what it acknowledged: it does not
-            # match what was sent, so trust nothing in flight and find the agreement point again.
-            log.warning("replicator %s: %s does not cover %d", self.peer_id, resp, acked)
-            next_index = resp.last_log_index + 1
-        elif resp.last_log_index + 1 < sent.prev_log_index + 1:
-            next_index = resp.last_log_index + 1  # jump back to the follower's end
-        else:
-            next_index = sent.prev_log_index  # step back one entry
-        if next_index <= self.match_index:
-            if sent.count == 0 and sent.prev_log_index == self.match_index:
-                # A probe at the very point the follower acknowledged failed: it lost entries
-                # it had made durable (a broken disk). Repair it from where it really is.
-                log.error(
-                    "replicator %s: follower lost acknowledged entries (match %d, now %d)",
-                    self.peer_id,
-                    self.match_index,
-                    resp.last_log_index,
-                )
-            else:
-                # A refusal overtaken by a later success (requests reordered on the way): the
-                # follower durably holds everything up to match_index, so never go below it.
-                log.debug(
-                    "replicator %s: refusal of seq %d overtaken; resuming after match %d",
-                    self.peer_id,
-                    resp.seq,
-                    self.match_index,
-                )
-                next_index = self.match_index + 1
-        self._reset_pipeline(next_index)
+        decision = self.progress.back_off(sent, resp.success, resp.last_log_index)
+        if resp.success:  # short: the follower's log does not match what was sent
+            log.warning("replicator %s: %s does not cover %d", self.peer_id, resp, sent.last_index)
+        if decision.rule is BackOff.LOST_ACKED:
+            log.error(
+                "replicator %s: follower lost acknowledged entries (match %d, now %d)",
+                self.peer_id,
+                self.progress.match_index,
+                resp.last_log_index,
+            )
+        elif decision.rule is BackOff.OVERTAKEN:
+            log.debug(
+                "replicator %s: refusal of seq %d overtaken; resuming after match %d",
+                self.peer_id,
+                resp.seq,
+                self.progress.match_index,
+            )
+        self.progress.become_probe(decision.next_index)
         self._send_probe()
 
     # -- sending -----------------------------------------------------------------------------
 
     def _send_probe(self) -> None:
-        if self.blocked or self.stopped or self.inflight:
+        if self.blocked or self.stopped or self.progress.inflight:
             return
-        self.state = ReplicatorState.PROBE
-        self._send(self.next_index - 1, ())
+        self.progress.become_probe()  # nothing in flight: this only makes the state PROBE
+        self._send(())
 
     def _send_more(self) -> bool:
         """REPLICATE: fill the pipeline with what the follower lacks. Returns whether it sent."""
         sent = False
         while (
-            self.state is ReplicatorState.REPLICATE
+            self.progress.can_send(self.raft_options.max_inflight)
             and not self.blocked
             and not self.stopped
-            and len(self.inflight) < self.raft_options.max_inflight
-            and self.next_index <= self.log_view.last_index
+            and self.progress.next_index <= self.log_view.last_index
         ):
-            last = self.next_index + self.raft_options.max_entries_per_request - 1
-            entries = self.log_view.entries(self.next_index, last, self.raft_options.max_body_bytes)
-            if not entries or entries[0].index != self.next_index:
+            first = self.progress.next_index
+            last = first + self.raft_options.max_entries_per_request - 1
+            entries = self.log_view.entries(first, last, self.raft_options.max_body_bytes)
+            if not entries or entries[0].index != first:
                 # Compacted away (after a snapshot): the SNAPSHOT state will take over here.
-                log.warning("replicator %s: entry %d unavailable", self.peer_id, self.next_index)
+                log.warning("replicator %s: entry %d unavailable", self.peer_id, first)
                 break
-            if not self._send(self.next_index - 1, entries):
+            if not self._send(entries):
                 break
-            self.next_index += len(entries)
             sent = True
         return sent
 
-    def _send(self, prev_log_index: int, entries: Sequence[LogEntry]) -> bool:
-        """Send one AppendEntries (entries start at prev_log_index + 1) and track it. On a
-        failed send, block; returns whether it went out."""
+    def _send(self, entries: Sequence[LogEntry]) -> bool:
+        """Send one AppendEntries at next_index (entries from there on; none for a probe or a
+        heartbeat) and track it. On a failed send, block; returns whether it went out."""
         seq = next(self._seqs)
+        prev_log_index = self.progress.next_index - 1
         request = AppendEntriesRequest(
             term=self.term,
             leader_id=self.leader_id,
@@ -271,7 +232,7 @@ class Replicator(RaftActor):
             committed_index=self.log_view.committed_index,
             seq=seq,
         )
-        self.inflight.append(Inflight(seq, prev_log_index, len(entries), self.clock.now()))
+        self.progress.sent(seq, len(entries), self.clock.now())
         try:
             self.transport.send(self.peer_id, request)
         except Exception as exc:
@@ -280,18 +241,7 @@ class Replicator(RaftActor):
             return False
         return True
 
-    # -- resets, blocking, timers --------------------------------------------------------------
-
-    def _reset_pipeline(self, next_index: int | None = None) -> None:
-        """Back to PROBE; every request in flight (and every held response) is forgotten, so
-        their responses become stale. Without `next_index`, resume at the oldest unacked one."""
-        if next_index is None:
-            next_index = self.inflight[0].prev_log_index + 1 if self.inflight else self.next_index
-        self.inflight.clear()
-        self.held.clear()
-        self.state = ReplicatorState.PROBE
-        # Never below the log's first entry (what lies before needs a snapshot: later).
-        self.next_index = max(next_index, self.log_view.first_index, 1)
+    # -- blocking, timers --------------------------------------------------------------------
 
     def _block(self, reason: str) -> None:
         log.info(
@@ -300,7 +250,7 @@ class Replicator(RaftActor):
             self.raft_options.replicator_block,
             reason,
         )
-        self._reset_pipeline()
+        self.progress.become_probe()
         self.blocked = True
         self._block_gen += 1
         self._block_timer = self.tell_later(
@@ -315,8 +265,7 @@ class Replicator(RaftActor):
 
     def _stop_replicating(self) -> None:
         self.stopped = True
-        self.inflight.clear()
-        self.held.clear()
+        self.progress.clear_inflight()
         self._cancel_timers()
 
     def _cancel_timers(self) -> None:

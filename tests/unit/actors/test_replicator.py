@@ -92,7 +92,7 @@ def test_probe_then_replicate() -> None:
     assert probe == AppendEntriesRequest(TERM, LEADER, 5, 3, (), 3, 1)
     assert str(rep.actor) == "PROBE next=6 match=0 inflight=1"
     rep.send(ok(probe))
-    assert rep.actor.state is ReplicatorState.REPLICATE
+    assert rep.actor.progress.state is ReplicatorState.REPLICATE
     assert str(rep.actor) == "REPLICATE next=6 match=5 inflight=0"
     assert rep.ballot_box.take() == [Grant(PEER, 5, TERM)]
     assert rep.sent() == []  # nothing new
@@ -123,7 +123,7 @@ def test_pipeline_respects_entry_count_and_inflight_limits() -> None:
     rep.send(ok(first[1]), ok(first[2]))
     assert rep.grants() == [4, 6]
     assert spans(rep.sent()) == [(6, 8, 2)]
-    assert rep.actor.next_index == 11
+    assert rep.actor.progress.next_index == 11
 
 
 def test_pipeline_respects_body_bytes() -> None:
@@ -139,10 +139,10 @@ def test_out_of_order_responses_are_held_and_applied_in_order() -> None:
     r1, r2, r3 = rep.sent()
     rep.send(ok(r3), ok(r2))
     assert rep.ballot_box.told == []  # waiting for r1
-    assert set(rep.actor.held) == {r2.seq, r3.seq}
+    assert set(rep.actor.progress.held) == {r2.seq, r3.seq}
     rep.send(ok(r1))
     assert rep.grants() == [2, 4, 6]
-    assert rep.actor.held == {}
+    assert rep.actor.progress.held == {}
     assert str(rep.actor) == "REPLICATE next=7 match=6 inflight=0"
 
 
@@ -153,7 +153,7 @@ def test_stale_responses_are_ignored() -> None:
     unknown_seq = AppendEntriesResponse(TERM, True, 0, PEER, 99, TERM)
     rep.send(old_term, unknown_seq)
     assert rep.ballot_box.told == [] and rep.sent() == []
-    assert rep.actor.state is ReplicatorState.PROBE
+    assert rep.actor.progress.state is ReplicatorState.PROBE
     rep.send(ok(probe))
     r1, r2, r3 = rep.sent()
     rep.send(reject(r1, last=0))  # mismatch: the pipeline is reset, r2 and r3 are forgotten
@@ -204,7 +204,7 @@ def test_mismatch_in_the_pipeline_resets_to_probe_never_below_the_acknowledged()
     assert rep.grants() == [2]
     [probe] = rep.sent()
     assert probe.prev_log_index == 2 and probe.entries == ()
-    assert rep.actor.state is ReplicatorState.PROBE
+    assert rep.actor.progress.state is ReplicatorState.PROBE
 
 
 def test_refused_probe_at_the_acknowledged_index_repairs_from_the_follower_end(
