@@ -7,8 +7,12 @@ It finds the leader itself: it remembers who answered last, follows NOT_LEADER r
 and moves on to another peer when one is down, slow or not leading, until `timeout` runs out.
 
 Errors:
+- ValueError / TypeError: a malformed operation (an empty or oversized key, a non-string
+  value), refused before anything is sent.
 - ClientTimeout: no definite answer in time. The operation MAY OR MAY NOT have taken effect.
-- CommandError: a definite failure (bad command, node in ERROR); nothing was applied.
+- CommandError: a definite failure (a command the service refuses); nothing was applied.
+A leader with too much in flight answers OVERLOADED (nothing done): the client backs off,
+doubling a jittered pause, and retries with the same sequence number until `timeout`.
 
 Exactly-once writes: the client has a random id and numbers its writes; a retried write keeps
 its sequence number, and the state machine answers a duplicate from its session instead of
@@ -22,6 +26,7 @@ use one client per thread.
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 import uuid
@@ -32,11 +37,21 @@ import zmq
 
 from transport import codec
 from transport.errors import DecodeError, TransportError
-from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_result, encode_command
+from transport.kv_protocol import (
+    CAS,
+    DELETE,
+    GET,
+    PUT,
+    KVCommand,
+    decode_command,
+    decode_result,
+    encode_command,
+)
 from transport.peers import parse_peer
 from transport.rpc import ClientRequest, ClientResponse, ClientStatus, StatusRequest, StatusResponse
 
 _NO_LEADER_PAUSE = 0.05  # after every peer said "no leader" (an election is on): wait a little
+_OVERLOAD_BACKOFF = (0.005, 0.5)  # first and longest wait after OVERLOADED (doubling, jittered)
 _CONNECT_WAIT_MS = 200  # how long a send waits for a connection to a peer to come up
 
 
@@ -78,6 +93,7 @@ class KVClient:
         self._request_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._rng = random.Random()
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -130,7 +146,11 @@ class KVClient:
     # -- leader finding and retries ----------------------------------------------------------
 
     def _call(self, command: KVCommand) -> Any:
-        payload = encode_command(command)  # validates nothing server-side would refuse later
+        payload = encode_command(command)
+        try:
+            decode_command(payload)  # the server's own validation: a bad call fails here, now
+        except DecodeError as exc:
+            raise ValueError(f"invalid {command.op}: {exc}") from None
         with self._lock:
             self._check_open()
             if not command.is_read:
@@ -139,6 +159,7 @@ class KVClient:
             deadline = time.monotonic() + self.timeout
             peer = self._leader or self.peers[0]
             refusals = 0
+            backoff = _OVERLOAD_BACKOFF[0]
             while time.monotonic() < deadline:
                 request_id = next(self._request_ids)
                 request = ClientRequest(self.client_id, request_id, seq, payload)
@@ -162,6 +183,12 @@ class KVClient:
                     refusals += 1
                     if refusals % len(self.peers) == 0:
                         time.sleep(_NO_LEADER_PAUSE)  # nobody leads yet: an election is on
+                elif reply.status == ClientStatus.OVERLOADED:
+                    # Nothing was done: wait (jittered, doubling) and ask the same leader again,
+                    # with the same sequence number.
+                    pause = min(backoff, max(0.0, deadline - time.monotonic()))
+                    time.sleep(pause * self._rng.uniform(0.5, 1.0))
+                    backoff = min(backoff * 2, _OVERLOAD_BACKOFF[1])
                 else:
                     raise CommandError(reply.message or "refused by the service")
             raise ClientTimeout(

@@ -1,6 +1,6 @@
 """msgpack framing of the wire messages in transport.rpc.
 
-Wire format (PROTOCOL_VERSION 1): one ZeroMQ frame holds one msgpack array
+Wire format (PROTOCOL_VERSION 2): one ZeroMQ frame holds one msgpack array
 
     [PROTOCOL_VERSION, type_tag, field_1, field_2, ..., field_n]
 
@@ -8,12 +8,17 @@ with the message's dataclass fields in declaration order (positional arrays: no 
 the wire, the fastest msgpack shape). Field encodings:
 
 - ``int``  -> msgpack int, validated as a non-negative int that is not a bool (every integer in
-  the protocol is a term, an index, a sequence number, an id or an enum value);
+  the protocol is a term, an index, a sequence number, an id or an enum value); by name, a
+  field ``term`` or ``*_term`` is in 0..MAX_TERM, except the ``term`` of a request (a leader's
+  or a candidate's term), which is at least 1, and a field ``*_index`` is in 0..MAX_INDEX
+  (transport.rpc);
 - ``bool`` -> msgpack true/false, ``str`` -> msgpack str (UTF-8), ``bytes`` -> msgpack bin;
 - ``tuple[LogEntry, ...]`` (AppendEntriesRequest.entries) -> ONE flat array
   ``[term_1, type_1, data_1, term_2, type_2, data_2, ...]``. Entry indexes are not sent: entries
   are contiguous from ``prev_log_index + 1`` (the encoder checks that, the decoder rebuilds them).
-  A flat array decodes into one list instead of one list per entry, which is measurably faster;
+  A flat array decodes into one list instead of one list per entry, which is measurably faster.
+  Entry terms must be non-decreasing, at least the request's ``prev_log_term`` and at most its
+  ``term`` (a leader only ever sends entries of its own term or earlier, in log order);
 - ``dict[str, Any]`` (StatusResponse.status) -> a msgpack map with str keys whose values are
   JSON-like (None, bool, int, float, str, lists and str-keyed maps), nested at most
   MAX_STATUS_DEPTH deep.
@@ -39,8 +44,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Callable, Mapping
-from itertools import repeat
+from itertools import islice, repeat
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -49,7 +55,7 @@ import msgpack
 from storage.entry import EntryType, LogEntry
 from transport import rpc
 from transport.errors import DecodeError, EncodeError
-from transport.rpc import RpcMessage
+from transport.rpc import MAX_INDEX, MAX_TERM, RpcMessage
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -62,7 +68,7 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: AppendEntriesResponse carries conflict_term/conflict_index
 
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 """Largest frame `decode` accepts by default. An AppendEntriesRequest is bounded by the
@@ -72,7 +78,6 @@ leaves ample room while bounding what one frame can make us allocate."""
 MAX_STATUS_DEPTH: Final = 8
 """Deepest nesting of lists/maps accepted inside StatusResponse.status (the top map is depth 1)."""
 
-_UINT64_MAX: Final = (1 << 64) - 1
 
 MESSAGE_TAGS: Final[Mapping[type, int]] = MappingProxyType(
     {
@@ -202,10 +207,13 @@ if [f.name for f in dataclasses.fields(LogEntry)] != ["index", "term", "type", "
     raise TypeError("LogEntry changed: update transport.codec._decode_entries and the format")
 
 
-def _decode_entries(flat: object, first_index: int) -> tuple[LogEntry, ...]:
+def _decode_entries(
+    flat: object, first_index: int, min_term: int, max_term: int
+) -> tuple[LogEntry, ...]:
     """Rebuild AppendEntriesRequest.entries from the flat wire array.
 
-    `first_index` is prev_log_index + 1 (already validated as an int >= 1). Builds LogEntry
+    `first_index` is prev_log_index + 1 (already validated as an int >= 1); every entry term
+    must lie in max(1, min_term)..max_term and never decrease. Builds LogEntry
     objects with object.__new__ and the slot descriptors - what the frozen dataclass __init__
     does, minus its per-object Python frame - after validating every element, so the result
     satisfies LogEntry's invariant (index >= 1, term >= 1, type an EntryType, data bytes).
@@ -227,10 +235,14 @@ def _decode_entries(flat: object, first_index: int) -> tuple[LogEntry, ...]:
             "AppendEntriesRequest.entries: expected [int term, int type, bytes data]*"
         )
     terms = flat[0::3]
-    if min(terms) < 1:
-        raise DecodeError("AppendEntriesRequest.entries: entry term < 1")
-    if first_index + count - 1 > _UINT64_MAX:
-        raise DecodeError("AppendEntriesRequest.entries: index overflows uint64")
+    if terms[0] < max(1, min_term) or terms[-1] > max_term:
+        raise DecodeError(
+            "AppendEntriesRequest.entries: entry terms must lie between prev_log_term and term"
+        )
+    if count > 1 and not all(map(operator.le, terms, islice(terms, 1, None))):
+        raise DecodeError("AppendEntriesRequest.entries: entry terms decrease")
+    if first_index + count - 1 > MAX_INDEX:
+        raise DecodeError("AppendEntriesRequest.entries: index exceeds MAX_INDEX")
     kinds = set(flat[1::3])
     if not kinds.issubset(_ENTRY_TYPES):
         unknown = min(kinds.difference(_ENTRY_TYPES))
@@ -316,12 +328,30 @@ _Decoder = Callable[[list[Any]], RpcMessage]
 # expects, or None for the structured kinds handled separately below.
 _SCALAR_CHECKS: Final[Mapping[str, tuple[str, str]]] = {
     "int": ("type({v}) is not int or {v} < 0", "a non-negative int"),
+    "term": ("type({v}) is not int or not 1 <= {v} <= _MAX_TERM", "a term in 1..MAX_TERM"),
+    "*_term": ("type({v}) is not int or not 0 <= {v} <= _MAX_TERM", "a term in 0..MAX_TERM"),
+    "*_index": ("type({v}) is not int or not 0 <= {v} <= _MAX_INDEX", "an index <= MAX_INDEX"),
     "bool": ("type({v}) is not bool", "a bool"),
     "str": ("type({v}) is not str", "a str"),
     "bytes": ("type({v}) is not bytes", "bytes"),
 }
 _ENTRIES_ANNOTATION: Final = "tuple[LogEntry, ...]"
 _STATUS_ANNOTATION: Final = "dict[str, Any]"
+
+
+# The messages whose `term` is their sender's own term as leader or candidate: never 0.
+_REQUESTS_WITH_TERM: Final = frozenset({rpc.AppendEntriesRequest, rpc.RequestVoteRequest})
+
+
+def _int_kind(cls: type, name: str) -> str:
+    """Which check an int field gets, by its name (see the module docstring)."""
+    if name == "term" and cls in _REQUESTS_WITH_TERM:
+        return "term"
+    if name == "term" or name.endswith("_term"):
+        return "*_term"
+    if name.endswith("_index"):
+        return "*_index"
+    return "int"
 
 
 def _generate(cls: type, tag: int) -> tuple[_Encoder, _Decoder, str]:
@@ -340,6 +370,8 @@ def _generate(cls: type, tag: int) -> tuple[_Encoder, _Decoder, str]:
     for f in fields:
         annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         v = f.name
+        if annotation == "int":
+            annotation = _int_kind(cls, v)
         if annotation in _SCALAR_CHECKS:
             bad, expected = _SCALAR_CHECKS[annotation]
             checks.append(
@@ -348,10 +380,12 @@ def _generate(cls: type, tag: int) -> tuple[_Encoder, _Decoder, str]:
             )
             encoded.append(f"m.{v}")
         elif annotation == _ENTRIES_ANNOTATION:
-            if "prev_log_index" not in names:
-                raise TypeError(f"{cls.__name__}: entries need a prev_log_index field")
-            # Runs after the scalar checks, so prev_log_index is a validated int by then.
-            structured.append(f"    {v} = _decode_entries({v}, prev_log_index + 1)")
+            if not {"prev_log_index", "prev_log_term", "term"} <= set(names):
+                raise TypeError(f"{cls.__name__}: entries need prev_log_index/_term and term")
+            # Runs after the scalar checks, so those three are validated ints by then.
+            structured.append(
+                f"    {v} = _decode_entries({v}, prev_log_index + 1, prev_log_term, term)"
+            )
             encoded.append(f"_encode_entries(m.{v}, m.prev_log_index)")
         elif annotation == _STATUS_ANNOTATION:
             structured.append(f"    {v} = _decode_status({v})")
@@ -384,6 +418,8 @@ def _generate(cls: type, tag: int) -> tuple[_Encoder, _Decoder, str]:
         "_encode_entries": _encode_entries,
         "_decode_status": _decode_status,
         "_encode_status": _encode_status,
+        "_MAX_TERM": MAX_TERM,
+        "_MAX_INDEX": MAX_INDEX,
     }
     exec(compile(source, f"<transport.codec {name}>", "exec"), namespace)
     return namespace[f"_encode_{name}"], namespace[f"_decode_{name}"], source

@@ -7,14 +7,22 @@ SOFAJRaft's rpc.proto where it has the message.
 Correlation: a Replicator numbers its requests (`seq`); responses echo `seq` and the term the
 request was sent in (`req_term`), so a response from an earlier pipeline or an earlier term is
 recognisable as stale without closures.
+
+Bounds: every term is at most MAX_TERM and every log index at most MAX_INDEX (the codec refuses
+anything larger on decode, and a node never increments a term past MAX_TERM). Both are far
+beyond any real use, and leave room: a term this peer adopts can always be incremented and
+still be encoded, and fits a signed 64-bit integer, so no peer can be made to overflow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from storage.entry import LogEntry
+
+MAX_TERM: Final = 1 << 62
+MAX_INDEX: Final = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,12 @@ class AppendEntriesResponse:
     peer_id: str
     seq: int
     req_term: int
+    # On a mismatch at prev_log_index (Raft dissertation §5.3's optimisation): the term of the
+    # follower's entry there and the first index it holds of that term, so the leader skips a
+    # whole conflicting term per round trip. conflict_term 0: the follower's log ends before
+    # prev_log_index (then conflict_index is its last index + 1). Both 0 on success.
+    conflict_term: int = 0
+    conflict_index: int = 0
 
     @property
     def sender(self) -> str:
@@ -95,6 +109,7 @@ class ClientStatus:
     NOT_LEADER = 1  # see leader_hint; nothing was done
     ERROR = 2  # a definite failure, see message
     UNKNOWN = 3  # outcome unknown (e.g. leadership lost after the command was appended)
+    OVERLOADED = 4  # too much in flight on the leader; nothing was done: back off, retry
 
 
 @dataclass(frozen=True, slots=True)

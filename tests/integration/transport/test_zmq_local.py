@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import zmq
 
+from actors.wait import wait_until
 from tests.integration.transport.conftest import (
     TIMEOUT,
     Inbox,
@@ -144,17 +145,28 @@ def test_send_before_start_is_delivered_after(local: Local) -> None:
     inbox = Inbox()
     a = local("a", inbox)
     b = ZmqTransport("b", "tcp://127.0.0.1:0", {"a": a.bound_endpoint})
+    sends = 0
+
+    def send(term: int) -> None:
+        nonlocal sends
+        b.send("a", vote("b", term))
+        sends += 1
+
     try:
-        b.send("a", vote("b", 7))  # queued; IMMEDIATE may drop it if not yet connected...
+        send(7)  # queued; IMMEDIATE may drop it if not yet connected...
         b.start(Inbox())
         # ...so keep sending until one arrives: what matters is that nothing is lost silently
         # in the queue and that start() drains it without a wake-up.
         request_until_answered(
-            lambda: b.send("a", vote("b", 8)),
-            lambda timeout: inbox.poll_for(lambda m: True, timeout) is not None,
+            lambda: send(8), lambda timeout: inbox.poll_for(lambda m: True, timeout) is not None
         )
-        stats = b.stats
-        assert stats.frames_out + stats.dropped_sends >= 2
+        # Every frame is accounted for, sent or dropped, once the I/O thread drained the queue
+        # (the answer may be to an earlier frame while the last one is still queued).
+        wait_until(
+            lambda: b.stats.frames_out + b.stats.dropped_sends == sends,
+            "every queued frame sent or counted as dropped",
+            TIMEOUT,
+        )
     finally:
         b.stop()
 
@@ -167,10 +179,7 @@ def test_remove_and_re_add_peer(local: Local) -> None:
     # called "b" - which is b's own DEALER (it still has "a" as a peer): b never delivers it,
     # it counts a bad frame on that DEALER.
     a.send("b", vote("a", 5))
-    for _ in range(int(TIMEOUT / 0.05)):
-        if b.stats.bad_frames:
-            break
-        inbox.poll_for(lambda m: False, 0.05)
+    wait_until(lambda: b.stats.bad_frames, "b to count the frame as bad", TIMEOUT)
     assert b.stats.bad_frames == 1, (a.stats, b.stats)
     assert inbox.poll_for(lambda m: True, 0.05) is None
     a.add_peer("b", b.bound_endpoint)
@@ -197,11 +206,7 @@ def test_deliver_errors_do_not_stop_the_thread(
     b = local("b", deliver)
     a.add_peer("b", b.bound_endpoint)
     with caplog.at_level(logging.ERROR, logger="transport.zmq_transport"):
-        for _ in range(int(TIMEOUT / 0.05)):
-            a.send("b", vote("a"))
-            if got_second.wait(0.05):
-                break
-        assert got_second.is_set()
+        request_until_answered(lambda: a.send("b", vote("a")), got_second.wait)
     assert b.stats.deliver_errors >= 2
     assert sum("deliver(RequestVoteRequest) failed" in r.message for r in caplog.records) == 1
 
@@ -218,11 +223,7 @@ def test_stop_from_deliver(local: Local) -> None:
     b = local("b", deliver)
     holder.append(b)
     a.add_peer("b", b.bound_endpoint)
-    for _ in range(int(TIMEOUT / 0.05)):
-        a.send("b", vote("a"))
-        if stopped.wait(0.05):
-            break
-    assert stopped.is_set()
+    request_until_answered(lambda: a.send("b", vote("a")), stopped.wait)
     b.stop()  # joins the thread now
 
 
@@ -302,10 +303,7 @@ def test_frames_on_a_dealer_are_counted_as_bad(local: Local) -> None:
         identity, _ = router.recv_multipart()
         assert identity == b"a"
         router.send_multipart([identity, b"junk"])
-        for _ in range(int(TIMEOUT / 0.05)):
-            if a.stats.bad_frames:
-                break
-            Inbox().poll_for(lambda m: False, 0.05)
+        wait_until(lambda: a.stats.bad_frames, "the frame to be counted as bad", TIMEOUT)
         assert a.stats.bad_frames == 1
     finally:
         router.close(linger=0)

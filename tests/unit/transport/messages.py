@@ -11,23 +11,26 @@ from hypothesis import strategies as st
 from storage.entry import EntryType, LogEntry
 from transport import rpc
 from transport.codec import MAX_STATUS_DEPTH, MESSAGE_TAGS
+from transport.rpc import MAX_INDEX, MAX_TERM
 
 UINT64_MAX = (1 << 64) - 1
 
 ENTRIES = tuple(LogEntry(11 + i, 3, EntryType(i % 3), bytes([i]) * i) for i in range(5))
 
-# At least one instance of every message class, with edge values: zero and uint64-max ints,
-# empty and non-ASCII strings, empty bytes, no entries.
+# At least one instance of every message class, with edge values: zero and uint64-max ints
+# (MAX_TERM and MAX_INDEX for terms and indexes), empty and non-ASCII strings, empty bytes, no
+# entries.
 SAMPLES: list[Any] = [
     rpc.RequestVoteRequest(5, "127.0.0.1:7001", 10, 4, False),
-    rpc.RequestVoteRequest(UINT64_MAX, "", 0, 0, True),
+    rpc.RequestVoteRequest(MAX_TERM, "", 0, 0, True),
     rpc.RequestVoteResponse(5, True, True, "127.0.0.1:7002", 6),
     rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 10, 2, ENTRIES, 9, 77),
     rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 0, 0, (), 0, 0),
     rpc.AppendEntriesRequest(
-        1, "l", UINT64_MAX - 1, 1, (LogEntry(UINT64_MAX, 1, EntryType.DATA, b""),), 0, 0
+        1, "l", MAX_INDEX - 1, 1, (LogEntry(MAX_INDEX, 1, EntryType.DATA, b""),), 0, UINT64_MAX
     ),
     rpc.AppendEntriesResponse(3, False, 0, "127.0.0.1:7003", UINT64_MAX, 3),
+    rpc.AppendEntriesResponse(MAX_TERM, False, 7, "b:2", 4, 2, MAX_TERM, MAX_INDEX),
     rpc.ClientRequest("client-\u00e9\u4e2d\U0001f600", 1, 2, b"\xff\x00put k v"),
     rpc.ClientResponse(1, rpc.ClientStatus.OK),
     rpc.ClientResponse(1, rpc.ClientStatus.NOT_LEADER, b"", "b:2", "not leader", "a:1"),
@@ -75,13 +78,20 @@ status_maps = st.dictionaries(st.text(max_size=10), _json(MAX_STATUS_DEPTH - 1),
 
 
 @st.composite
-def entries_after(draw: st.DrawFn, prev_log_index: int) -> tuple[LogEntry, ...]:
-    room = UINT64_MAX - prev_log_index
+def entries_after(
+    draw: st.DrawFn, prev_log_index: int, prev_log_term: int, term: int
+) -> tuple[LogEntry, ...]:
+    """Entries a leader of `term` may send after prev: non-decreasing terms in prev..term."""
+    room = MAX_INDEX - prev_log_index
     count = draw(st.integers(0, min(room, 8)))
+    low = max(1, prev_log_term)
+    if low > term:
+        count = 0
+    terms = sorted(draw(st.integers(low, term)) for _ in range(count))
     return tuple(
         LogEntry(
             prev_log_index + 1 + i,
-            draw(st.integers(1, UINT64_MAX)),
+            terms[i],
             draw(st.sampled_from(EntryType)),
             draw(st.binary(max_size=40)),
         )
@@ -89,8 +99,24 @@ def entries_after(draw: st.DrawFn, prev_log_index: int) -> tuple[LogEntry, ...]:
     )
 
 
-_FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
+_INT_STRATEGIES: dict[str, st.SearchStrategy[int]] = {
+    "term": st.integers(1, MAX_TERM),
+    "*_term": st.integers(0, MAX_TERM),
+    "*_index": st.integers(0, MAX_INDEX),
     "int": uints,
+}
+
+
+def int_kind(cls: type, name: str) -> str:
+    """The codec's rule: which range an int field has, by its name."""
+    if name == "term" and cls in (rpc.AppendEntriesRequest, rpc.RequestVoteRequest):
+        return "term"
+    if name == "term" or name.endswith("_term"):
+        return "*_term"
+    return "*_index" if name.endswith("_index") else "int"
+
+
+_FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "bool": st.booleans(),
     "str": st.text(max_size=30),
     "bytes": st.binary(max_size=60),
@@ -105,9 +131,14 @@ def messages_of(draw: st.DrawFn, cls: type) -> Any:
     for field in dataclasses.fields(cls):
         if field.type == "tuple[LogEntry, ...]":
             continue
-        values[field.name] = draw(_FIELD_STRATEGIES[str(field.type)])
+        if field.type == "int":
+            values[field.name] = draw(_INT_STRATEGIES[int_kind(cls, field.name)])
+        else:
+            values[field.name] = draw(_FIELD_STRATEGIES[str(field.type)])
     if "prev_log_index" in values:
-        values["entries"] = draw(entries_after(values["prev_log_index"]))
+        values["entries"] = draw(
+            entries_after(values["prev_log_index"], values["prev_log_term"], values["term"])
+        )
     return cls(**values)
 
 

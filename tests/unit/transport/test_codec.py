@@ -20,7 +20,7 @@ from transport.codec import (
     encode,
 )
 from transport.errors import DecodeError, EncodeError, TransportError
-from transport.rpc import StatusResponse
+from transport.rpc import MAX_INDEX, MAX_TERM, StatusResponse
 
 
 def fields_of(frame: bytes) -> list[Any]:
@@ -97,9 +97,9 @@ def test_wire_layout() -> None:
         9,
         7,
     )
-    assert fields_of(encode(request)) == [1, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
+    assert fields_of(encode(request)) == [2, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
     assert encode(rpc.RequestVoteResponse(7, True, False, "b", 6)) == bytes.fromhex(
-        "97010207c3c2a16206"
+        "97020207c3c2a16206"
     )
 
 
@@ -131,7 +131,7 @@ def test_not_a_message_array(value: Any) -> None:
     expect_decode_error(repack(value), "array")
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, True, "1", 1.0, None])
+@pytest.mark.parametrize("version", [0, 1, 3, -1, True, "2", 2.0, None])
 def test_unknown_version(version: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[0] = version
@@ -181,7 +181,7 @@ def test_wrong_field_type(message: Any, position: int, wrong: Any) -> None:
 
 
 def aer_values(flat: Any, prev_log_index: int = 10) -> bytes:
-    return repack([1, 3, 3, "l", prev_log_index, 2, flat, 9, 1])
+    return repack([PROTOCOL_VERSION, 3, 3, "l", prev_log_index, 2, flat, 9, 1])
 
 
 @pytest.mark.parametrize(
@@ -203,6 +203,9 @@ def aer_values(flat: Any, prev_log_index: int = 10) -> bytes:
         [3, 1.0, b"x"],
         [3, 1, b"x", 3, 1, [b"x"]],
         [[3, 1, b"x"]],  # nested entries are not the format
+        [4, 1, b"x"],  # a term after the request's own term 3
+        [1, 1, b"x"],  # a term before prev_log_term 2
+        [3, 1, b"x", 2, 1, b"y"],  # terms that decrease
     ],
     ids=repr,
 )
@@ -221,7 +224,39 @@ def test_many_entries_beyond_the_shape_cache() -> None:
 
 
 def test_entry_index_overflow() -> None:
-    expect_decode_error(aer_values([1, 1, b"", 1, 1, b""], UINT64_MAX - 1), "overflows")
+    expect_decode_error(aer_values([3, 1, b"", 3, 1, b""], MAX_INDEX - 1), "exceeds MAX_INDEX")
+
+
+@pytest.mark.parametrize(
+    ("message", "match"),
+    [
+        (rpc.RequestVoteRequest(MAX_TERM + 1, "a", 0, 0, True), "term in 1..MAX_TERM"),
+        (rpc.RequestVoteRequest(0, "a", 0, 0, False), "term in 1..MAX_TERM"),
+        (rpc.RequestVoteResponse(2, True, False, "a", MAX_TERM + 1), "req_term"),
+        (rpc.AppendEntriesRequest(0, "a", 0, 0, (), 0, 1), "term in 1..MAX_TERM"),
+        (rpc.AppendEntriesRequest(UINT64_MAX, "a", 0, 0, (), 0, 1), "term in 1..MAX_TERM"),
+        (rpc.AppendEntriesRequest(2, "a", MAX_INDEX + 1, 1, (), 0, 1), "prev_log_index"),
+        (rpc.AppendEntriesRequest(2, "a", 0, 0, (), MAX_INDEX + 1, 1), "committed_index"),
+        (rpc.AppendEntriesResponse(2, False, 0, "b", 1, 2, MAX_TERM + 1, 0), "conflict_term"),
+    ],
+    ids=lambda value: getattr(value, "__name__", None) or str(value)[:40],
+)
+def test_terms_and_indexes_out_of_range_are_refused(message: Any, match: str) -> None:
+    """A hostile term (2**64 - 1 was once adopted, then term + 1 could not be encoded) or index
+    is refused at the trust boundary, with a message naming the field."""
+    expect_decode_error(
+        msgpack.packb(
+            [
+                PROTOCOL_VERSION,
+                MESSAGE_TAGS[type(message)],
+                *[
+                    getattr(message, f.name) if f.type != "tuple[LogEntry, ...]" else []
+                    for f in dataclasses.fields(message)
+                ],
+            ]
+        ),
+        match,
+    )
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -248,7 +283,7 @@ def nested(depth: int) -> dict[str, Any]:
 )
 def test_bad_status(status: Any) -> None:
     try:
-        frame = repack([1, 14, 3, "a", status])
+        frame = repack([PROTOCOL_VERSION, 14, 3, "a", status])
     except (OverflowError, ValueError, TypeError):
         return  # not representable in msgpack at all
     expect_decode_error(frame, "StatusResponse.status|not a msgpack frame")
@@ -329,12 +364,12 @@ def test_encode_errors(message: Any) -> None:
 
 def test_generated_source_is_available() -> None:
     assert "def _decode_AppendEntriesRequest(a):" in codec.GENERATED_SOURCE
-    assert PROTOCOL_VERSION == 1
+    assert PROTOCOL_VERSION == 2
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_status_with_a_non_finite_float_is_refused(bad: float) -> None:
     """NaN and infinities are not JSON (and NaN is not even equal to itself)."""
-    frame = msgpack.packb([1, MESSAGE_TAGS[StatusResponse], 1, "a:1", {"x": bad}])
+    frame = msgpack.packb([PROTOCOL_VERSION, MESSAGE_TAGS[StatusResponse], 1, "a:1", {"x": bad}])
     with pytest.raises(DecodeError):
         decode(frame)

@@ -201,7 +201,7 @@ def run_lossy(seed: int, drop: float, duplicate: float) -> tuple[list[int], Any]
     network.drop_probability = drop
     network.duplicate_probability = duplicate
     peers = Peers(network, "a", "b")
-    for term in range(200):
+    for term in range(1, 201):
         peers.send("a", "b", term)
     return peers.terms("b"), network.stats
 
@@ -217,12 +217,12 @@ def test_drop_probability_is_deterministic_by_seed() -> None:
 
 def test_drop_all_and_none() -> None:
     assert run_lossy(1, 1.0, 0.0)[0] == []
-    assert run_lossy(1, 0.0, 0.0)[0] == list(range(200))
+    assert run_lossy(1, 0.0, 0.0)[0] == list(range(1, 201))
 
 
 def test_duplicates() -> None:
     received, stats = run_lossy(3, 0.0, 1.0)
-    assert received == [t for t in range(200) for _ in (0, 1)]
+    assert received == [t for t in range(1, 201) for _ in (0, 1)]
     assert (stats.sent, stats.duplicated, stats.delivered) == (400, 200, 400)
     some, stats = run_lossy(3, 0.0, 0.2)
     assert 200 < len(some) < 280
@@ -248,14 +248,14 @@ def test_fixed_delay_keeps_order() -> None:
     network.set_delay(0.05)
     assert network.delay == (0.05, 0.05)
     peers = Peers(network, "a", "b")
-    for term in range(5):
+    for term in range(1, 6):
         peers.send("a", "b", term)
     assert peers.inbox["b"] == []
     assert network.stats.in_flight == 5
     clock.advance(0.049)
     assert peers.inbox["b"] == []
     clock.advance(0.001)
-    assert peers.terms("b") == [0, 1, 2, 3, 4]
+    assert peers.terms("b") == [1, 2, 3, 4, 5]
     assert network.stats.in_flight == 0
     network.set_delay(0)
     peers.send("a", "b", 9)
@@ -267,12 +267,12 @@ def run_jittered(seed: int) -> list[int]:
     network = MemoryNetwork(rng=random.Random(seed), clock=clock)
     network.set_delay(0.01, 0.1)
     peers = Peers(network, "a", "b")
-    for term in range(50):
+    for term in range(1, 51):
         peers.send("a", "b", term)
     clock.advance(0.0099)
     assert peers.inbox["b"] == []
     clock.advance(0.1)
-    assert sorted(peers.terms("b")) == list(range(50))
+    assert sorted(peers.terms("b")) == list(range(1, 51))
     return peers.terms("b")
 
 
