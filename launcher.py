@@ -32,7 +32,7 @@ from pathlib import Path
 
 from actors.errors import OptionsError
 from actors.service.local_peer import STOP_GRACE, LocalPeer
-from actors.service.peer import PeerConfig, PeerStartError
+from actors.service.peer import PeerConfig, PeerFailedError, PeerStartError
 from actors.service.peer import run_peer as serve_peer
 from transport.client import ClientTimeout, KVClient, KVError
 from transport.peers import parse_peer, parse_peers
@@ -144,7 +144,7 @@ def run_peer(args: argparse.Namespace, peers: list[str]) -> int:
         serve_peer(_peer_config(args, args.self_id, peers), stop, orphaned)
     except OptionsError as error:
         raise UsageError(str(error)) from None
-    except PeerStartError as error:
+    except (PeerStartError, PeerFailedError) as error:
         print(f"{args.self_id}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

@@ -35,8 +35,8 @@ _NO_CONF = Configuration(frozenset())
 class BallotBox(RaftActor):
     """Decides the commit index of a leader; tells the FSMCaller and the LogManager about it."""
 
-    def __init__(self, fsm_caller: Mailbox, log_manager: Mailbox) -> None:
-        super().__init__()
+    def __init__(self, fsm_caller: Mailbox, log_manager: Mailbox, node: Mailbox) -> None:
+        super().__init__(supervisor=node)
         self.fsm_caller = fsm_caller
         self.log_manager = log_manager
         # The leader term being counted; never decreases.
@@ -110,6 +110,12 @@ class BallotBox(RaftActor):
         if msg.term < self.term:
             return
         self.term = msg.term
+        self.pending_index = 0
+        self.conf = _NO_CONF
+        self.match = {}
+
+    def enter_error(self, reason: str) -> None:
+        """The peer is in ERROR: commit nothing more."""
         self.pending_index = 0
         self.conf = _NO_CONF
         self.match = {}

@@ -13,6 +13,13 @@ The same class runs three ways: started as a pykka thread (production), or const
 thread and driven by calling `receive` directly (unit tests through `actors.testing.ActorHarness`,
 and the simulator). For the latter, `self_mailbox` (where timers and the actor's own deferred work
 are sent) can be rebound to the driver's queue with `bind_self`.
+
+Supervision (no silently dead actor): an exception escaping a handler, `startup` or `shutdown`
+does not stop the actor (pykka would stop it, and its mailbox would swallow every later message
+while the rest of the peer carried on). Instead the actor logs it, calls its own `enter_error`
+(stop doing work, promise nothing more) and tells its supervisor, the peer's Node, a
+`FatalError`: the Node then moves the whole peer to ERROR (see node.py). The actor keeps
+draining its mailbox in its error mode, so messages carrying futures are still answered.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import pykka
 
 from actors.clock import Clock, TimerHandle
 from actors.mailbox import Mailbox
+from actors.messages import FatalError
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +66,12 @@ class RaftActor(pykka.ThreadingActor):
         cls._handlers = table
         cls._unknown_logged = set()
 
-    def __init__(self) -> None:
+    def __init__(self, supervisor: Mailbox | None = None) -> None:
         super().__init__()
         self.self_mailbox: Mailbox = self.actor_ref
+        # Where FatalError goes: the peer's Node (the Node itself reports to its own mailbox).
+        self.supervisor = supervisor
+        self.crashed = False  # an exception escaped one of this actor's handlers
 
     def bind_self(self, mailbox: Mailbox) -> None:
         """Redirect messages this actor sends itself (timers, deferred work) to `mailbox`.
@@ -82,10 +93,58 @@ class RaftActor(pykka.ThreadingActor):
         handler = self._handlers.get(type(message))
         if handler is None:
             return self.on_unknown_message(message)
-        return handler(self, message)
+        try:
+            return handler(self, message)
+        except Exception as exc:
+            self._crash(type(message).__name__, exc)
+            return None
 
     def on_receive(self, message: Any) -> Any:
         return self.receive(message)
+
+    # -- lifecycle and supervision -------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """pykka's hook (and the drivers'): runs `startup` under supervision."""
+        try:
+            self.startup()
+        except Exception as exc:
+            self._crash("startup", exc)
+
+    def on_stop(self) -> None:
+        """pykka's hook (and the drivers'): runs `shutdown` under supervision."""
+        try:
+            self.shutdown()
+        except Exception as exc:
+            self._crash("shutdown", exc)
+
+    def startup(self) -> None:
+        """Runs first, on the actor's thread. Override instead of on_start."""
+
+    def shutdown(self) -> None:
+        """Runs last, on the actor's thread. Override instead of on_stop."""
+
+    def enter_error(self, reason: str) -> None:
+        """Stop doing work and promise nothing more, but keep answering: the peer is in ERROR.
+        Called on a crash of this actor and when the Node says so (EnterError). Idempotent."""
+
+    def report_fatal(self, reason: str) -> None:
+        """Tell the supervisor that this peer cannot go on; it moves the peer to ERROR."""
+        if self.supervisor is None:
+            log.error("%s: fatal, and no supervisor to tell: %s", type(self).__name__, reason)
+            return
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping: moot
+            self.supervisor.tell(FatalError(type(self).__name__, reason))
+
+    def _crash(self, during: str, exc: Exception) -> None:
+        reason = f"{type(exc).__name__} in {type(self).__name__} ({during}): {exc}"
+        log.error("%s; the peer enters ERROR", reason, exc_info=exc)
+        self.crashed = True
+        try:
+            self.enter_error(reason)
+        except Exception:
+            log.exception("%s: enter_error raised too", type(self).__name__)
+        self.report_fatal(reason)
 
     def on_unknown_message(self, message: Any) -> None:
         kind = type(message)

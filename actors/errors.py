@@ -1,10 +1,17 @@
 """Errors of the Raft layer. Every one derives from RaftError.
 
 The user API (futures from `RaftNode.apply`) fails with these. Whether the command may still take
-effect is part of each error's meaning, as in hashicorp/raft's docs:
-- NotLeaderError: definitely not applied; retry at `leader_hint`.
-- LeadershipLostError: outcome UNKNOWN (it was appended; it may yet commit under a new leader).
-- NodeStoppedError, NodeFailedError: the node cannot serve; for commands accepted before, unknown.
+effect is part of each error, as in hashicorp/raft's docs, and is also on every instance as
+`outcome_unknown`:
+
+- outcome_unknown False, a definite refusal: the command never reached the log, so it will never
+  be applied. NotLeaderError (retry at `leader_hint`), OverloadedError (back off, then retry),
+  CommandTooLargeError, and NodeStoppedError / NodeFailedError raised before the command was
+  appended.
+- outcome_unknown True: the command was appended to this leader's log and may yet commit (under
+  this leader before it failed, or under the next one). LeadershipLostError always; and
+  NodeStoppedError / NodeFailedError when the node stopped or failed after appending it.
+  A client must not assume either way (the KV service answers such a retry from its session).
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ from __future__ import annotations
 class RaftError(Exception):
     """Base class of every error this package raises."""
 
+    outcome_unknown = False  # see the module docstring
+
 
 class OptionsError(RaftError, ValueError):
     """Invalid options, detected at construction."""
 
 
 class NotLeaderError(RaftError):
+    """This node does not lead: nothing was done. Retry at `leader_hint` (None: unknown)."""
+
     def __init__(self, leader_hint: str | None) -> None:
         super().__init__(f"not the leader; leader is {leader_hint or 'unknown'}")
         self.leader_hint = leader_hint
@@ -27,13 +38,34 @@ class NotLeaderError(RaftError):
 class LeadershipLostError(RaftError):
     """The leader stepped down before the command committed: its outcome is unknown."""
 
+    outcome_unknown = True
 
-class NodeStoppedError(RaftError):
+
+class OverloadedError(RaftError):
+    """The leader holds as many proposals in flight as it may (RaftOptions.max_pending_entries
+    / max_pending_bytes): nothing was done. Retryable: back off, then try again."""
+
+
+class CommandTooLargeError(RaftError, ValueError):
+    """The command is larger than RaftOptions.max_command_bytes, so it could never be
+    replicated in one message: nothing was done."""
+
+
+class _MaybeAppendedError(RaftError):
+    """An error whose command may or may not have been appended, said by `outcome_unknown`."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class NodeStoppedError(_MaybeAppendedError):
     """The node is shutting down or stopped."""
 
 
-class NodeFailedError(RaftError):
-    """The node entered ERROR (e.g. its state machine raised) and refuses to serve."""
+class NodeFailedError(_MaybeAppendedError):
+    """The node entered ERROR (an actor or the state machine raised, storage failed, a safety
+    invariant would have broken) and refuses to serve; `status()` says why."""
 
 
 class InvariantViolationError(RaftError):

@@ -14,8 +14,11 @@ actor's thread, one at a time. It reads committed entries from the thread-safe `
   pending future fails with LeadershipLostError: outcome unknown, the entry may still commit
   under the next leader and be applied here, but its future has already been failed.
 - A state machine that raises (or returns the wrong number of results) puts the caller in ERROR:
-  pending futures fail with NodeFailedError, `on_error` is called, the Node is told FatalError,
-  and nothing is ever applied again, rather than let this replica diverge silently.
+  pending futures fail with NodeFailedError (outcome unknown: their entries are in the log and
+  may commit on other replicas), `on_error` is called, the Node is told FatalError, and nothing
+  is ever applied again, rather than let this replica diverge silently. EnterError (the peer
+  entered ERROR for another reason) does the same.
+- On stop, every pending future fails with NodeStoppedError, outcome unknown.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ import pykka
 
 from actors.base import RaftActor, handles
 from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, RaftError
-from actors.futures import complete, fail
+from actors.futures import complete, fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
     ApplyCommitted,
     Commit,
-    FatalError,
+    EnterError,
     GetApplied,
     LeaderStart,
     LeaderStop,
@@ -58,10 +61,9 @@ class FSMCaller(RaftActor):
         node: Mailbox,
         raft_options: RaftOptions,
     ) -> None:
-        super().__init__()
+        super().__init__(supervisor=node)
         self.state_machine = state_machine
         self.log_view = log_view
-        self.node = node
         self.raft_options = raft_options
         # Invariant: applied_index <= committed_index; it only grows, by exactly the entries
         # handed over in log order. (Starts at 0 until snapshots exist.)
@@ -105,8 +107,8 @@ class FSMCaller(RaftActor):
     @handles(RegisterPending)
     def on_register_pending(self, msg: RegisterPending) -> None:
         if self.error is not None:
-            for future in msg.futures:
-                fail(future, NodeFailedError(f"state machine failed: {self.error}"))
+            # Appended already: they may commit elsewhere, so their outcome is unknown.
+            fail_all(msg.futures, self._failed_error())
             return
         for offset, future in enumerate(msg.futures):
             index = msg.first_index + offset
@@ -143,13 +145,17 @@ class FSMCaller(RaftActor):
     def on_get_applied(self, msg: GetApplied) -> int:
         return self.applied_index
 
-    def on_stop(self) -> None:
+    @handles(EnterError)
+    def on_enter_error(self, msg: EnterError) -> None:
+        self.enter_error(msg.reason)
+
+    def shutdown(self) -> None:
         """Runs on the actor's thread as it stops: the state machine's last call."""
         try:
             self.state_machine.on_shutdown()
         except Exception:
             log.exception("fsm: on_shutdown raised")
-        self._fail_pending(NodeStoppedError("node stopped"))
+        self._fail_pending(NodeStoppedError("node stopped", outcome_unknown=True))
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -169,9 +175,8 @@ class FSMCaller(RaftActor):
             log.warning("fsm: committed entries %d..%d are not readable", first, last)
             return False
         if entries[0].index != first:
-            self._enter_error(
-                RaftError(f"entry {first} missing (log starts at {entries[0].index})")
-            )
+            missing = RaftError(f"entry {first} missing (log starts at {entries[0].index})")
+            self._enter_error(missing, "reading the log")
             return False
         run: list[LogEntry] = []  # consecutive DATA entries, handed over as one on_apply
         for entry in entries:
@@ -235,18 +240,30 @@ class FSMCaller(RaftActor):
         except Exception as exc:
             self._enter_error(exc, getattr(callback, "__name__", "callback"))
 
-    def _enter_error(self, exc: BaseException, where: str = "fsm") -> None:
+    def _enter_error(self, exc: BaseException, where: str) -> None:
+        """The state machine failed: ERROR here, and the peer with it."""
         if self.error is not None:
             return
         reason = f"{where}: {type(exc).__name__}: {exc}"
-        self.error = reason
         log.error("fsm: entering ERROR after %s", reason, exc_info=exc)
-        self._fail_pending(NodeFailedError(f"state machine failed: {reason}"))
+        self._stop_applying(reason, exc)
+        self.report_fatal(reason)
+
+    def enter_error(self, reason: str) -> None:
+        """The peer is in ERROR (this actor crashed, or the Node said so): apply nothing more."""
+        if self.error is None:
+            self._stop_applying(reason, NodeFailedError(reason))
+
+    def _stop_applying(self, reason: str, exc: BaseException) -> None:
+        self.error = reason
+        self._fail_pending(self._failed_error())
         try:
             self.state_machine.on_error(exc)
         except Exception:
             log.exception("fsm: on_error raised too")
-        self.node.tell(FatalError("fsm_caller", reason))
+
+    def _failed_error(self) -> NodeFailedError:
+        return NodeFailedError(f"node in ERROR: {self.error}", outcome_unknown=True)
 
     def _fail_pending(self, error: BaseException) -> None:
         pending, self.pending = self.pending, {}

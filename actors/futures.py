@@ -9,6 +9,7 @@ outcome wins, and settling again is a no-op rather than an exception inside an a
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pykka
 
 from actors.errors import RaftError
+
+log = logging.getLogger(__name__)
 
 
 def complete(future: pykka.Future[Any], value: Any) -> None:
@@ -38,7 +41,11 @@ def fail_all(futures: Iterable[pykka.Future[Any]], error: BaseException) -> None
 
 class CompletionFuture(pykka.ThreadingFuture[Any]):
     """Calls `on_done(value, error)` exactly once, on the thread that settles the future
-    (for Raft commands, the FSMCaller's or the Node's): keep it short and non-blocking."""
+    (for Raft commands, the FSMCaller's or the Node's): keep it short and non-blocking.
+
+    The callback is the application's code running on an actor's thread: an exception from it
+    is logged and goes no further (as asyncio treats a failing callback), since the future
+    itself was settled and the actor that settled it is in a consistent state."""
 
     def __init__(self, on_done: Callable[[Any, BaseException | None], None]) -> None:
         super().__init__()
@@ -46,9 +53,15 @@ class CompletionFuture(pykka.ThreadingFuture[Any]):
 
     def set(self, value: Any = None) -> None:
         super().set(value)
-        self._on_done(value, None)
+        self._call(value, None)
 
     def set_exception(self, exc_info: Any = None) -> None:
         super().set_exception(exc_info)
         error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
-        self._on_done(None, error if isinstance(error, BaseException) else RaftError(str(error)))
+        self._call(None, error if isinstance(error, BaseException) else RaftError(str(error)))
+
+    def _call(self, value: Any, error: BaseException | None) -> None:
+        try:
+            self._on_done(value, error)
+        except Exception:
+            log.exception("a completion callback raised; the future was settled regardless")

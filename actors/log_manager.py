@@ -11,15 +11,30 @@ before they are local durable) and a `Flush` is told to ourselves; being queued 
 appends already waiting, it writes them all with one fsync. Only then does anything promise
 durability: the leader's own Grant to the BallotBox, a follower's ack to its leader, a follower's
 commit index advancing.
+
+Back-pressure: as leader it holds at most `max_pending_entries` entries (and `max_pending_bytes`
+of commands) appended but not yet applied; a proposal beyond that fails fast with
+OverloadedError, nothing appended, rather than queue without bound.
+
+A follower that refuses an AppendEntries for a log mismatch says where its log disagrees (the
+conflicting term and the first index it holds of that term), so the leader skips a whole term
+per round trip instead of one entry.
+
+Supervision: a storage failure or an invariant that would break puts the peer in ERROR
+(`report_fatal`); from then on nothing is written, acknowledged or voted. So does EnterError
+from the Node, which the LogManager passes on to the FSMCaller (which fails what is pending).
+Storage is closed by the peer's owner once every actor has stopped (the FSMCaller may read the
+log until it stops), not here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 from actors.base import RaftActor, handles
-from actors.errors import InvariantViolationError, NotLeaderError
+from actors.errors import InvariantViolationError, NotLeaderError, OverloadedError
 from actors.futures import fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
@@ -30,7 +45,7 @@ from actors.messages import (
     ClearPending,
     Commit,
     Committed,
-    FatalError,
+    EnterError,
     Flush,
     FollowerAppend,
     Grant,
@@ -47,6 +62,7 @@ from actors.messages import (
     Unsubscribe,
     VoteGranted,
 )
+from actors.options import RaftOptions
 from storage.base import MetaStorage
 from storage.entry import EntryType, LogEntry
 from transport.base import Transport
@@ -79,8 +95,9 @@ class LogManager(RaftActor):
         node: Mailbox,
         ballot_box: Mailbox,
         fsm_caller: Mailbox,
+        raft_options: RaftOptions,
     ) -> None:
-        super().__init__()
+        super().__init__(supervisor=node)
         self.peer_id = peer_id
         self.log_view = log_view
         self.meta = meta
@@ -88,6 +105,7 @@ class LogManager(RaftActor):
         self.node = node
         self.ballot_box = ballot_box
         self.fsm_caller = fsm_caller
+        self.raft_options = raft_options
         self.leader_term: int | None = None  # set while this node leads that term
         self.committed_index = 0
         self._unflushed: list[LogEntry] = []  # in the LogView tail, not yet in storage
@@ -97,6 +115,10 @@ class LogManager(RaftActor):
         self._flush_queued = False
         self._failed = False  # storage failed: nothing more is written or promised
         self._subscribers: dict[str, Mailbox] = {}
+        # Leader: (last index, command bytes) of each batch appended this term and not yet
+        # known to be applied; _pending_bytes is their sum. Trimmed against applied_index.
+        self._pending: deque[tuple[int, int]] = deque()
+        self._pending_bytes = 0
 
     def __str__(self) -> str:
         role = f"leader@{self.leader_term}" if self.leader_term is not None else "follower"
@@ -113,6 +135,8 @@ class LogManager(RaftActor):
         self.leader_term = msg.term
         first = self.log_view.last_index + 1
         self._granted = first - 1
+        self._pending.clear()
+        self._pending_bytes = 0
         self.ballot_box.tell(ResetPending(msg.term, first, msg.conf))
         self.fsm_caller.tell(LeaderStart(msg.term, first))
         # The first entry of the term: earlier-term entries commit only through it (Fig. 8).
@@ -121,8 +145,15 @@ class LogManager(RaftActor):
 
     @handles(AppendLeaderEntries)
     def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None:
+        if not msg.commands:
+            return
         if self.leader_term != msg.term or self._failed:
             fail_all(msg.futures, NotLeaderError(None))
+            return
+        size = sum(map(len, msg.commands))
+        overload = self._overload(len(msg.commands), size)
+        if overload is not None:
+            fail_all(msg.futures, OverloadedError(overload))
             return
         first = self.log_view.last_index + 1
         entries = [
@@ -133,6 +164,21 @@ class LogManager(RaftActor):
         # the Commit that completes them (both go through mailboxes in causal order).
         self.fsm_caller.tell(RegisterPending(first, msg.futures))
         self._append_leader(entries)
+        self._pending.append((entries[-1].index, size))
+        self._pending_bytes += size
+
+    def _overload(self, count: int, size: int) -> str | None:
+        """Why `count` more commands of `size` bytes would exceed the in-flight bounds."""
+        applied = self.log_view.applied_index
+        while self._pending and self._pending[0][0] <= applied:
+            self._pending_bytes -= self._pending.popleft()[1]
+        entries = self.log_view.last_index - applied + count
+        options = self.raft_options
+        if entries > options.max_pending_entries:
+            return f"{entries} entries in flight > max_pending_entries; retry later"
+        if self._pending_bytes + size > options.max_pending_bytes:
+            return f"{self._pending_bytes + size} bytes in flight > max_pending_bytes; retry later"
+        return None
 
     def _append_leader(self, entries: list[LogEntry]) -> None:
         self.log_view.append_unstable(entries)
@@ -176,9 +222,16 @@ class LogManager(RaftActor):
             return
         view = self.log_view
         prev = req.prev_log_index
-        if prev > view.last_index or view.term_at(prev) != req.prev_log_term:
-            # Mismatch: our last index lets the leader jump back rather than step one by one.
-            self._hold_ack(req.leader_id, self._response(req, msg.node_term, False), 0)
+        if prev > view.last_index:
+            # Our log ends before prev: the leader jumps back to our end.
+            refusal = self._response(req, msg.node_term, False, 0, view.last_index + 1)
+            self._hold_ack(req.leader_id, refusal, 0)
+            return
+        if (conflict_term := view.term_at(prev)) != req.prev_log_term:
+            # Where the logs disagree: the leader skips every entry of our conflicting term.
+            first_of_term = view.first_index_of_term(conflict_term, prev)
+            refusal = self._response(req, msg.node_term, False, conflict_term, first_of_term)
+            self._hold_ack(req.leader_id, refusal, 0)
             return
         new = list(req.entries)
         for n, entry in enumerate(req.entries):
@@ -215,7 +268,12 @@ class LogManager(RaftActor):
         return True
 
     def _response(
-        self, req: AppendEntriesRequest, term: int, success: bool
+        self,
+        req: AppendEntriesRequest,
+        term: int,
+        success: bool,
+        conflict_term: int = 0,
+        conflict_index: int = 0,
     ) -> AppendEntriesResponse:
         return AppendEntriesResponse(
             term=term,
@@ -224,6 +282,8 @@ class LogManager(RaftActor):
             peer_id=self.peer_id,
             seq=req.seq,
             req_term=req.term,
+            conflict_term=conflict_term,
+            conflict_index=conflict_index,
         )
 
     def _hold_ack(self, leader_id: str, response: AppendEntriesResponse, commit: int) -> None:
@@ -235,6 +295,8 @@ class LogManager(RaftActor):
 
     @handles(PersistTermVote)
     def on_persist_term_vote(self, msg: PersistTermVote) -> None:
+        if self._failed:
+            return  # in ERROR: no vote is cast, asked for or persisted
         meta = self.meta
         if msg.term < meta.term:
             return  # terms never go back; a newer decision was already persisted
@@ -249,6 +311,8 @@ class LogManager(RaftActor):
 
     @handles(RequestVotes)
     def on_request_votes(self, msg: RequestVotes) -> None:
+        if self._failed:
+            return  # in ERROR: no vote is cast, asked for or persisted
         self._flush()  # claim only a log that is durable
         if not msg.pre_vote:
             if msg.term <= self.meta.term and self.meta.voted_for not in (None, self.peer_id):
@@ -267,6 +331,8 @@ class LogManager(RaftActor):
 
     @handles(CheckVote)
     def on_check_vote(self, msg: CheckVote) -> None:
+        if self._failed:
+            return  # in ERROR: no vote is cast, asked for or persisted
         req = msg.request
         view = self.log_view
         log_ok = (req.last_log_term, req.last_log_index) >= (view.last_term, view.last_index)
@@ -342,15 +408,26 @@ class LogManager(RaftActor):
     def _fail(self, error: BaseException) -> None:
         """Storage failed or an invariant would break: promise nothing more, tell the Node."""
         log.error("%s: log manager failed: %s", self.peer_id, error, exc_info=error)
+        reason = f"{type(error).__name__}: {error}"
+        self.enter_error(reason)
+        self.report_fatal(reason)
+
+    @handles(EnterError)
+    def on_enter_error(self, msg: EnterError) -> None:
+        self.enter_error(msg.reason)
+
+    def enter_error(self, reason: str) -> None:
+        """Write, acknowledge and vote nothing more; the FSMCaller fails what is pending."""
+        if self._failed:
+            return
         self._failed = True
         self._unflushed.clear()
         self._acks.clear()
-        self.node.tell(FatalError("log_manager", f"{type(error).__name__}: {error}"))
+        self._subscribers.clear()
+        if self.leader_term is not None:
+            self.ballot_box.tell(ClearPending(self.leader_term))
+            self.leader_term = None
+        self.fsm_caller.tell(EnterError(reason))
 
-    def on_stop(self) -> None:
+    def shutdown(self) -> None:
         self._flush()
-        for closable in (self.log_view, self.meta):
-            try:
-                closable.close()
-            except Exception:
-                log.exception("%s: closing %r", self.peer_id, closable)

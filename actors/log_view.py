@@ -80,10 +80,37 @@ class LogView:
         got = self.entries(index, index)
         return got[0] if got else None
 
+    def first_index_of_term(self, term: int, upto: int) -> int:
+        """The first index at or below `upto` whose entry has `term`, given that `upto` has it.
+        Terms never decrease along a log, so this is a binary search (a few reads)."""
+        lo, hi = max(self.first_index, 1), upto  # invariant: term_at(hi) == term
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.term_at(mid) < term:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def last_index_of_term(self, term: int, upto: int) -> int | None:
+        """The last index at or below `upto` whose entry has `term`; None if there is none
+        (or it was compacted away). A binary search, as terms never decrease along a log."""
+        lo, hi = max(self.first_index, 1), min(upto, self.last_index)
+        found = None
+        while lo <= hi:  # the last index whose term is <= `term`
+            mid = (lo + hi) // 2
+            if self.term_at(mid) <= term:
+                found, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return found if found is not None and self.term_at(found) == term else None
+
     # -- writes: LogManager thread only ------------------------------------------------------
 
     def append_unstable(self, entries: Sequence[LogEntry]) -> None:
         """Make `entries` readable at once (before they are durable). They must continue the log."""
+        if not entries:
+            return
         with self._tail_lock:
             self._tail.extend(entries)
             self.last_index = entries[-1].index
@@ -91,6 +118,8 @@ class LogView:
 
     def persist(self, entries: Sequence[LogEntry]) -> None:
         """Write `entries` (already in the tail) to storage; one fsync for the batch."""
+        if not entries:
+            return
         with self._storage_lock:
             self._storage.append_entries(entries)
         self.stable_index = entries[-1].index

@@ -98,8 +98,8 @@ class HigherTermSeen:
 
 @dataclass(frozen=True, slots=True)
 class FatalError:
-    """A collaborator cannot go on (state machine raised, invariant breach, storage failure):
-    the Node enters ERROR."""
+    """Any actor -> Node: it cannot go on (an exception escaped a handler, the state machine
+    raised, storage failed, an invariant would break). The Node moves the peer to ERROR."""
 
     component: str
     reason: str
@@ -202,6 +202,13 @@ class Unsubscribe:
 class Flush:
     """LogManager -> itself: write and fsync everything appended since the last Flush. Being
     queued behind the appends already waiting, it turns them into one group commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnterError:
+    """Node -> LogManager -> FSMCaller: the peer is in ERROR; stop work, fail what is pending."""
+
+    reason: str
 
 
 # -- to the Replicator -----------------------------------------------------------------------

@@ -11,6 +11,17 @@ only with a quorum of pre-votes does it increment its term and ask for real vote
 a pre-vote while it still hears from a live leader, so a partitioned peer that rejoins cannot
 depose a healthy leader. A leader that has not heard from a quorum within its lease steps down
 (check-quorum).
+
+Untrusted input (docs/DESIGN.md, principle 6): only a voter of the configuration may lead or
+vote here. AppendEntries from a non-member and vote traffic from strangers are refused and
+counted (`Rejections`, reported in status) before anything else, so a stranger can neither move
+the term nor be followed. Terms never pass MAX_TERM, so every term this peer sends can be
+encoded and incremented by every other.
+
+Supervision: the Node is the peer's supervisor. Any actor of the peer that cannot go on tells
+it FatalError; the Node enters ERROR at once (stops leading, so no more heartbeats; refuses
+votes and commands), tells the LogManager (which tells the FSMCaller) to fail what is pending,
+and calls the `on_error` hook (the service exits, for its supervisor to restart it).
 """
 
 from __future__ import annotations
@@ -19,13 +30,20 @@ import enum
 import logging
 import os
 import random
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from actors.base import RaftActor, handles
 from actors.clock import Clock
 from actors.configuration import Configuration
-from actors.errors import NodeFailedError, NodeStoppedError, NotLeaderError, RaftError
-from actors.futures import complete, fail_all
+from actors.errors import (
+    CommandTooLargeError,
+    NodeFailedError,
+    NodeStoppedError,
+    NotLeaderError,
+    RaftError,
+)
+from actors.futures import complete, fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
@@ -34,6 +52,7 @@ from actors.messages import (
     BecomeLeader,
     CheckVote,
     ElectionTimeout,
+    EnterError,
     FatalError,
     FollowerAppend,
     GetStatus,
@@ -50,9 +69,11 @@ from actors.messages import (
     VoteTimeout,
 )
 from actors.options import NodeOptions
+from actors.rejections import Rejections
 from actors.status import NodeStatus
 from transport.base import Transport
 from transport.rpc import (
+    MAX_TERM,
     AppendEntriesRequest,
     AppendEntriesResponse,
     RequestVoteRequest,
@@ -92,6 +113,7 @@ class Node(RaftActor):
         replicators: ReplicatorFactory,
         clock: Clock,
         rng: random.Random,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.options = options
@@ -104,6 +126,8 @@ class Node(RaftActor):
         self.replicators = replicators
         self.clock = clock
         self.rng = rng
+        self.on_error = on_error  # called once, on this thread, when the peer enters ERROR
+        self.rejections = Rejections(self.peer_id)
 
         self.role = Role.FOLLOWER
         self.term = term
@@ -124,10 +148,10 @@ class Node(RaftActor):
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
 
-    def on_start(self) -> None:
+    def startup(self) -> None:
         self._arm_election_timer()
 
-    def on_stop(self) -> None:
+    def shutdown(self) -> None:
         self._stop_replicators()
         self.role = Role.SHUTDOWN
         self._invalidate_timers()
@@ -140,8 +164,13 @@ class Node(RaftActor):
 
     @handles(Apply)
     def on_apply(self, msg: Apply) -> None:
+        commands, futures = msg.commands, msg.futures
+        if max(map(len, commands), default=0) > self.raft_options.max_command_bytes:
+            commands, futures = self._without_oversized(msg)
+        if not commands:
+            return  # an empty batch is a no-op
         if self.role is Role.LEADER:
-            self.log_manager.tell(AppendLeaderEntries(self.term, msg.commands, msg.futures))
+            self.log_manager.tell(AppendLeaderEntries(self.term, commands, futures))
             return
         error: RaftError
         if self.role is Role.ERROR:
@@ -150,7 +179,20 @@ class Node(RaftActor):
             error = NodeStoppedError(f"node {self.peer_id} is stopped")
         else:
             error = NotLeaderError(self.leader_id)
-        fail_all(msg.futures, error)
+        fail_all(futures, error)
+
+    def _without_oversized(self, msg: Apply) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
+        """Refuse, definitely, every command too large to ever travel in one message (it would
+        block replication forever); keep the rest."""
+        limit = self.raft_options.max_command_bytes
+        kept = []
+        for command, future in zip(msg.commands, msg.futures, strict=True):
+            if len(command) <= limit:
+                kept.append((command, future))
+                continue
+            self.rejections.refuse("oversized_command", "a client", f"{len(command)} bytes")
+            fail(future, CommandTooLargeError(f"{len(command)} bytes > {limit} bytes"))
+        return tuple(c for c, _ in kept), tuple(f for _, f in kept)
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -205,6 +247,12 @@ class Node(RaftActor):
     def _start_pre_vote(self) -> None:
         if self.peer_id not in self.conf.peers:
             return  # not a voter: never campaigns
+        if self.term >= MAX_TERM:
+            log.error(
+                "%s: term %d is the largest there is; not campaigning", self.peer_id, self.term
+            )
+            self._arm_election_timer()
+            return
         self.leader_id = None
         self._pre_vote_term = self.term + 1
         self._votes = {self.peer_id}
@@ -235,10 +283,15 @@ class Node(RaftActor):
 
     @handles(RequestVoteResponse)
     def handle_request_vote_response(self, resp: RequestVoteResponse) -> None:
+        if resp.voter_id not in self.conf.all_peers():
+            self.rejections.refuse("vote_response_from_non_member", resp.voter_id)
+            return
+        if self.role in (Role.ERROR, Role.SHUTDOWN):
+            return
         if resp.term > self.term:
             self._become_follower(resp.term, None)
             return
-        if not resp.granted or resp.voter_id not in self.conf.all_peers():
+        if not resp.granted:
             return
         if resp.pre_vote:
             if self._pre_vote_term and resp.req_term == self._pre_vote_term:
@@ -255,7 +308,7 @@ class Node(RaftActor):
         if self.role in (Role.ERROR, Role.SHUTDOWN):
             return
         if req.candidate_id not in self.conf.all_peers():
-            log.warning("%s: vote request from unknown peer %s", self.peer_id, req.candidate_id)
+            self.rejections.refuse("vote_request_from_non_member", req.candidate_id)
             return
         if req.term < self.term:
             self._refuse_vote(req)
@@ -349,15 +402,33 @@ class Node(RaftActor):
             log.info("%s: %s is in term %d; stepping down", self.peer_id, msg.source, msg.term)
             self._become_follower(msg.term, None)
 
+    # -- supervision -------------------------------------------------------------------------
+
     @handles(FatalError)
     def on_fatal_error(self, msg: FatalError) -> None:
-        log.error("%s: entering ERROR: %s failed: %s", self.peer_id, msg.component, msg.reason)
+        self.enter_error(f"{msg.component}: {msg.reason}")
+
+    def enter_error(self, reason: str) -> None:
+        """The whole peer enters ERROR; the first reason is the one reported. Idempotent."""
+        if self.error is not None:
+            return
+        log.error("%s: entering ERROR: %s", self.peer_id, reason)
+        self.error = reason
         if self.role is Role.LEADER:
             self._stop_leading()
-        self.role = Role.ERROR
-        self.error = f"{msg.component}: {msg.reason}"
+        if self.role is not Role.SHUTDOWN:
+            self.role = Role.ERROR
         self.leader_id = None
         self._invalidate_timers()
+        self.log_manager.tell(EnterError(reason))
+        if self.on_error is not None:
+            try:
+                self.on_error(reason)
+            except Exception:
+                log.exception("%s: the on_error hook raised", self.peer_id)
+
+    def report_fatal(self, reason: str) -> None:
+        """The Node is the supervisor: its own crash already entered ERROR (enter_error)."""
 
     # -- leader: check-quorum ----------------------------------------------------------------
 
@@ -391,6 +462,10 @@ class Node(RaftActor):
 
     @handles(AppendEntriesRequest)
     def handle_append_entries(self, req: AppendEntriesRequest) -> None:
+        if req.leader_id not in self.conf.all_peers() or req.leader_id == self.peer_id:
+            # Before anything else: a stranger must neither move our term nor be followed.
+            self.rejections.refuse("append_entries_from_non_member", req.leader_id)
+            return
         if self.role in (Role.ERROR, Role.SHUTDOWN):
             return
         if req.term < self.term:
@@ -440,6 +515,7 @@ class Node(RaftActor):
             conf=sorted(self.conf.all_peers()),
             error=self.error,
             replicators=dict(sorted(self._peer_state.items())) if self.role is Role.LEADER else {},
+            rejected=self.rejections.as_dict(),
         )
         if msg.reply is not None:
             complete(msg.reply, status)

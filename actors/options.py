@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from actors.configuration import Configuration
 from actors.errors import OptionsError
+from transport.codec import DEFAULT_MAX_FRAME_SIZE
+
+FRAME_HEADROOM = 64 * 1024  # an AppendEntries' own fields, next to its one (largest) command
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,13 @@ class RaftOptions:
         None  # oldest in-flight AppendEntries age before reset; None = election_timeout
     )
     log_tail_entries: int = 8192  # committed entries kept in memory for replicators and the FSM
+    # Largest command `apply` accepts: it must fit one AppendEntries frame with room to spare,
+    # or replication of everything after it would stall for ever.
+    max_command_bytes: int = 8 * 1024 * 1024
+    # Back-pressure: a leader holds at most this many proposals (entries, and bytes of their
+    # commands) appended but not yet applied; past it `apply` fails fast with OverloadedError.
+    max_pending_entries: int = 32768
+    max_pending_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,6 +51,13 @@ class RaftOptions:
             "max_election_delay must be >= 0": (self.max_election_delay or 0) >= 0,
             "block_interval must be > 0": self.block_interval is None or self.block_interval > 0,
             "rpc_timeout must be > 0": self.rpc_timeout is None or self.rpc_timeout > 0,
+            "max_command_bytes must be >= 1 and leave room in a frame": (
+                1 <= self.max_command_bytes <= DEFAULT_MAX_FRAME_SIZE - FRAME_HEADROOM
+            ),
+            "max_pending_entries must be >= 1": self.max_pending_entries >= 1,
+            "max_pending_bytes must be >= max_command_bytes": (
+                self.max_pending_bytes >= self.max_command_bytes
+            ),
         }
         for message, ok in checks.items():
             if not ok:

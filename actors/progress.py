@@ -64,6 +64,7 @@ class BackOff(enum.Enum):
 
     STEP = "step"  # refused, the follower's log reaches prev_log_index: step back one (§5.3)
     JUMP = "jump"  # refused, the follower's log is shorter: jump back to its end (§5.3)
+    SKIP_TERM = "skip term"  # refused with a conflict hint: skip the follower's whole term
     SHORT = "short"  # a success that does not cover what was sent: resume after its end
     OVERTAKEN = "overtaken"  # would go to or below match_index: resume after match_index
     LOST_ACKED = "lost acknowledged"  # a probe at exactly match_index refused: repair from end
@@ -168,13 +169,20 @@ class Progress(Generic[R]):
         self.match_index = acked_index
         return True
 
-    def back_off(self, sent: Inflight, success: bool, last_log_index: int) -> BackOffDecision:
+    def back_off(
+        self, sent: Inflight, success: bool, last_log_index: int, hint: int | None = None
+    ) -> BackOffDecision:
         """Where to probe next after `sent` was answered without acknowledging it all (a refusal,
-        or a success whose follower log `last_log_index` is shorter than what was sent)."""
+        or a success whose follower log `last_log_index` is shorter than what was sent).
+        `hint`: for a refusal that named the conflicting term, the index just past what the
+        leader and the follower may share (see Replicator._skip_conflicting_term)."""
         assert not sent.acknowledged_by(success, last_log_index)
         if success:
             # The follower's log does not match what was sent: trust nothing beyond its end.
             decision = BackOffDecision(BackOff.SHORT, last_log_index + 1)
+        elif hint is not None and last_log_index >= sent.prev_log_index:
+            # Never forward of the refused point: the logs disagree at prev_log_index.
+            decision = BackOffDecision(BackOff.SKIP_TERM, max(1, min(hint, sent.prev_log_index)))
         elif last_log_index < sent.prev_log_index:
             decision = BackOffDecision(BackOff.JUMP, last_log_index + 1)
         else:

@@ -9,15 +9,24 @@ Every method may be called from any thread. `apply` only tells; `status`, `is_le
 `leader_id` ask the Node actor (blocking briefly), so call them from the edges of an
 application, never from inside another actor's handler.
 
-Futures fail with the errors of actors.errors: NotLeaderError (not applied; see leader_hint),
-LeadershipLostError (outcome unknown), NodeFailedError / NodeStoppedError.
+Futures fail with the errors of actors.errors; each says by `outcome_unknown` whether the
+command may still take effect: NotLeaderError (not applied; see leader_hint), OverloadedError
+(not applied; back off and retry), CommandTooLargeError, LeadershipLostError (outcome unknown),
+NodeFailedError / NodeStoppedError (either, as they say).
+
+Failure: when any actor of the peer cannot go on, the whole peer enters ERROR (it stops leading,
+voting and applying; every pending future fails; `status().error` says why) and `on_error` is
+called with the reason, once, on the Node's thread. The peer does not recover by itself: stop
+it and start a new RaftNode over the same storage (crash-only), as the KV service's supervisor
+does.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
@@ -58,6 +67,9 @@ class RaftNode:
         self._transport = transport
         self._router = Router(options.peer_id, actors)
         self._own_clock = own_clock
+        # Guards _stopped against apply: every Apply told before stop() sets it is ahead of the
+        # Node's stop message, so none is dropped unanswered by a stopping actor.
+        self._lock = threading.Lock()
         self._stopped = False
 
     @classmethod
@@ -71,9 +83,11 @@ class RaftNode:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> RaftNode:
         """Start the actors of one peer over the given storage and transport, then begin
-        receiving. The storages become owned by the node (closed by `stop`)."""
+        receiving. The storages become owned by the node (closed by `stop`). `on_error` is
+        called with the reason when the peer enters ERROR (see the module docstring)."""
         own_clock = RealClock() if clock is None else None
         actors = assemble_peer(
             options,
@@ -85,6 +99,7 @@ class RaftNode:
             rng or random.Random(),
             spawn_thread,
             stop_thread,
+            on_error,
         )
         self = cls(options, actors, transport, own_clock)
         try:
@@ -108,15 +123,19 @@ class RaftNode:
         self, commands: Sequence[bytes], futures: Sequence[pykka.Future[Any]] | None = None
     ) -> list[pykka.Future[Any]]:
         """Replicate several commands as one batch (one message, one log append). `futures`,
-        if given, are completed instead of new ones (e.g. actors.futures.CompletionFuture)."""
+        if given, are completed instead of new ones (e.g. actors.futures.CompletionFuture).
+        An empty batch is a no-op."""
         if futures is None:
             futures = [pykka.ThreadingFuture() for _ in commands]
         elif len(futures) != len(commands):
             raise ValueError("one future per command")
-        try:
-            self._node.tell(Apply(tuple(commands), tuple(futures)))
-        except pykka.ActorDeadError:
-            fail_all(futures, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
+        if not commands:
+            return []
+        with self._lock:
+            if not self._stopped:
+                self._node.tell(Apply(tuple(commands), tuple(futures)))
+                return list(futures)
+        fail_all(futures, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
         return list(futures)
 
     def status(self, timeout: float = 5.0) -> NodeStatus:
@@ -151,16 +170,23 @@ class RaftNode:
         return self.status().leader
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop receiving, then every actor (the LogManager flushes and closes storage).
-        Commands still pending fail with NodeStoppedError or LeadershipLostError. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
+        """Stop receiving, then every actor in order (PeerActors.in_stop_order), then close the
+        storages. Every future still pending completes: NodeStoppedError (outcome unknown once
+        appended) or LeadershipLostError. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         self._transport.stop()
+        replicators = list(self._actors.replicators.routes.values())  # the Node stops them
         for ref in self._actors.in_stop_order():
             assert isinstance(ref, pykka.ActorRef)
             ref.stop(block=True, timeout=timeout)
         for peer in list(self._actors.replicators.routes):
             self._actors.replicators.stop(peer)
+        for replicator in replicators:  # they read the log: wait before it closes
+            assert isinstance(replicator, pykka.ActorRef)
+            replicator.actor_stopped.wait(timeout)
+        self._actors.close_storage()
         if self._own_clock is not None:
             self._own_clock.stop()

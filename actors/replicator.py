@@ -63,7 +63,7 @@ class Replicator(RaftActor):
         clock: Clock,
         raft_options: RaftOptions,
     ) -> None:
-        super().__init__()
+        super().__init__(supervisor=node)
         self.peer_id = peer_id
         self.leader_id = leader_id
         self.term = term
@@ -93,11 +93,11 @@ class Replicator(RaftActor):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def on_start(self) -> None:
+    def startup(self) -> None:
         self._arm_heartbeat()
         self._send_probe()
 
-    def on_stop(self) -> None:
+    def shutdown(self) -> None:
         self._cancel_timers()
 
     # -- messages ----------------------------------------------------------------------------
@@ -106,11 +106,14 @@ class Replicator(RaftActor):
     def handle_append_entries_response(self, resp: AppendEntriesResponse) -> None:
         if self.stopped:
             return
+        if resp.peer_id != self.peer_id:
+            log.warning("replicator %s: a response from %s; ignored", self.peer_id, resp.peer_id)
+            return
         if resp.term > self.term:
             self.node.tell(HigherTermSeen(resp.term, self.peer_id))
             self._stop_replicating()
             return
-        if resp.req_term != self.term or resp.term != self.term or resp.peer_id != self.peer_id:
+        if resp.req_term != self.term or resp.term != self.term:
             log.debug("replicator %s: stale %s", self.peer_id, resp)
             return
         self.last_response_at = self.clock.now()
@@ -169,7 +172,10 @@ class Replicator(RaftActor):
             if self.progress.maybe_update(sent.last_index):
                 self.ballot_box.tell(Grant(self.peer_id, sent.last_index, self.term))
             return
-        decision = self.progress.back_off(sent, resp.success, resp.last_log_index)
+        hint = None
+        if not resp.success and resp.conflict_term > 0:
+            hint = self._skip_conflicting_term(resp, sent.prev_log_index)
+        decision = self.progress.back_off(sent, resp.success, resp.last_log_index, hint)
         if resp.success:  # short: the follower's log does not match what was sent
             log.warning("replicator %s: %s does not cover %d", self.peer_id, resp, sent.last_index)
         if decision.rule is BackOff.LOST_ACKED:
@@ -188,6 +194,16 @@ class Replicator(RaftActor):
             )
         self.progress.become_probe(decision.next_index)
         self._send_probe()
+
+    def _skip_conflicting_term(self, resp: AppendEntriesResponse, prev_log_index: int) -> int:
+        """Where to probe after a mismatch the follower described (Raft dissertation §5.3): just
+        after our last entry of its conflicting term if we have that term, else the first
+        index the follower holds of it. Either skips the whole term in one round trip."""
+        ours = self.log_view.last_index_of_term(resp.conflict_term, prev_log_index)
+        return ours + 1 if ours is not None else max(resp.conflict_index, 1)
+
+    def enter_error(self, reason: str) -> None:
+        self._stop_replicating()
 
     # -- sending -----------------------------------------------------------------------------
 

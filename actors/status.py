@@ -24,13 +24,15 @@ class NodeStatus:
     conf: list[str]
     error: str | None = None  # why the node is in ERROR
     replicators: dict[str, str] = field(default_factory=dict)  # leader: follower -> progress
+    rejected: dict[str, int] = field(default_factory=dict)  # untrusted input refused, by reason
 
     @property
     def is_leader(self) -> bool:
         return self.role == "leader"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-like dict; `error` and `replicators` appear only when they say something."""
+        """A JSON-like dict; `error`, `replicators` and `rejected` appear only when they say
+        something."""
         out: dict[str, Any] = {
             "id": self.id,
             "role": self.role,
@@ -47,4 +49,6 @@ class NodeStatus:
             out["error"] = self.error
         if self.replicators:
             out["replicators"] = dict(self.replicators)
+        if self.rejected:
+            out["rejected"] = dict(self.rejected)
         return out

@@ -80,11 +80,22 @@ class PeerActors:
     ballot_box: Mailbox
     fsm_caller: Mailbox
     log_view: LogView
+    meta: MetaStorage
     replicators: Replicators
 
     def in_stop_order(self) -> list[Mailbox]:
-        """Node first (no new work), then the LogManager (flushes), then the rest."""
+        """The Node first (no new work; it stops the Replicators), then the LogManager (it
+        handles the proposals the Node passed on and flushes), the BallotBox, and last the
+        FSMCaller (it fails every future still pending). Then `close_storage`."""
         return [self.node, self.log_manager, self.ballot_box, self.fsm_caller]
+
+    def close_storage(self) -> None:
+        """Once every actor has stopped: no one reads or writes the storages any more."""
+        for closable in (self.log_view, self.meta):
+            try:
+                closable.close()
+            except Exception:
+                log.exception("closing %r", closable)
 
 
 def assemble_peer(
@@ -97,9 +108,11 @@ def assemble_peer(
     rng: random.Random,
     spawn: Spawn,
     stop: StopActor,
+    on_error: Callable[[str], None] | None = None,
 ) -> PeerActors:
     """Start one peer's actors. Mutual references go through slots, bound before the Node (the
-    only actor that starts work on its own, from a timer) is started."""
+    only actor that starts work on its own, from a timer) is started. `on_error(reason)` is
+    called once, on the Node's thread, when the peer enters ERROR."""
     raft = options.raft
     peer_id = options.peer_id
     log_view = LogView(log_storage, raft.log_tail_entries)
@@ -122,9 +135,11 @@ def assemble_peer(
 
     fsm_ref = spawn(FSMCaller, state_machine, log_view, node, raft)
     fsm.bind(fsm_ref)
-    bb_ref = spawn(BallotBox, fsm, log_manager)
+    bb_ref = spawn(BallotBox, fsm, log_manager, node)
     ballot_box.bind(bb_ref)
-    lm_ref = spawn(LogManager, peer_id, log_view, meta_storage, transport, node, ballot_box, fsm)
+    lm_ref = spawn(
+        LogManager, peer_id, log_view, meta_storage, transport, node, ballot_box, fsm, raft
+    )
     log_manager.bind(lm_ref)
     replicators = Replicators(build_replicator, stop)
     node_ref = spawn(
@@ -138,9 +153,10 @@ def assemble_peer(
         replicators=replicators,
         clock=clock,
         rng=rng,
+        on_error=on_error,
     )
     node.bind(node_ref)
-    return PeerActors(node_ref, lm_ref, bb_ref, fsm_ref, log_view, replicators)
+    return PeerActors(node_ref, lm_ref, bb_ref, fsm_ref, log_view, meta_storage, replicators)
 
 
 class Router:

@@ -4,14 +4,24 @@ Runs on the transport's I/O thread (it is the RaftNode's client handler), so it 
 a request is validated, proposed with `RaftNode.apply_batch`, and answered from the future's
 completion callback (on the FSMCaller's or the Node's thread). Reads go through the log too,
 which makes them linearizable (a faster read path, ReadIndex, comes later).
+
+Answers keep "definitely not applied" apart from "may have been applied" all the way to the
+client (`_answer`): only a command that never reached the log gets a definite refusal.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
-from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, NotLeaderError
+from actors.errors import (
+    NodeFailedError,
+    NodeStoppedError,
+    NotLeaderError,
+    OverloadedError,
+    RaftError,
+)
 from actors.futures import CompletionFuture
 from actors.raft_node import RaftNode
 from actors.service.errors import InvalidCommandError
@@ -32,10 +42,19 @@ log = logging.getLogger(__name__)
 
 
 class KVServer:
+    """See the module docstring. `on_client_message` runs on the transport's I/O thread; the
+    completion callbacks on whichever actor thread settles a command's future."""
+
     def __init__(self, node: RaftNode, transport: Transport) -> None:
         self.node = node
         self.transport = transport
         self.peer_id = transport.local_id
+        self._lock = threading.Lock()  # guards _inflight (the I/O thread vs. completions)
+        # Writes proposed here and not yet answered, by (client id, seq). A retry of one (the
+        # client timed out and asked again) waits for the same entry instead of proposing a
+        # copy: retries must not pile entries into the log faster than it drains. Bounded by
+        # the node's max_pending_entries, since every proposal's future completes.
+        self._inflight: dict[tuple[str, int], list[ClientRequest]] = {}
         node.set_client_handler(self.on_client_message)
 
     def on_client_message(self, message: RpcMessage) -> None:
@@ -50,27 +69,50 @@ class KVServer:
         except DecodeError as exc:
             self._reply(req, ClientStatus.ERROR, message=f"bad command: {exc}")
             return
+        key = None if command.is_read else (req.client_id, req.seq)
+        if key is not None:
+            with self._lock:
+                waiting = self._inflight.get(key)
+                if waiting is not None:
+                    waiting.append(req)  # answered with the entry already proposed
+                    return
+                self._inflight[key] = [req]
         logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
 
         def done(result: Any, error: BaseException | None) -> None:
-            if error is None:
-                if isinstance(result, InvalidCommandError):
-                    self._reply(req, ClientStatus.ERROR, message=str(result))
-                elif result is STALE:
-                    self._reply(req, ClientStatus.ERROR, message="stale request (seq too old)")
-                else:
-                    self._reply(req, ClientStatus.OK, result=encode_result(result))
-            elif isinstance(error, NotLeaderError):
-                self._reply(req, ClientStatus.NOT_LEADER, leader_hint=error.leader_hint or "")
-            elif isinstance(error, LeadershipLostError | NodeStoppedError):
-                self._reply(req, ClientStatus.UNKNOWN, message=str(error))
-            elif isinstance(error, NodeFailedError):
-                self._reply(req, ClientStatus.ERROR, message=str(error))
-            else:
-                log.error("%s: command failed unexpectedly", self.peer_id, exc_info=error)
-                self._reply(req, ClientStatus.UNKNOWN, message=f"{type(error).__name__}: {error}")
+            waiters = [req]
+            if key is not None:
+                with self._lock:
+                    waiters = self._inflight.pop(key, waiters)
+            status, fields = self._answer(result, error)
+            for waiter in waiters:
+                self._reply(waiter, status, **fields)
 
         self.node.apply_batch([logged], [CompletionFuture(done)])
+
+    def _answer(self, result: Any, error: BaseException | None) -> tuple[int, dict[str, Any]]:
+        """The client's answer for a command's outcome: definite ones (OK, ERROR, NOT_LEADER,
+        OVERLOADED) only when nothing else can happen to it; UNKNOWN whenever it may still be
+        applied (it reached the log: `outcome_unknown`)."""
+        if error is None:
+            if isinstance(result, InvalidCommandError):
+                return ClientStatus.ERROR, {"message": str(result)}
+            if result is STALE:
+                return ClientStatus.ERROR, {"message": "stale request (seq too old)"}
+            return ClientStatus.OK, {"result": encode_result(result)}
+        if isinstance(error, RaftError) and error.outcome_unknown:
+            return ClientStatus.UNKNOWN, {"message": str(error)}
+        if isinstance(error, NotLeaderError):
+            return ClientStatus.NOT_LEADER, {"leader_hint": error.leader_hint or ""}
+        if isinstance(error, OverloadedError):
+            return ClientStatus.OVERLOADED, {"message": str(error)}
+        if isinstance(error, NodeStoppedError | NodeFailedError):
+            # Never appended: nothing happened here; another peer may serve it.
+            return ClientStatus.NOT_LEADER, {"message": str(error)}
+        if isinstance(error, RaftError):
+            return ClientStatus.ERROR, {"message": f"{type(error).__name__}: {error}"}
+        log.error("%s: command failed unexpectedly", self.peer_id, exc_info=error)
+        return ClientStatus.UNKNOWN, {"message": f"{type(error).__name__}: {error}"}
 
     def _reply(
         self,

@@ -40,6 +40,11 @@ class PeerStartError(ServiceError):
     """The peer cannot start: its data directory is unusable or its port is taken."""
 
 
+class PeerFailedError(ServiceError):
+    """The peer entered ERROR while serving. It stopped cleanly; a supervisor restarts it from
+    its durable state (crash-only), which is how it recovers."""
+
+
 def peer_data_dir(data_dir: Path | str, peer_id: str) -> Path:
     """Where `peer_id` keeps its data under `data_dir`: `<data_dir>/<host>_<port>`."""
     host, port = parse_peer(peer_id)
@@ -73,7 +78,8 @@ def run_peer(
 ) -> None:
     """Serve until `stop` is set or `orphaned()` turns true (checked every second), then stop
     cleanly. Raises OptionsError for a bad configuration, PeerStartError when the data
-    directory or the port cannot be used."""
+    directory or the port cannot be used, and PeerFailedError (after stopping cleanly) when the
+    peer entered ERROR: it sets `stop` then, so the wait ends at once."""
     options = config.node_options()
     peer_dir = config.peer_dir
     try:
@@ -83,8 +89,16 @@ def run_peer(
     except (StorageError, OSError) as error:
         raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
     transport = ZmqTransport(config.peer_id, peer_address(config.peer_id), config.peers)
+    failure: list[str] = []
+
+    def on_error(reason: str) -> None:  # on the Node's thread: only record and wake
+        failure.append(reason)
+        stop.set()
+
     try:
-        node = RaftNode.start(options, KVStateMachine(), log_storage, meta, transport)
+        node = RaftNode.start(
+            options, KVStateMachine(), log_storage, meta, transport, on_error=on_error
+        )
     except BindError as error:
         _, port = parse_peer(config.peer_id)
         raise PeerStartError(f"cannot listen: {error.reason} (port {port} in use?)") from error
@@ -96,4 +110,6 @@ def run_peer(
                 break
     finally:
         node.stop()
+    if failure:
+        raise PeerFailedError(f"entered ERROR: {failure[0]}")
     print(f"peer {config.peer_id} stopped", flush=True)

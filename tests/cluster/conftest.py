@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -35,16 +36,17 @@ class Peer:
         self.meta = MemoryMetaStorage()
         self.sm: RecordingStateMachine | None = None
         self.node: RaftNode | None = None
+        self.errors: list[str] = []  # what on_error reported, across restarts
 
 
 class Cluster:
-    def __init__(self, size: int, seed: int = 1) -> None:
+    def __init__(self, size: int, seed: int = 1, **raft_options: Any) -> None:
         self.ids = [f"127.0.0.{n}:{7000 + n}" for n in range(1, size + 1)]
         self.network = MemoryNetwork(rng=random.Random(seed))
         self.clock = RealClock()
         self.changed = threading.Condition()
         self.rng = random.Random(seed)
-        self.options = RaftOptions(election_timeout=ELECTION_TIMEOUT)
+        self.options = RaftOptions(election_timeout=ELECTION_TIMEOUT, **raft_options)
         self.peers = {peer_id: Peer(peer_id) for peer_id in self.ids}
         for peer_id in self.ids:
             self.start(peer_id)
@@ -63,7 +65,13 @@ class Cluster:
             self.network.endpoint(peer_id),
             clock=self.clock,
             rng=random.Random(self.rng.random()),
+            on_error=lambda reason: self._on_error(peer, reason),
         )
+
+    def _on_error(self, peer: Peer, reason: str) -> None:
+        with self.changed:
+            peer.errors.append(reason)
+            self.changed.notify_all()
 
     def crash(self, peer_id: str) -> None:
         """Stop the peer; its storage keeps only what was synced, as after a power cut."""
@@ -163,8 +171,8 @@ class Cluster:
 def make_cluster() -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []
 
-    def make(size: int, seed: int = 1) -> Cluster:
-        cluster = Cluster(size, seed)
+    def make(size: int, seed: int = 1, **raft_options: Any) -> Cluster:
+        cluster = Cluster(size, seed, **raft_options)
         clusters.append(cluster)
         return cluster
 

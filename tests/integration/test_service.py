@@ -10,10 +10,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 
+from actors.service.local_peer import LocalPeer
+from actors.service.peer import PeerConfig
 from transport.client import ClientTimeout, KVClient
 
 from .conftest import ELECTION_TIMEOUT_MS, LAUNCHER, WAIT, ServiceCluster, free_ports, wait_until
@@ -212,3 +215,56 @@ def test_client_against_a_dead_cluster_times_out_with_unknown_outcome() -> None:
     result = run_launcher("client", "--peers", peers, "--timeout", "1", "put", "k", "v")
     assert result.returncode == 3
     assert "may or may not have taken effect" in result.stderr
+
+
+def test_a_peer_in_error_exits_non_zero_and_restarts_cleanly_from_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Crash-only: a peer whose state machine raises enters ERROR, stops cleanly and exits 1
+    (its supervisor restarts it); restarted from the same data directory (the bug fixed), it
+    serves every acknowledged write."""
+    import launcher
+    from actors.service.kv_store import KVStateMachine
+
+    (port,) = free_ports(1)
+    peer = f"127.0.0.1:{port}"
+    original = KVStateMachine._write
+
+    def poisoned(self: KVStateMachine, command: Any) -> Any:
+        if command.key == "poison":
+            raise RuntimeError("state machine bug")
+        return original(self, command)
+
+    monkeypatch.setattr(KVStateMachine, "_write", poisoned)
+    monkeypatch.setattr(launcher, "_on_signals", lambda stop: None)  # the test owns signals
+    outcomes: list[str] = []
+
+    def use() -> None:
+        with KVClient([peer], timeout=10.0, attempt_timeout=0.5) as client:
+            client.put("fine", "1")
+            outcomes.append("fine acknowledged")
+            try:
+                client.put("poison", "x")
+                outcomes.append("poison acknowledged")
+            except ClientTimeout:
+                outcomes.append("poison unknown")  # never a definite failure: it was applied
+
+    user = threading.Thread(target=use)
+    user.start()
+    args = ["run", "--self", peer, "--peers", peer, "--data-dir", str(tmp_path)]
+    code = launcher.main([*args, "--election-timeout-ms", "200"])
+    user.join(30)
+    assert code == 1
+    assert "entered ERROR" in capsys.readouterr().err
+    assert outcomes == ["fine acknowledged", "poison unknown"]
+
+    monkeypatch.undo()  # the bug is fixed; the peer restarts from its durable state
+    restarted = LocalPeer(
+        PeerConfig(peer, (peer,), tmp_path, ELECTION_TIMEOUT_MS), log_path=tmp_path / "peer.log"
+    )
+    try:
+        restarted.start_and_wait()
+        with KVClient([peer], timeout=10.0) as client:
+            assert (client.get("fine"), client.get("poison")) == ("1", "x")
+    finally:
+        restarted.kill()

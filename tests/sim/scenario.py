@@ -12,10 +12,12 @@ from typing import Any
 
 import pykka
 
-from actors.errors import RaftError
+from actors.errors import CommandTooLargeError, RaftError
 from actors.node import Role
+from storage.entry import EntryType, LogEntry
+from transport.rpc import MAX_TERM, AppendEntriesRequest, RequestVoteRequest, RequestVoteResponse
 
-from .simulator import Simulation
+from .simulator import MAX_COMMAND_BYTES, Simulation
 
 FAULTS = (
     "crash",
@@ -28,8 +30,13 @@ FAULTS = (
     "duplicates",
     "reorder",
     "slow_disk",
+    "hostile",
+    "oversized",
+    "actor_crash",
     "calm",
 )
+STRANGER = "10.0.0.66:7000"  # not a member: every message of it must be refused
+EVIL = b"evil:"  # the payload prefix of every entry the stranger tries to inject
 LIVENESS_DEADLINE = 30.0  # virtual seconds after the faults stop
 
 
@@ -58,7 +65,10 @@ def run_scenario(
     outcome = Outcome(seed, "", 0, 0.0, dict.fromkeys(FAULTS, 0))
     acked: list[tuple[int, bytes]] = []
     pending: list[tuple[pykka.Future[Any], bytes]] = []
+    oversized: list[pykka.Future[Any]] = []
     counter = 0
+    stranger = sim.network.endpoint(STRANGER)
+    stranger.start(lambda message: None)  # it hears the refusals it gets, if any
 
     def propose() -> None:
         nonlocal counter
@@ -91,9 +101,16 @@ def run_scenario(
 
     def faults() -> None:
         if sim.time < fault_seconds:
+            restart_failed(sim)  # the supervisor: a peer in ERROR restarts (crash-only)
             kind = rng.choice(FAULTS)
             outcome.faults[kind] += 1
-            inject(sim, kind)
+            if kind == "oversized":
+                alive = sim.alive()
+                if alive:
+                    big = b"x" * (MAX_COMMAND_BYTES + 1)
+                    oversized.append(sim.propose(rng.choice(alive), big))
+            else:
+                inject(sim, kind)
             sim.schedule(rng.uniform(0.2, 1.2), faults, f"fault {kind}")
 
     sim.schedule(0.0, proposals, "client")
@@ -120,6 +137,17 @@ def run_scenario(
             f"seed {seed}: no write committed within {LIVENESS_DEADLINE}s after the faults "
             f"stopped (roles: {_roles(sim)})"
         )
+    # An oversized command is refused at once and definitely, wherever it was proposed.
+    for future in oversized:
+        try:
+            future.get(timeout=0)
+            raise AssertionError(f"seed {seed}: an oversized command was accepted")
+        except CommandTooLargeError:
+            pass
+    # Nothing the stranger sent was ever appended anywhere.
+    for index, (_, data) in sim.checker.committed.items():
+        if data.startswith(EVIL):
+            raise AssertionError(f"seed {seed}: the stranger's entry committed at {index}")
     # Every acknowledged command is committed where it was acknowledged (no acked write lost).
     for index, command in acked:
         committed = sim.checker.committed.get(index)
@@ -195,7 +223,33 @@ def inject(sim: Simulation, kind: str) -> None:
         network.set_delay(0.0005, rng.choice((0.001, 0.01, 0.05)))
     elif kind == "slow_disk":
         sim.peers[rng.choice(ids)].disk_latency = rng.choice((0.0, 0.005, 0.05, 0.3))
+    elif kind == "hostile":
+        send_hostile(sim, rng.choice(ids))
+    elif kind == "actor_crash":
+        alive = sim.alive()
+        if alive:
+            sim.crash_actor(rng.choice(alive), rng)
     # "calm": nothing this time
+
+
+def send_hostile(sim: Simulation, target: str) -> None:
+    """A stranger claims leadership in a high term with an entry of its own, asks for votes
+    and grants one, each in a term the members must neither adopt nor answer."""
+    stranger = sim.network._endpoints[STRANGER]
+    terms = [p.node.term for p in sim.peers.values() if p.alive]
+    for high in (min(max(terms, default=0) + 1, MAX_TERM), MAX_TERM):
+        entry = LogEntry(1, high, EntryType.DATA, EVIL + str(high).encode())
+        stranger.send(target, AppendEntriesRequest(high, STRANGER, 0, 0, (entry,), 1, 1))
+        stranger.send(target, RequestVoteRequest(high, STRANGER, 10**9, high, False))
+        stranger.send(target, RequestVoteResponse(high, True, False, STRANGER, high))
+
+
+def restart_failed(sim: Simulation) -> None:
+    """What the service's supervisor does: a peer in ERROR is restarted from its durable state."""
+    for peer in sim.peers.values():
+        if peer.alive and peer.node.role is Role.ERROR:
+            sim.crash(peer.id)
+            sim.start(peer.id)
 
 
 def heal_all(sim: Simulation) -> None:
@@ -203,6 +257,7 @@ def heal_all(sim: Simulation) -> None:
     sim.network.drop_probability = 0.0
     sim.network.duplicate_probability = 0.0
     sim.network.set_delay(0.001)
+    restart_failed(sim)
     for peer in sim.peers.values():
         peer.disk_latency = 0.0
         if not peer.alive:

@@ -137,7 +137,10 @@ class Simulation:
         self.network = MemoryNetwork(rng=random.Random(self.rng.random()), clock=self.clock)
         self.network.set_delay(network_delay)
         self.ids = [f"10.0.0.{n}:7000" for n in range(1, size + 1)]
-        self.options = RaftOptions(election_timeout=election_timeout)
+        # A small command limit keeps the oversized-command fault cheap.
+        self.options = RaftOptions(
+            election_timeout=election_timeout, max_command_bytes=MAX_COMMAND_BYTES
+        )
         self.checker = SafetyChecker()
         self.peers = {
             p: SimPeer(p, ObservedLog(p, MemoryLogStorage(), self.checker)) for p in self.ids
@@ -272,6 +275,16 @@ class Simulation:
     def alive(self) -> list[str]:
         return [p for p in self.ids if self.peers[p].alive]
 
+    def crash_actor(self, peer_id: str, rng: random.Random) -> str:
+        """Make one of the peer's actors (chosen by `rng`) raise in a handler, as a bug would:
+        its next message is one whose handler raises. Returns the actor's name."""
+        members = [m for m in self.peers[peer_id].members if m.alive]
+        member = members[rng.randrange(len(members))]
+        actor = member.actor
+        actor._handlers = {**type(actor)._handlers, _Crash: _raise}  # this instance only
+        self.enqueue(member, _Crash())
+        return member.name
+
     # -- clients -----------------------------------------------------------------------------
 
     def propose(self, peer_id: str, command: bytes) -> pykka.Future[Any]:
@@ -279,6 +292,17 @@ class Simulation:
         future: pykka.Future[Any] = pykka.ThreadingFuture()
         self.peers[peer_id].node.self_mailbox.tell(Apply((command,), (future,)))
         return future
+
+
+MAX_COMMAND_BYTES = 4096
+
+
+class _Crash:
+    """A message whose handler raises: an actor's bug, injected by `crash_actor`."""
+
+
+def _raise(actor: RaftActor, message: _Crash) -> None:
+    raise RuntimeError(f"injected bug in {type(actor).__name__}")
 
 
 class _DiskLatency:

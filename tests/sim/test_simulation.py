@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.configuration import Configuration
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import CheckVote
@@ -26,7 +27,7 @@ from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryLogStorage
 
 from .invariants import SafetyChecker, SafetyViolationError
-from .scenario import run_scenario
+from .scenario import STRANGER, run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = int(os.environ.get("SIM_SEEDS", "300"))
@@ -164,3 +165,21 @@ def test_regression_refusal_overtaken_by_success_keeps_match_index(
     messages = [record.getMessage() for record in caplog.records]
     assert any("overtaken" in m for m in messages)
     assert not any("lost acknowledged" in m for m in messages)
+
+
+def test_a_node_that_trusts_strangers_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation check for the hostile-peer fault: if the stranger counted as a member (the
+    membership checks gone), the sweep must notice (its entries applied, its term adopted)."""
+    real = Configuration.all_peers
+
+    def with_stranger(conf: Configuration) -> frozenset[str]:
+        return real(conf) | {STRANGER}
+
+    monkeypatch.setattr(Configuration, "all_peers", with_stranger)
+    caught = 0
+    for seed in range(60):
+        try:
+            run_scenario(seed)
+        except AssertionError:
+            caught += 1
+    assert caught, "the hostile-peer fault has no teeth"

@@ -21,7 +21,8 @@ class Box:
         self.transcript = Transcript()
         self.fsm = RecordingMailbox("fsm_caller", self.transcript)
         self.log_manager = RecordingMailbox("log_manager", self.transcript)
-        self.actor = BallotBox(self.fsm, self.log_manager)
+        self.node = RecordingMailbox("node", self.transcript)
+        self.actor = BallotBox(self.fsm, self.log_manager, self.node)
         self.harness = ActorHarness(self.actor)
 
     def send(self, *messages: object) -> None:

@@ -13,6 +13,7 @@ from actors.fsm_caller import FSMCaller
 from actors.log_view import LogView
 from actors.messages import (
     Commit,
+    EnterError,
     FatalError,
     GetApplied,
     LeaderStart,
@@ -22,6 +23,7 @@ from actors.messages import (
 from actors.options import RaftOptions
 from actors.testing import ActorHarness, RecordingMailbox, RecordingStateMachine
 from storage.entry import EntryType, LogEntry
+from storage.errors import CorruptLogError
 from storage.memory import MemoryLogStorage
 
 D, N, C = EntryType.DATA, EntryType.NO_OP, EntryType.CONFIGURATION
@@ -181,11 +183,13 @@ def test_state_machine_error_enters_error_state() -> None:
     assert fsm.actor.applied_index == 2
     assert [result(f) for f in futs[:2]] == [1, 2]
     for future in futs[2:]:
-        with pytest.raises(NodeFailedError):
+        with pytest.raises(NodeFailedError) as info:
             result(future)
+        # In the log already, so they may commit (and apply) on the other replicas: unknown.
+        assert info.value.outcome_unknown is True
     assert [str(e) for e in fsm.sm.errors] == ["boom at 3"]
     [fatal] = fsm.node.take(FatalError)
-    assert fatal.component == "fsm_caller" and "boom at 3" in fatal.reason
+    assert fatal.component == "FSMCaller" and "boom at 3" in fatal.reason
     assert str(fsm.actor).startswith("ERROR applied=2")
     # From now on: nothing applied, new futures fail at once, no second FatalError.
     fsm.sm.fail_at = None
@@ -241,3 +245,57 @@ def test_threaded_fsm_caller_answers_get_applied() -> None:
     assert ref.ask(GetApplied(), timeout=5) == 3
     ref.stop()
     assert sm.events == ["shutdown"]
+
+
+def test_enter_error_fails_what_is_pending_as_unknown_and_applies_nothing_more() -> None:
+    """The peer entered ERROR for another actor's reason: the FSMCaller stops applying, fails
+    every pending future with an unknown outcome, and tells the state machine."""
+    fsm = Fsm([D] * 4)
+    futs = futures(4)
+    fsm.send(RegisterPending(1, futs), Commit(1), EnterError("Replicator: bug"))
+    assert result(futs[0]) == 1
+    for future in futs[1:]:
+        with pytest.raises(NodeFailedError, match="Replicator: bug") as info:
+            result(future)
+        assert info.value.outcome_unknown is True
+    assert [str(e) for e in fsm.sm.errors] == ["Replicator: bug"]
+    late = futures(1)
+    fsm.send(Commit(4), RegisterPending(5, late))
+    assert fsm.sm.applied_indexes == [1]
+    with pytest.raises(NodeFailedError) as info:
+        result(late[0])
+    assert info.value.outcome_unknown is True
+    assert fsm.node.told == []  # the Node already knows: it sent EnterError
+
+
+def test_stop_fails_pending_futures_as_stopped_with_unknown_outcome() -> None:
+    fsm = Fsm([D] * 2)
+    futs = futures(2)
+    fsm.send(RegisterPending(1, futs))
+    fsm.harness.stop()
+    for future in futs:
+        with pytest.raises(NodeStoppedError) as info:
+            result(future)
+        assert info.value.outcome_unknown is True
+    assert fsm.sm.events == ["shutdown"]
+
+
+def test_a_storage_error_reading_committed_entries_enters_error_not_a_dead_actor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reproduced path: a StorageError/CorruptLogError from a read used to escape and stop the
+    FSMCaller silently. Now the peer is told and the pending futures fail, outcome unknown."""
+    fsm = Fsm([D] * 3)
+    futs = futures(3)
+
+    def unreadable(first: int, last: int, max_bytes: int = 0) -> list[LogEntry]:
+        raise CorruptLogError("record 1 failed validation on read", "seg", 40)
+
+    monkeypatch.setattr(fsm.log_view, "entries", unreadable)
+    fsm.send(RegisterPending(1, futs), Commit(3))
+    [fatal] = fsm.node.take(FatalError)
+    assert "CorruptLogError in FSMCaller (ApplyCommitted)" in fatal.reason
+    for future in futs:
+        with pytest.raises(NodeFailedError) as info:
+            result(future)
+        assert info.value.outcome_unknown is True

@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 from actors.configuration import Configuration
-from actors.errors import NotLeaderError
+from actors.errors import NotLeaderError, OverloadedError
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import (
@@ -20,6 +20,7 @@ from actors.messages import (
     ClearPending,
     Commit,
     Committed,
+    EnterError,
     FatalError,
     FollowerAppend,
     Grant,
@@ -35,8 +36,10 @@ from actors.messages import (
     Subscribe,
     VoteGranted,
 )
+from actors.options import RaftOptions
 from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript
 from storage.entry import EntryType, LogEntry
+from storage.errors import StorageError
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
 from transport.rpc import (
     AppendEntriesRequest,
@@ -76,7 +79,9 @@ class RecordingMeta(MemoryMetaStorage):
 
 
 class Fixture:
-    def __init__(self, entries: Sequence[LogEntry] = ()) -> None:
+    def __init__(
+        self, entries: Sequence[LogEntry] = (), raft_options: RaftOptions | None = None
+    ) -> None:
         self.transcript = Transcript()
         self.storage = RecordingLog(self.transcript)
         if entries:
@@ -88,7 +93,14 @@ class Fixture:
         self.ballot = RecordingMailbox("ballot_box", self.transcript)
         self.fsm = RecordingMailbox("fsm_caller", self.transcript)
         self.lm = LogManager(
-            ME, self.log_view, self.meta, self.transport, self.node, self.ballot, self.fsm
+            ME,
+            self.log_view,
+            self.meta,
+            self.transport,
+            self.node,
+            self.ballot,
+            self.fsm,
+            raft_options or RaftOptions(),
         )
         self.harness = ActorHarness(self.lm)
 
@@ -200,13 +212,23 @@ def test_group_commit_writes_queued_appends_with_one_fsync() -> None:
     assert [resp.seq for _, resp in f.transport.take()] == [1, 2, 3]
 
 
-def test_mismatch_answers_with_our_last_index() -> None:
+def test_mismatch_answers_with_our_last_index_and_the_conflicting_term() -> None:
+    """Raft dissertation §5.3: a refusal says where to resume. Our log ends before prev: the
+    conflict index is our end (term 0). Our entry at prev has another term: that term, and the
+    first index we hold of it, so the leader skips all of it in one round trip."""
     f = Fixture([data(1, 1), data(2, 1)])
     f.send(FollowerAppend(append_req(2, 5, 2, [data(6, 2)]), 2))
-    assert f.transport.take() == [(B, AppendEntriesResponse(2, False, 2, ME, 1, 2))]
+    assert f.transport.take() == [(B, AppendEntriesResponse(2, False, 2, ME, 1, 2, 0, 3))]
     f.send(FollowerAppend(append_req(2, 2, 2, [data(3, 2)]), 2))  # right index, wrong term
-    assert f.transport.take() == [(B, AppendEntriesResponse(2, False, 2, ME, 1, 2))]
+    assert f.transport.take() == [(B, AppendEntriesResponse(2, False, 2, ME, 1, 2, 1, 1))]
     assert f.log() == [(1, 1), (2, 1)]
+
+
+def test_the_conflict_hint_names_the_first_index_of_a_long_conflicting_term() -> None:
+    f = Fixture([data(1, 1), *(data(i, 2) for i in range(2, 102)), data(102, 3)])
+    f.send(FollowerAppend(append_req(4, 80, 4, [data(81, 4)]), 4))
+    [(_, refusal)] = f.transport.take()
+    assert (refusal.success, refusal.conflict_term, refusal.conflict_index) == (False, 2, 2)
 
 
 def test_conflicting_suffix_is_replaced() -> None:
@@ -279,3 +301,78 @@ def test_leader_append_in_a_stale_term_fails_definitely() -> None:
     with pytest.raises(NotLeaderError):
         future.get(timeout=1)
     assert f.log_view.last_index == 1  # just the no-op
+
+
+# -- hardening: empty batches, back-pressure, supervision ---------------------------------------
+
+
+def test_an_empty_leader_append_is_a_no_op() -> None:
+    """Reproduced: an empty batch raised IndexError here and the LogManager died silently."""
+    f = Fixture()
+    f.send(BecomeLeader(1, CONF))
+    f.transcript.clear()
+    f.send(AppendLeaderEntries(1, (), ()))
+    assert f.transcript.entries == [] and f.log() == [(1, 1)]
+
+
+def test_proposals_beyond_the_in_flight_bound_fail_fast_and_nothing_is_appended() -> None:
+    """Back-pressure: at most max_pending_entries appended but unapplied; past it, a proposal is
+    refused at once with OverloadedError (definite, retryable) instead of queuing for ever."""
+    f = Fixture(raft_options=RaftOptions(max_pending_entries=4))
+    f.send(BecomeLeader(1, CONF))  # the no-op is 1 pending entry
+    accepted = (pykka.ThreadingFuture(), pykka.ThreadingFuture(), pykka.ThreadingFuture())
+    f.send(AppendLeaderEntries(1, (b"a", b"b", b"c"), accepted))
+    refused: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(AppendLeaderEntries(1, (b"d",), (refused,)))
+    with pytest.raises(OverloadedError) as info:
+        refused.get(timeout=1)
+    assert info.value.outcome_unknown is False
+    assert f.log_view.last_index == 4  # "d" was not appended
+    f.log_view.applied_index = 3  # the FSMCaller caught up with three of them
+    again: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(AppendLeaderEntries(1, (b"d",), (again,)))
+    assert f.log_view.last_index == 5  # appended this time
+    assert f.fsm.take()[-1] == RegisterPending(5, (again,))
+
+
+def test_proposals_beyond_the_byte_bound_fail_fast() -> None:
+    f = Fixture(raft_options=RaftOptions(max_pending_bytes=1000, max_command_bytes=1000))
+    f.send(BecomeLeader(1, CONF))
+    f.send(AppendLeaderEntries(1, (b"x" * 600,), (pykka.ThreadingFuture(),)))
+    refused: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(AppendLeaderEntries(1, (b"y" * 600,), (refused,)))
+    with pytest.raises(OverloadedError, match="bytes"):
+        refused.get(timeout=1)
+    f.log_view.applied_index = 2
+    f.send(AppendLeaderEntries(1, (b"y" * 600,), (pykka.ThreadingFuture(),)))
+    assert f.log_view.last_index == 3
+
+
+def test_enter_error_writes_acks_and_votes_nothing_more_and_tells_the_fsm_caller() -> None:
+    f = Fixture([data(1, 1)])
+    f.send(BecomeLeader(2, CONF))
+    f.ballot.clear(), f.fsm.clear(), f.transport.take()
+    f.send(EnterError("FSMCaller: boom"))
+    assert f.ballot.take() == [ClearPending(2)]
+    assert f.fsm.take() == [EnterError("FSMCaller: boom")]
+    f.send(FollowerAppend(append_req(3, 2, 2, [data(3, 3)]), 3))
+    f.send(CheckVote(RequestVoteRequest(4, B, 9, 9, pre_vote=False), 4))
+    f.send(RequestVotes(5, (B, C), pre_vote=False))
+    assert f.transport.take() == [] and f.log() == [(1, 1), (2, 2)]
+    assert (f.meta.term, f.meta.voted_for) == (0, None)
+
+
+def test_a_storage_failure_enters_error_through_the_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    f = Fixture()
+
+    def broken(entries: Sequence[LogEntry]) -> None:
+        raise StorageError("disk on fire")
+
+    monkeypatch.setattr(f.storage, "append_entries", broken)
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1)]), 1))
+    [fatal] = f.node.take(FatalError)
+    assert fatal.component == "LogManager" and "disk on fire" in fatal.reason
+    assert f.fsm.take() == [EnterError("StorageError: disk on fire")]
+    assert f.transport.take() == []  # the entry was never acknowledged

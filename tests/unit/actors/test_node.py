@@ -14,13 +14,14 @@ import pytest
 
 from actors.clock import ManualClock
 from actors.configuration import Configuration
-from actors.errors import NodeFailedError, NotLeaderError
+from actors.errors import CommandTooLargeError, NodeFailedError, NotLeaderError
 from actors.log_view import LogView
 from actors.messages import (
     AppendLeaderEntries,
     Apply,
     BecomeLeader,
     CheckVote,
+    EnterError,
     FatalError,
     FollowerAppend,
     GetStatus,
@@ -37,8 +38,10 @@ from actors.messages import (
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
 from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport
+from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryLogStorage
 from transport.rpc import (
+    MAX_TERM,
     AppendEntriesRequest,
     AppendEntriesResponse,
     RequestVoteRequest,
@@ -66,12 +69,19 @@ class Replicators:
 
 
 class Fixture:
-    def __init__(self, peers: tuple[str, ...] = (A, B, C), term: int = 0) -> None:
+    def __init__(
+        self,
+        peers: tuple[str, ...] = (A, B, C),
+        term: int = 0,
+        raft_options: RaftOptions | None = None,
+    ) -> None:
+        self.errors: list[str] = []
         self.clock = ManualClock()
         self.lm = RecordingMailbox("log_manager")
         self.transport = RecordingTransport(A)
         self.replicators = Replicators()
-        options = NodeOptions(A, Configuration.of(peers), RaftOptions(election_timeout=TIMEOUT))
+        raft = raft_options or RaftOptions(election_timeout=TIMEOUT)
+        options = NodeOptions(A, Configuration.of(peers), raft)
         self.node = Node(
             options,
             term=term,
@@ -82,6 +92,7 @@ class Fixture:
             replicators=self.replicators,
             clock=self.clock,
             rng=random.Random(7),
+            on_error=self.errors.append,
         )
         self.harness = ActorHarness(self.node, self.clock)
 
@@ -273,15 +284,96 @@ def test_apply_on_leader_goes_to_the_log_manager_in_its_term(f: Fixture) -> None
 
 
 def test_fatal_error_enters_error_state_and_refuses_service(f: Fixture) -> None:
+    """Supervision: the first FatalError from any actor moves the whole peer to ERROR at once:
+    no more heartbeats (Replicators stopped), votes, elections or commands; the LogManager is
+    told (it tells the FSMCaller, which fails what is pending); on_error is called once."""
     f.elect()
-    f.send(FatalError("fsm_caller", "boom"))
+    f.send(FatalError("FSMCaller", "boom"))
     assert f.node.role is Role.ERROR
-    assert StepDown(1) in f.lm.told
+    assert f.replicators.stopped == [B, C]
+    assert StepDown(1) in f.lm.told and EnterError("FSMCaller: boom") in f.lm.told
+    assert f.errors == ["FSMCaller: boom"]
     future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
     f.send(Apply((b"x",), (future,)))
-    with pytest.raises(NodeFailedError, match="boom"):
+    with pytest.raises(NodeFailedError, match="boom") as info:
         future.get(timeout=1)
+    assert info.value.outcome_unknown is False  # refused before it reached the log
     f.lm.clear()
+    f.send(RequestVoteRequest(5, B, 9, 9, False))
+    f.send(FatalError("LogManager", "second"))
     f.harness.advance(10 * FULL_TIMEOUT)
-    assert f.lm.told == []  # an ERROR node never campaigns
-    assert f.send(GetStatus()).error == "fsm_caller: boom"
+    assert f.lm.told == []  # an ERROR node never campaigns nor votes
+    assert f.transport.take() == []
+    assert f.errors == ["FSMCaller: boom"]  # the first reason, reported once
+    assert f.send(GetStatus()).error == "FSMCaller: boom"
+
+
+def test_a_crash_of_the_node_itself_enters_error(
+    f: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception escaping one of the Node's own handlers does not stop the actor silently:
+    the Node enters ERROR and keeps answering (status says why, commands are refused)."""
+
+    def boom(node: Node, msg: PeerContact) -> None:
+        raise RuntimeError("bug in a handler")
+
+    f.elect()
+    monkeypatch.setitem(Node._handlers, PeerContact, boom)
+    f.send(PeerContact(B, 1, 0.0, "PROBE"))
+    assert f.node.role is Role.ERROR and f.node.crashed
+    assert "RuntimeError" in (f.send(GetStatus()).error or "")
+    assert len(f.errors) == 1 and "bug in a handler" in f.errors[0]
+
+
+def test_append_entries_from_a_non_member_is_refused_and_counted(f: Fixture) -> None:
+    """Reproduced: AppendEntries(term=7, leader_id="evil:9") made a node follow evil:9, move to
+    term 7 and commit an injected entry. A sender that is not a voter is refused before
+    anything else: no term change, no leader, nothing to the LogManager, no answer."""
+    entry = LogEntry(1, 7, EntryType.DATA, b"injected")
+    f.send(AppendEntriesRequest(7, "evil:9", 0, 0, (entry,), 1, 1))
+    assert (f.node.term, f.node.leader_id, f.node.role) == (0, None, Role.FOLLOWER)
+    assert f.lm.told == [] and f.transport.take() == []
+    f.send(AppendEntriesRequest(8, A, 0, 0, (), 0, 1))  # ourselves: no peer leads in our name
+    assert f.node.term == 0 and f.lm.told == []
+    assert f.send(GetStatus()).rejected == {"append_entries_from_non_member": 2}
+
+
+def test_a_higher_term_is_adopted_only_from_a_member(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)  # a pre-vote is running
+    f.send(RequestVoteResponse(99, False, True, "evil:9", 1))
+    f.send(RequestVoteRequest(99, "evil:9", 0, 0, False))
+    assert f.node.term == 0
+    assert f.send(GetStatus()).rejected == {
+        "vote_request_from_non_member": 1,
+        "vote_response_from_non_member": 1,
+    }
+    f.send(RequestVoteResponse(3, False, True, B, 1))  # a member's higher term counts
+    assert f.node.term == 3
+
+
+def test_a_node_at_the_largest_term_never_campaigns_past_it() -> None:
+    """Terms are bounded (MAX_TERM) so that every term can be encoded and incremented; a node
+    already there cannot start an election (its term + 1 could not be sent)."""
+    f = Fixture(term=MAX_TERM)
+    f.harness.advance(10 * FULL_TIMEOUT)
+    assert f.node.term == MAX_TERM and f.node.role is Role.FOLLOWER
+    assert f.lm.of_type(RequestVotes) == []
+
+
+def test_an_empty_apply_is_a_no_op(f: Fixture) -> None:
+    """Reproduced: apply_batch([]) on the leader raised IndexError in the LogManager."""
+    f.elect()
+    f.send(Apply((), ()))
+    assert f.lm.told == []
+
+
+def test_an_oversized_command_is_refused_definitely_and_the_rest_go_on() -> None:
+    f = Fixture(raft_options=RaftOptions(election_timeout=TIMEOUT, max_command_bytes=10))
+    f.elect()
+    small, large = pykka.ThreadingFuture[Any](), pykka.ThreadingFuture[Any]()
+    f.send(Apply((b"x" * 10, b"x" * 11), (small, large)))
+    with pytest.raises(CommandTooLargeError) as info:
+        large.get(timeout=1)
+    assert info.value.outcome_unknown is False
+    assert f.lm.take() == [AppendLeaderEntries(1, (b"x" * 10,), (small,))]
+    assert f.send(GetStatus()).rejected == {"oversized_command": 1}

@@ -11,7 +11,9 @@ import pytest
 
 from actors.base import RaftActor, handles
 from actors.clock import ManualClock, RealClock
+from actors.futures import CompletionFuture, complete, fail
 from actors.mailbox import MailboxSlot
+from actors.messages import FatalError
 from actors.testing import ActorHarness, RecordingMailbox
 
 
@@ -147,3 +149,83 @@ def test_real_clock_runs_all_timers_on_one_thread_in_order() -> None:
         assert {name for _, name in seen} == {"raft-timers"}
     finally:
         clock.stop()
+
+
+# -- supervision: no silently dead actor -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explode:
+    pass
+
+
+class Fragile(Echo):
+    """Raises on Explode; records what enter_error was told."""
+
+    def __init__(self, out: RecordingMailbox, supervisor: RecordingMailbox) -> None:
+        super().__init__(out)
+        self.supervisor = supervisor
+        self.errors: list[str] = []
+
+    @handles(Explode)
+    def on_explode(self, msg: Explode) -> None:
+        raise RuntimeError("a bug")
+
+    def enter_error(self, reason: str) -> None:
+        self.errors.append(reason)
+
+
+def test_an_exception_in_a_handler_reports_fatal_and_the_actor_keeps_draining() -> None:
+    out, supervisor = RecordingMailbox("out"), RecordingMailbox("node")
+    actor = Fragile(out, supervisor)
+    harness = ActorHarness(actor)
+    assert harness.send(Explode()) is None
+    [fatal] = supervisor.take(FatalError)
+    assert fatal.component == "Fragile"
+    assert "RuntimeError in Fragile (Explode): a bug" in fatal.reason
+    assert actor.crashed and actor.errors == [fatal.reason]
+    assert harness.send(Ping(1)) == 10  # still answering: it is in its error mode, not dead
+
+
+def test_a_threaded_actor_that_raises_stays_alive_and_tells_its_supervisor() -> None:
+    """Under pykka an exception escaping a told message used to stop the actor; its mailbox
+    then swallowed everything while the rest of the peer carried on as if healthy."""
+    out, supervisor = RecordingMailbox("out"), RecordingMailbox("node")
+    ref = Fragile.start(out, supervisor)
+    ref.tell(Explode())
+    assert ref.ask(Ping(2), timeout=5) == 20  # handled after the crash: the actor is alive
+    assert ref.is_alive()
+    assert [type(m) for m in supervisor.told] == [FatalError]
+    ref.stop()
+
+
+class BadStart(Echo):
+    def startup(self) -> None:
+        raise OSError("cannot start")
+
+
+def test_an_exception_in_startup_is_reported_too() -> None:
+    supervisor = RecordingMailbox("node")
+    actor = BadStart(RecordingMailbox("out"))
+    actor.supervisor = supervisor
+    ActorHarness(actor)
+    [fatal] = supervisor.take(FatalError)
+    assert "OSError in BadStart (startup): cannot start" in fatal.reason
+
+
+def test_a_raising_completion_callback_settles_the_future_and_goes_no_further(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reproduced: an exception from a future's callback escaped into the actor completing it."""
+
+    def callback(value: object, error: BaseException | None) -> None:
+        raise ValueError("callback bug")
+
+    future = CompletionFuture(callback)
+    with caplog.at_level(logging.ERROR, logger="actors.futures"):
+        complete(future, 5)  # does not raise into the caller (an actor's handler)
+    assert future.get(timeout=1) == 5
+    assert any("completion callback raised" in r.getMessage() for r in caplog.records)
+    complete(future, 6)  # already settled: the first outcome stays
+    fail(future, RuntimeError("late"))
+    assert future.get(timeout=1) == 5

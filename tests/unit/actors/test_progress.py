@@ -261,3 +261,23 @@ def test_overdue_is_the_oldest_request_past_the_timeout(
         p.sent(seq, 1, at)
     oldest = p.overdue(now, timeout=0.5)
     assert (oldest.seq if oldest else None) == overdue_seq
+
+
+@pytest.mark.parametrize(
+    ("match", "request_", "follower_last", "hint", "rule", "next_index"),
+    [
+        pytest.param(0, sent(20), 205, 6, BackOff.SKIP_TERM, 6, id="skip the follower's term"),
+        pytest.param(0, sent(20), 205, 25, BackOff.SKIP_TERM, 20, id="never past the refusal"),
+        pytest.param(0, sent(20), 205, 0, BackOff.SKIP_TERM, 1, id="never below index 1"),
+        pytest.param(8, sent(20), 205, 6, BackOff.OVERTAKEN, 9, id="never below match + 1"),
+        pytest.param(0, sent(20), 10, 6, BackOff.JUMP, 11, id="a shorter log jumps instead"),
+    ],
+)
+def test_back_off_with_a_conflict_hint(
+    match: int, request_: Inflight, follower_last: int, hint: int, rule: BackOff, next_index: int
+) -> None:
+    """Raft dissertation §5.3: a refusal naming the follower's conflicting term lets the leader
+    skip that whole term in one round trip; the guards of the plain rules still hold."""
+    p = progress(request_.last_index + 1, match, REPLICATE)
+    decision = p.back_off(request_, False, follower_last, hint)
+    assert (decision.rule, decision.next_index) == (rule, next_index)

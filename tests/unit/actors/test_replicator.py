@@ -3,6 +3,7 @@ as a transcript: what the leader sent, what the follower answered, what was told
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -335,3 +336,54 @@ def test_stop_cancels_timers() -> None:
     rep.harness.stop()
     rep.harness.advance(5.0)
     assert rep.sent() == [] and rep.clock.pending() == 0
+
+
+# -- conflict hints: one round trip per conflicting term (Raft dissertation §5.3) --------------
+
+
+class Follower:
+    """A follower's log, answering probes as the LogManager does (with conflict hints)."""
+
+    def __init__(self, terms: Sequence[int]) -> None:
+        self.terms = list(terms)
+
+    def answer(self, req: AppendEntriesRequest, hints: bool = True) -> AppendEntriesResponse:
+        last, prev = len(self.terms), req.prev_log_index
+        if prev > last:
+            conflict = (0, last + 1)
+        elif prev == 0 or self.terms[prev - 1] == req.prev_log_term:
+            return ok(req, last=max(last, prev + len(req.entries)))
+        else:
+            term = self.terms[prev - 1]
+            conflict = (term, self.terms.index(term) + 1)
+        reply = reject(req, last)
+        if not hints:
+            return reply
+        return dataclasses.replace(reply, conflict_term=conflict[0], conflict_index=conflict[1])
+
+
+def probes_until_match(leader: Sequence[int], follower: Sequence[int], hints: bool) -> int:
+    rep = Rep(leader, next_index=len(leader) + 1)
+    other = Follower(follower)
+    probes = 0
+    while rep.actor.progress.state is ReplicatorState.PROBE:
+        [probe] = rep.sent()
+        probes += 1
+        rep.send(other.answer(probe, hints))
+    return probes
+
+
+def test_a_long_divergent_suffix_converges_in_one_round_trip_per_term() -> None:
+    """The leader has terms 1 x5 then 3 x15; the follower 1 x5 then 200 entries of term 2
+    (a deposed leader's). Without hints the leader steps back one entry per round trip; with
+    them it skips the follower's whole term 2 at once."""
+    leader, follower = [1] * 5 + [3] * 15, [1] * 5 + [2] * 200
+    assert probes_until_match(leader, follower, hints=True) == 2
+    assert probes_until_match(leader, follower, hints=False) == 16
+
+
+def test_a_conflicting_term_the_leader_also_has_resumes_after_its_last_entry_of_it() -> None:
+    leader, follower = [1, 1, 2, 2, 4, 4], [1, 1, 2, 2, 2, 2, 3, 3]
+    # Probe at 6 (term 4 vs the follower's 2) -> the leader's last entry of term 2 is 4 -> probe
+    # at 4, which matches.
+    assert probes_until_match(leader, follower, hints=True) == 2
