@@ -5,10 +5,12 @@ applied and its result; a retry of that request gets the remembered result inste
 applied again (Raft dissertation §6.3). A request older than the last one (a delayed duplicate
 whose answer the client no longer waits for) is not applied either.
 
-Sessions expire deterministically by log index, never by wall clock, so every replica expires
-the same sessions at the same point of the log: a session untouched for `session_ttl_entries`
-entries is forgotten. A client retrying a request older than that could see it applied twice;
-the TTL is sized so that no client retries for that long.
+Sessions expire deterministically by log index, never by wall clock: before each entry is
+applied, every session last used `session_ttl_entries` or more entries earlier is forgotten.
+That is a function of the log alone, entry by entry, so replicas that hand the same log to
+`on_apply` in different batches expire the same sessions at the same point and answer every
+retry alike (checked by a property test). A client retrying a request older than the TTL could
+see it applied twice; the TTL is sized so that no client retries for that long.
 """
 
 from __future__ import annotations
@@ -50,11 +52,10 @@ class KVStateMachine(StateMachine):
         self.applied_index = 0
 
     def on_apply(self, commands: Sequence[Command]) -> list[Any]:
-        results = [self._apply_one(c) for c in commands]
-        self._expire_sessions(commands[-1].index)
-        return results
+        return [self._apply_one(c) for c in commands]
 
     def _apply_one(self, entry: Command) -> Any:
+        self._expire_sessions(entry.index)
         self.applied_index = entry.index
         try:
             logged = decode_logged(entry.data)
@@ -92,6 +93,7 @@ class KVStateMachine(StateMachine):
         raise AssertionError(f"unreachable: {command.op}")
 
     def _expire_sessions(self, index: int) -> None:
+        """Forget sessions last used at or before `index - session_ttl_entries`."""
         horizon = index - self.session_ttl_entries
         while self.sessions:
             client_id, session = next(iter(self.sessions.items()))

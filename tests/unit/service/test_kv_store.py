@@ -3,8 +3,13 @@ deterministic session expiry, and validation of everything that arrives from the
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.service.errors import InvalidCommandError
 from actors.service.kv_store import STALE, KVStateMachine
@@ -116,3 +121,70 @@ def test_commands_round_trip() -> None:
 def test_malformed_commands_are_refused_with_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_command(payload)
+
+
+# -- replicas never diverge: expiry is a function of the log alone ----------------------------
+
+
+def logged(index: int, client: str, seq: int, op: str, key: str, a: str | None = None) -> Command:
+    return Command(index, 1, encode_logged(LoggedCommand(client, seq, KVCommand(op, key, a))))
+
+
+def apply_in_batches(entries: list[Command], cuts: list[int], ttl: int) -> tuple[Any, ...]:
+    """Apply `entries` in the batches that `cuts` (positions) make; return the outcome."""
+    sm = KVStateMachine(session_ttl_entries=ttl)
+    results: list[Any] = []
+    bounds = [0, *sorted(set(cuts)), len(entries)]
+    for start, end in itertools.pairwise(bounds):
+        if start < end:
+            results.extend(sm.on_apply(entries[start:end]))
+    sessions = {c: (s.last_seq, s.last_result, s.last_index) for c, s in sm.sessions.items()}
+    return sm.data, sessions, [repr(r) for r in results]
+
+
+def test_the_reproduced_divergence_is_gone() -> None:
+    """Reproduced with TTL 3: [c1#1 put k=v1, c2 put k=v2, c2, c2, c1#1 retry] gave k=v2 in one
+    batch and k=v1 as [1..4] + [5], because expiry ran once per batch."""
+    entries = [
+        logged(1, "c1", 1, PUT, "k", "v1"),
+        logged(2, "c2", 1, PUT, "k", "v2"),
+        logged(3, "c2", 2, GET, "x"),
+        logged(4, "c2", 3, GET, "x"),
+        logged(5, "c1", 1, PUT, "k", "v1"),
+    ]
+    one_batch = apply_in_batches(entries, [], ttl=3)
+    assert apply_in_batches(entries, [4], ttl=3) == one_batch
+    assert one_batch[0] == {"k": "v1"}  # c1's session expired before entry 5: applied again
+
+
+commands = st.tuples(
+    st.sampled_from(["c1", "c2", "c3"]),
+    st.integers(1, 4),  # small seqs: retries, duplicates and stale requests are common
+    st.sampled_from([PUT, GET, DELETE, CAS]),
+    st.sampled_from(["a", "b"]),
+    st.sampled_from(["x", "y", None]),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(commands, min_size=1, max_size=30),
+    st.lists(st.integers(0, 30), max_size=8),
+    st.integers(1, 6),
+)
+def test_any_split_of_the_same_log_into_batches_gives_the_same_state_and_results(
+    ops: list[tuple[str, int, str, str, str | None]], cuts: list[int], ttl: int
+) -> None:
+    entries = []
+    for index, (client, seq, op, key, arg) in enumerate(ops, start=1):
+        if op == PUT and arg is None:
+            arg = "z"
+        command = KVCommand(op, key, arg, "n" if op == CAS else None)
+        entries.append(Command(index, 1, encode_logged(LoggedCommand(client, seq, command))))
+    cuts = [c for c in cuts if c <= len(entries)]
+    assert apply_in_batches(entries, cuts, ttl) == apply_in_batches(entries, [], ttl)
+
+
+def test_an_empty_batch_is_a_no_op() -> None:
+    sm = KVStateMachine()
+    assert sm.on_apply([]) == [] and sm.data == {}
