@@ -5,7 +5,8 @@ the one type the disk and the wire share; this package's `__init__` imports noth
 wire can import `storage.entry` without pulling in any disk code.
 
 - `base`: the `LogStorage` and `MetaStorage` protocols;
-- `log_storage` / `segment`: `SegmentLogStorage`, the durable segmented log;
+- `log_storage` / `segment` / `recovery`: `SegmentLogStorage`, the durable segmented log (its
+  directory, its file format, and how a segment is validated and repaired at open);
 - `meta_storage`: `FileMetaStorage`, the durable term and vote;
 - `memory`: `MemoryLogStorage` and `MemoryMetaStorage`, in-memory twins (tests only);
 - `errors`: `StorageError` and its subclasses.

@@ -13,9 +13,12 @@ truncate_prefix) and ``generation`` counts resets. Every segment records the gen
 created in; a segment of an older generation is a leftover of a reset interrupted by a crash and
 is deleted at open. Ordering makes every operation crash-safe:
 
-- append: write the batch with one pwrite, then one fdatasync (group commit) when sync is on;
-- truncate_suffix: delete later segments (newest first), fsync the directory, ftruncate and
-  fsync the segment holding the cut;
+- append: write the batch (a batch header and its records) with one pwrite, then one
+  fdatasync (group commit) when sync is on;
+- close: with sync on, append a seal (an empty batch) to the newest segment and fdatasync it,
+  so that recovery can verify every byte (segment.py);
+- truncate_suffix: delete later segments (newest first), fsync the directory, then cut the
+  segment holding the cut so that its format stays valid at every step (`Segment.cut_after`);
 - truncate_prefix: write log.meta with the new first index, then delete segments wholly below
   it (at open, segments wholly below log.meta's first index are deleted too);
 - reset: write log.meta with the new first index and generation + 1, then delete all segments.
@@ -25,10 +28,11 @@ get_term is an array lookup and get_entries is one pread per segment, CRC-checke
 recently appended entries are also kept in a bounded in-memory cache (they are what replicators
 and the state machine read next).
 
-Recovery at open validates every record. A torn last record (the append never returned, so it
-was never acknowledged) is cut off with a warning; any other damage raises CorruptLogError
-naming the file and offset rather than silently dropping entries that may have been
-acknowledged (see segment.scan_records for the exact rule).
+Recovery at open validates every batch and record. A torn final batch (its append never
+returned, so it was never acknowledged; a crash may have persisted any subset of its pages) is
+cut off whole with a warning; any other damage raises CorruptLogError naming the file and
+offset rather than silently dropping entries that may have been acknowledged (see `recovery`
+for the exact rule).
 
 Not thread-safe: the LogManager actor is the only owner.
 """
@@ -55,6 +59,7 @@ from storage._fileutil import (
 from storage.base import check_contiguous
 from storage.entry import LogEntry
 from storage.errors import CorruptLogError, LogIndexError, StorageError
+from storage.recovery import Tail, recover_segment
 from storage.segment import (
     FILE_HEADER_SIZE,
     SEGMENT_MAGIC,
@@ -62,9 +67,8 @@ from storage.segment import (
     Segment,
     create_segment,
     decode_file_header,
+    encode_batch,
     encode_file_header,
-    encode_records,
-    scan_records,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +87,9 @@ class SegmentLogStorage:
     segment_size: a new segment is started once the current one reaches this many bytes (a
         batch is never split, so a segment may exceed it by one batch).
     sync: when True every append_entries is durable on return (one fdatasync per batch). When
-        False, appends are durable only after `sync()`; truncations are always durable.
+        False, appends are durable only after `sync()`; truncations are always durable. It
+        also sets how strict recovery is: reopen a log that crashed with sync off with sync
+        off too, or recovery may refuse its unsynced tail (see `recovery`).
     cache_max_entries / cache_max_bytes: bound the cache of recently appended entries.
     max_open_files: descriptors kept open for older segments (the newest one is always open).
     """
@@ -167,8 +173,9 @@ class SegmentLogStorage:
             else:
                 current.append((path, seg_first))
 
-        # Pass 2: records. Only the newest segment may have a torn tail.
+        # Pass 2: batches and records. Only the newest segment may have a torn final batch.
         segments: list[Segment] = []
+        newest_tail = Tail.LAST_BATCH if self._sync else Tail.UNSYNCED
         for path, seg_first in current:
             if segments and seg_first != segments[-1].last_index + 1:
                 raise CorruptLogError(
@@ -177,24 +184,8 @@ class SegmentLogStorage:
                     str(path),
                     0,
                 )
-            with open(path, "rb") as f:
-                buf = f.read()
-            last_segment = path == current[-1][0]
-            offsets, terms, end = scan_records(buf, path, seg_first, last_segment)
-            if end < len(buf):
-                log.warning(
-                    "cutting off the torn tail of %s at offset %d (%d bytes)",
-                    path,
-                    end,
-                    len(buf) - end,
-                )
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    os.ftruncate(fd, end)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            segments.append(Segment(path, seg_first, generation, offsets, terms, end))
+            tail = newest_tail if path == current[-1][0] else Tail.SEALED
+            segments.append(recover_segment(path, seg_first, generation, tail))
 
         # Segments wholly below the first index: left by an interrupted truncate_prefix (or
         # holding only unsynced entries lost in a crash).
@@ -302,7 +293,7 @@ class SegmentLogStorage:
         seg = self._segment_for_append()
         assert seg.fd is not None
         old_size, old_count = seg.size, len(seg.offsets)
-        data = encode_records(entries, old_size, seg.offsets, seg.terms)
+        data = encode_batch(entries, old_size, seg.offsets, seg.terms)
         try:
             pwrite_all(seg.fd, data, old_size)
         except OSError as exc:
@@ -313,7 +304,7 @@ class SegmentLogStorage:
             except OSError as undo_exc:
                 self._failed = undo_exc
             raise StorageError(f"append to {seg.path} failed: {exc}") from exc
-        seg.size = old_size + len(data)
+        seg.add_batch(old_size, entries[0].index, old_size + len(data))
         self._last = entries[-1].index
         if self._sync:
             self._fdatasync(seg)
@@ -343,12 +334,7 @@ class SegmentLogStorage:
             self._open_fds.pop(id(seg), None)  # it is the newest segment now
             if seg.fd is None:
                 seg.fd = os.open(seg.path, os.O_RDWR)
-            keep = max(last_index_kept + 1 - seg.first_index, 0)
-            new_size = seg.offsets[keep] if keep < len(seg.offsets) else seg.size
-            os.ftruncate(seg.fd, new_size)
-            os.fsync(seg.fd)
-        del seg.offsets[keep:], seg.terms[keep:]
-        seg.size = new_size
+            seg.cut_after(last_index_kept)
         self._unsynced = False
         self._last = last_index_kept
         if last_index_kept + 1 < self._cache_first:
@@ -405,6 +391,8 @@ class SegmentLogStorage:
         if self._closed:
             return
         self._closed = True
+        if self._sync and self._failed is None and self._segments and self._segments[-1].unsealed:
+            self._seal(self._segments[-1])
         for seg in self._segments:
             if seg.fd is not None:
                 os.close(seg.fd)
@@ -505,6 +493,18 @@ class SegmentLogStorage:
             self._failed = exc
             raise StorageError(f"fdatasync of {seg.path} failed: {exc}") from exc
         self._unsynced = False
+
+    def _seal(self, seg: Segment) -> None:
+        """Append a seal to the newest segment and fdatasync it: after it, recovery knows that
+        every batch before it was synced, so it refuses damage in any of them."""
+        try:
+            seg.append_seal()
+            assert seg.fd is not None
+            os.fdatasync(seg.fd)
+        except OSError as exc:
+            # Nothing is lost: every batch was synced when its append returned. The next open
+            # treats the last batch as possibly torn, as after a crash.
+            log.warning("could not seal %s at close: %s", seg.path, exc)
 
     def _delete_segment(self, seg: Segment) -> None:
         if seg.fd is not None:
