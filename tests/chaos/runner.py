@@ -228,7 +228,8 @@ def _audit_logs(
     digests: dict[str, str] = {}
     logs: dict[str, list[tuple[int, int, bytes]]] = {}
     for peer in peers.values():
-        storage = SegmentLogStorage(peer.config.peer_dir / "log", sync=False)
+        # sync=True: the strict recovery rule (the peers ran with fsync and stopped cleanly).
+        storage = SegmentLogStorage(peer.config.peer_dir / "log", sync=True)
         try:
             if storage.first_log_index() != 1:
                 result.problems.append(f"{peer.id}: log starts at {storage.first_log_index()}")
