@@ -42,22 +42,29 @@ class Apply:
 
 
 @dataclass(frozen=True, slots=True)
-class ElectionTimeout:
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class VoteTimeout:
-    """A (pre-)vote round of `term` got no quorum in time."""
+class Timer:
+    """A timer an actor set for itself fired. Each kind is a subclass (dispatch is by exact
+    type); `generation` tells the live timer from one re-armed or cancelled since (stale)."""
 
     generation: int
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseCheck:
-    """Check-quorum tick of a leader."""
+class ElectionTimeout(Timer):
+    """Follower: time to check whether a leader was heard from lately."""
 
-    generation: int
+    __slots__ = ()
+
+
+class VoteTimeout(Timer):
+    """A (pre-)vote round got no quorum in time."""
+
+    __slots__ = ()
+
+
+class LeaseCheck(Timer):
+    """Leader: time for the check-quorum tick."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,16 +228,16 @@ class LogAppended:
     last_index: int
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatTick:
-    generation: int
+class HeartbeatTick(Timer):
+    """Replicator: time to heartbeat (and to report contact to the Node)."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Unblock:
-    """The wait after an RPC error is over: probe again."""
+class Unblock(Timer):
+    """Replicator: the wait after an RPC error is over: probe again."""
 
-    generation: int
+    __slots__ = ()
 
 
 # -- to the BallotBox ------------------------------------------------------------------------
@@ -270,18 +277,18 @@ class ClearPending:
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
-    """Entries up to `index` are committed: apply them."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
 class RegisterPending:
     """The futures of the DATA entries first_index, first_index+1, ... (leader only)."""
 
     first_index: int
     futures: tuple[pykka.Future[Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Entries up to `index` are committed: apply them."""
+
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
