@@ -32,6 +32,8 @@ from typing import Any, ClassVar, TypeVar
 import pykka
 
 from actors.clock import Clock, TimerHandle
+from actors.errors import NodeFailedError
+from actors.futures import fail_all
 from actors.mailbox import Mailbox
 from actors.messages import FatalError
 
@@ -96,7 +98,7 @@ class RaftActor(pykka.ThreadingActor):
         try:
             return handler(self, message)
         except Exception as exc:
-            self._crash(type(message).__name__, exc)
+            self._crash(type(message).__name__, exc, message)
             return None
 
     def on_receive(self, message: Any) -> Any:
@@ -133,13 +135,22 @@ class RaftActor(pykka.ThreadingActor):
         if self.supervisor is None:
             log.error("%s: fatal, and no supervisor to tell: %s", type(self).__name__, reason)
             return
-        with contextlib.suppress(pykka.ActorDeadError):  # stopping: moot
+        try:
             self.supervisor.tell(FatalError(type(self).__name__, reason))
+        except pykka.ActorDeadError:
+            pass  # stopping: moot
+        except RuntimeError:  # a slot not bound yet: the peer is still being assembled
+            log.error("%s: fatal before the peer was wired: %s", type(self).__name__, reason)
 
-    def _crash(self, during: str, exc: Exception) -> None:
+    def _crash(self, during: str, exc: Exception, message: Any = None) -> None:
         reason = f"{type(exc).__name__} in {type(self).__name__} ({during}): {exc}"
         log.error("%s; the peer enters ERROR", reason, exc_info=exc)
         self.crashed = True
+        # The message that crashed is answered too: no future is left pending for ever. Its
+        # command may or may not have been appended before the crash: outcome unknown.
+        orphaned = [*getattr(message, "futures", ()), getattr(message, "reply", None)]
+        error = NodeFailedError(f"the peer entered ERROR: {reason}", outcome_unknown=True)
+        fail_all([f for f in orphaned if f is not None], error)
         try:
             self.enter_error(reason)
         except Exception:

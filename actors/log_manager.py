@@ -34,7 +34,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from actors.base import RaftActor, handles
-from actors.errors import InvariantViolationError, NotLeaderError, OverloadedError
+from actors.errors import (
+    InvariantViolationError,
+    NodeFailedError,
+    NotLeaderError,
+    OverloadedError,
+)
 from actors.futures import fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
@@ -131,6 +136,8 @@ class LogManager(RaftActor):
 
     @handles(BecomeLeader)
     def on_become_leader(self, msg: BecomeLeader) -> None:
+        if self._failed:
+            return  # in ERROR: no leadership, no entry of a new term
         self._flush()  # everything accepted as a follower is durable and acked first
         self.leader_term = msg.term
         first = self.log_view.last_index + 1
@@ -147,7 +154,10 @@ class LogManager(RaftActor):
     def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None:
         if not msg.commands:
             return
-        if self.leader_term != msg.term or self._failed:
+        if self._failed:
+            fail_all(msg.futures, NodeFailedError(f"{self.peer_id} is in ERROR"))
+            return
+        if self.leader_term != msg.term:
             fail_all(msg.futures, NotLeaderError(None))
             return
         size = sum(map(len, msg.commands))

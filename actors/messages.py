@@ -114,8 +114,8 @@ class FatalError:
 
 @dataclass(frozen=True, slots=True)
 class GetStatus:
-    """Returns a dict describing the node when asked (edges only); also completes `reply`
-    with it when given, for callers that must not block."""
+    """Returns a NodeStatus when asked (edges only); also completes `reply` with it when
+    given, for callers that must not block."""
 
     reply: pykka.Future[Any] | None = None
 
@@ -314,4 +314,4 @@ class ApplyCommitted:
 
 @dataclass(frozen=True, slots=True)
 class GetApplied:
-    """Asked (edge only, e.g. status): returns the FSMCaller's applied index."""
+    """Asked (edges only: tests, tools): returns the FSMCaller's applied index."""

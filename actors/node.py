@@ -15,8 +15,9 @@ depose a healthy leader. A leader that has not heard from a quorum within its le
 Untrusted input (docs/DESIGN.md, principle 6): only a voter of the configuration may lead or
 vote here. AppendEntries from a non-member and vote traffic from strangers are refused and
 counted (`Rejections`, reported in status) before anything else, so a stranger can neither move
-the term nor be followed. Terms never pass MAX_TERM, so every term this peer sends can be
-encoded and incremented by every other.
+the term nor be followed. Terms never pass MAX_TERM (the codec refuses larger ones), so every
+term this peer sends can be encoded and decoded by every other. MAX_TERM is the last term: a
+peer there cannot campaign again (2**62 elections away; only a faulty member gets there).
 
 Supervision: the Node is the peer's supervisor. Any actor of the peer that cannot go on tells
 it FatalError; the Node enters ERROR at once (stops leading, so no more heartbeats; refuses
@@ -190,7 +191,7 @@ class Node(RaftActor):
             if len(command) <= limit:
                 kept.append((command, future))
                 continue
-            self.rejections.refuse("oversized_command", "a client", f"{len(command)} bytes")
+            self.rejections.refuse("oversized_command", f"{len(command)} bytes")
             fail(future, CommandTooLargeError(f"{len(command)} bytes > {limit} bytes"))
         return tuple(c for c, _ in kept), tuple(f for _, f in kept)
 
@@ -305,10 +306,10 @@ class Node(RaftActor):
 
     @handles(RequestVoteRequest)
     def handle_request_vote(self, req: RequestVoteRequest) -> None:
-        if self.role in (Role.ERROR, Role.SHUTDOWN):
-            return
         if req.candidate_id not in self.conf.all_peers():
             self.rejections.refuse("vote_request_from_non_member", req.candidate_id)
+            return
+        if self.role in (Role.ERROR, Role.SHUTDOWN):
             return
         if req.term < self.term:
             self._refuse_vote(req)
@@ -346,14 +347,14 @@ class Node(RaftActor):
     # -- role changes ------------------------------------------------------------------------
 
     def _become_follower(self, term: int, leader_id: str | None) -> None:
+        if self.role in (Role.ERROR, Role.SHUTDOWN):
+            return  # in ERROR nothing is persisted, so nothing changes in memory either
         if self.role is Role.LEADER:
             self._stop_leading()
         if term > self.term:
             self.term = term
             self.voted_for = None
             self.log_manager.tell(PersistTermVote(term, None))
-        if self.role in (Role.ERROR, Role.SHUTDOWN):
-            return
         self.role = Role.FOLLOWER
         self.leader_id = leader_id
         self._pre_vote_term = 0
@@ -483,7 +484,7 @@ class Node(RaftActor):
                 self.term,
                 self.leader_id,
             )
-            self._become_follower(self.term + 1, None)
+            self._become_follower(min(self.term + 1, MAX_TERM), None)
             self._refuse_append(req, self.term)
             return
         self.leader_id = req.leader_id

@@ -16,26 +16,29 @@ NodeFailedError / NodeStoppedError (either, as they say).
 
 Failure: when any actor of the peer cannot go on, the whole peer enters ERROR (it stops leading,
 voting and applying; every pending future fails; `status().error` says why) and `on_error` is
-called with the reason, once, on the Node's thread. The peer does not recover by itself: stop
-it and start a new RaftNode over the same storage (crash-only), as the KV service's supervisor
-does.
+called with the reason, once, on the Node's thread: the hook must be quick and must not block
+nor call `stop()` (which waits for that thread); set an event and act on it elsewhere. The
+peer does not recover by itself: stop it and start a new RaftNode over the same storage
+(crash-only), as the KV service's supervisor does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
 
 from actors.clock import Clock, RealClock
-from actors.errors import NodeStoppedError
+from actors.errors import NodeStoppedError, OptionsError
 from actors.futures import fail, fail_all
-from actors.messages import Apply, GetStatus
-from actors.options import NodeOptions
+from actors.messages import Apply, FatalError, GetStatus
+from actors.options import FRAME_HEADROOM, NodeOptions
 from actors.state_machine import StateMachine
 from actors.status import NodeStatus
 from actors.wait import wait_until
@@ -43,9 +46,8 @@ from actors.wiring import (
     ClientHandler,
     PeerActors,
     Router,
+    ThreadedActors,
     assemble_peer,
-    spawn_thread,
-    stop_thread,
 )
 from storage.base import LogStorage, MetaStorage
 from transport.base import Transport
@@ -60,6 +62,7 @@ class RaftNode:
         actors: PeerActors,
         transport: Transport,
         own_clock: RealClock | None,
+        threads: ThreadedActors,
     ) -> None:
         self.options = options
         self._actors = actors
@@ -67,6 +70,7 @@ class RaftNode:
         self._transport = transport
         self._router = Router(options.peer_id, actors)
         self._own_clock = own_clock
+        self._threads = threads
         # Guards _stopped against apply: every Apply told before stop() sets it is ahead of the
         # Node's stop message, so none is dropped unanswered by a stopping actor.
         self._lock = threading.Lock()
@@ -87,8 +91,15 @@ class RaftNode:
     ) -> RaftNode:
         """Start the actors of one peer over the given storage and transport, then begin
         receiving. The storages become owned by the node (closed by `stop`). `on_error` is
-        called with the reason when the peer enters ERROR (see the module docstring)."""
+        called with the reason when the peer enters ERROR (see the module docstring). Raises
+        OptionsError when a command of max_command_bytes would not fit the transport's frame."""
+        if options.raft.max_command_bytes + FRAME_HEADROOM > transport.max_frame_size:
+            raise OptionsError(
+                f"max_command_bytes {options.raft.max_command_bytes} does not fit the "
+                f"transport's frames of {transport.max_frame_size} bytes"
+            )
         own_clock = RealClock() if clock is None else None
+        threads = ThreadedActors()
         actors = assemble_peer(
             options,
             state_machine,
@@ -97,17 +108,22 @@ class RaftNode:
             transport,
             clock or own_clock,  # type: ignore[arg-type]
             rng or random.Random(),
-            spawn_thread,
-            stop_thread,
+            threads.spawn,
+            threads.stop,
             on_error,
         )
-        self = cls(options, actors, transport, own_clock)
+        self = cls(options, actors, transport, own_clock, threads)
         try:
-            transport.start(self._router.deliver)
+            transport.start(self._router.deliver, self._transport_failed)
         except BaseException:
             self.stop()  # e.g. the port is taken: leave no actor or thread behind
             raise
         return self
+
+    def _transport_failed(self, reason: str) -> None:
+        """The transport stopped working by itself: a deaf peer must not look healthy."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._node.tell(FatalError("transport", reason))
 
     def set_client_handler(self, handler: ClientHandler | None) -> None:
         """Where ClientRequest/StatusRequest from the network go (the KV service sets this)."""
@@ -131,6 +147,8 @@ class RaftNode:
             raise ValueError("one future per command")
         if not commands:
             return []
+        if not set(map(type, commands)) <= {bytes}:  # here, not as a crash in an actor
+            raise TypeError("a command is bytes")
         with self._lock:
             if not self._stopped:
                 self._node.tell(Apply(tuple(commands), tuple(futures)))
@@ -155,8 +173,10 @@ class RaftNode:
         """Block until this node knows a leader (itself or another); return its id. Raises
         TimeoutError if none is known within `timeout` (e.g. no quorum is reachable)."""
 
+        deadline = time.monotonic() + timeout
+
         def known_leader() -> str | None:
-            return self.status(timeout=max(0.1, timeout)).leader
+            return self.status(timeout=max(0.1, deadline - time.monotonic())).leader
 
         # A leader is known at the earliest after one election timeout: polling is cheap here.
         return wait_until(known_leader, f"a leader known to {self.options.peer_id}", timeout)
@@ -178,15 +198,15 @@ class RaftNode:
                 return
             self._stopped = True
         self._transport.stop()
-        replicators = list(self._actors.replicators.routes.values())  # the Node stops them
         for ref in self._actors.in_stop_order():
             assert isinstance(ref, pykka.ActorRef)
-            ref.stop(block=True, timeout=timeout)
+            try:
+                ref.stop(block=True, timeout=timeout)
+            except pykka.Timeout:  # stuck: log it, and stop the rest all the same
+                log.error("%s: %r did not stop within %.0f s", self.options.peer_id, ref, timeout)
         for peer in list(self._actors.replicators.routes):
             self._actors.replicators.stop(peer)
-        for replicator in replicators:  # they read the log: wait before it closes
-            assert isinstance(replicator, pykka.ActorRef)
-            replicator.actor_stopped.wait(timeout)
+        self._threads.join(timeout)  # the Replicators read the log: wait before it closes
         self._actors.close_storage()
         if self._own_clock is not None:
             self._own_clock.stop()

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from actors.base import RaftActor
 from actors.clock import ManualClock
 from actors.state_machine import Command, StateMachine
+from transport.codec import DEFAULT_MAX_FRAME_SIZE
 from transport.rpc import RpcMessage
 
 T = TypeVar("T")
@@ -83,7 +84,11 @@ class RecordingTransport:
     def local_id(self) -> str:
         return self._local_id
 
-    def start(self, deliver: Any) -> None:
+    @property
+    def max_frame_size(self) -> int:
+        return DEFAULT_MAX_FRAME_SIZE
+
+    def start(self, deliver: Any, on_failure: Any = None) -> None:
         pass
 
     def send(self, to: str, message: RpcMessage) -> None:

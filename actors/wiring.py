@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -183,13 +184,29 @@ class Router:
             pass  # shutting down, or a replicator that just stopped: the message is moot
 
 
-def spawn_thread(actor_class: type[pykka.ThreadingActor], *args: Any, **kwargs: Any) -> Mailbox:
-    """Production `spawn`: the actor runs on its own pykka thread."""
-    ref: Mailbox = actor_class.start(*args, **kwargs)
-    return ref
+class ThreadedActors:
+    """Production `spawn` and `stop`: each actor on its own pykka thread.
 
+    `stop` is asynchronous (a Replicator may be mid-message when its term ends), so the actors
+    it stopped are remembered until they have finished, and `join` waits for them: the peer's
+    owner must, before it closes the storage they read. Used from the Node's thread, then (once
+    the Node has stopped) from the owner's."""
 
-def stop_thread(mailbox: Mailbox) -> None:
-    """Production `stop` of a replicator: asynchronous, it may be mid-message."""
-    assert isinstance(mailbox, pykka.ActorRef)
-    mailbox.stop(block=False)
+    def __init__(self) -> None:
+        self._stopping: list[pykka.ActorRef[Any]] = []
+
+    def spawn(self, actor_class: type[pykka.ThreadingActor], *args: Any, **kwargs: Any) -> Mailbox:
+        ref: Mailbox = actor_class.start(*args, **kwargs)
+        return ref
+
+    def stop(self, mailbox: Mailbox) -> None:
+        assert isinstance(mailbox, pykka.ActorRef)
+        mailbox.stop(block=False)
+        self._stopping = [ref for ref in self._stopping if ref.is_alive()]
+        self._stopping.append(mailbox)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for ref in self._stopping:
+            ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        self._stopping.clear()

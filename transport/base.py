@@ -11,6 +11,7 @@ from typing import Protocol
 
 from transport.rpc import RpcMessage
 
+Failure = Callable[[str], None]
 Deliver = Callable[[RpcMessage], None]
 """Called with each decoded, validated inbound message. Runs on the transport's thread: it must
 not block (typically it is an ActorRef.tell)."""
@@ -20,8 +21,15 @@ class Transport(Protocol):
     @property
     def local_id(self) -> str: ...
 
-    def start(self, deliver: Deliver) -> None:
-        """Begin receiving; every inbound message goes to `deliver`."""
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame it sends or receives: what one message may hold."""
+        ...
+
+    def start(self, deliver: Deliver, on_failure: Failure | None = None) -> None:
+        """Begin receiving; every inbound message goes to `deliver`. `on_failure(reason)` is
+        called (once, on the transport's thread) if the transport stops working by itself,
+        so that its owner does not go on deaf."""
         ...
 
     def send(self, to: str, message: RpcMessage) -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from transport import codec
-from transport.base import Deliver
+from transport.base import Deliver, Failure
 from transport.errors import DecodeError, EncodeError
 from transport.rpc import RpcMessage
 
@@ -87,7 +87,11 @@ class MemoryTransport:
         """True between start() and stop(): only then are messages delivered to it."""
         return self._deliver is not None and not self._stopped
 
-    def start(self, deliver: Deliver) -> None:
+    @property
+    def max_frame_size(self) -> int:
+        return codec.DEFAULT_MAX_FRAME_SIZE
+
+    def start(self, deliver: Deliver, on_failure: Failure | None = None) -> None:
         """Begin receiving: every message that arrives from now on goes to `deliver`."""
         if self._stopped:
             raise RuntimeError(f"endpoint {self._local_id} was stopped; create a new one")

@@ -9,9 +9,10 @@ request was sent in (`req_term`), so a response from an earlier pipeline or an e
 recognisable as stale without closures.
 
 Bounds: every term is at most MAX_TERM and every log index at most MAX_INDEX (the codec refuses
-anything larger on decode, and a node never increments a term past MAX_TERM). Both are far
-beyond any real use, and leave room: a term this peer adopts can always be incremented and
-still be encoded, and fits a signed 64-bit integer, so no peer can be made to overflow.
+anything larger on decode, and a node never moves its term past MAX_TERM, so every term a peer
+sends can be decoded by every other). Both are far beyond any real use (2**62 elections) and
+fit a signed 64-bit integer, so no peer can be made to overflow. MAX_TERM is the last term: a
+peer there cannot campaign again, which only a faulty member could bring about.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import zmq
 
-from transport.base import Deliver
+from transport.base import Deliver, Failure
 from transport.codec import DEFAULT_MAX_FRAME_SIZE, decode, encode
 from transport.errors import BindError, DecodeError, EncodeError, TransportError
 from transport.rpc import RpcMessage
@@ -257,6 +257,7 @@ class ZmqTransport:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._deliver: Deliver | None = None
+        self._on_failure: Failure | None = None
         self._bound_endpoint = ""
 
         # I/O-thread-only state (written by the I/O thread only; read racily by `stats`).
@@ -274,6 +275,10 @@ class ZmqTransport:
     @property
     def local_id(self) -> str:
         return self._local_id
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
 
     @property
     def bound_endpoint(self) -> str:
@@ -335,7 +340,7 @@ class ZmqTransport:
 
     # ---- Transport protocol -----------------------------------------------------------------
 
-    def start(self, deliver: Deliver) -> None:
+    def start(self, deliver: Deliver, on_failure: Failure | None = None) -> None:
         """Bind the ROUTER, connect the DEALERs and start the I/O thread; returns once bound.
 
         Raises BindError (naming the address) if the address cannot be bound, RuntimeError if
@@ -346,6 +351,7 @@ class ZmqTransport:
                 raise RuntimeError(f"transport {self._local_id} already {self._state}")
             self._state = "running"
         self._deliver = deliver
+        self._on_failure = on_failure
         self._waker = _Waker()
         self._thread = threading.Thread(
             target=self._run, name=f"zmq-transport-{self._local_id}", daemon=True
@@ -424,8 +430,10 @@ class ZmqTransport:
             # Connect the initial peers first, before any frame send() queued before start().
             self._queue.extendleft((peer_id, None) for peer_id in self.peers)
             loop.run()
-        except Exception:  # a bug: never let the thread die silently
+        except Exception as exc:  # a bug: never let the thread die silently
             log.exception("%s: I/O thread failed; transport stopped", self._local_id)
+            if self._on_failure is not None:
+                self._on_failure(f"transport I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
             self._stopping = True
             self._io_ident = -1  # thread idents are reused once a thread has ended

@@ -2,7 +2,8 @@
 
 Runs on the transport's I/O thread (it is the RaftNode's client handler), so it never blocks:
 a request is validated, proposed with `RaftNode.apply_batch`, and answered from the future's
-completion callback (on the FSMCaller's or the Node's thread). Reads go through the log too,
+completion callback (on the thread that settles the future: the FSMCaller's, the Node's, the
+LogManager's, or this one when the node has stopped). Reads go through the log too,
 which makes them linearizable (a faster read path, ReadIndex, comes later).
 
 Answers keep "definitely not applied" apart from "may have been applied" all the way to the
@@ -52,8 +53,8 @@ class KVServer:
         self._lock = threading.Lock()  # guards _inflight (the I/O thread vs. completions)
         # Writes proposed here and not yet answered, by (client id, seq). A retry of one (the
         # client timed out and asked again) waits for the same entry instead of proposing a
-        # copy: retries must not pile entries into the log faster than it drains. Bounded by
-        # the node's max_pending_entries, since every proposal's future completes.
+        # copy: retries must not pile entries into the log faster than it drains. Its keys are
+        # bounded by the node's max_pending_entries, since every proposal's future completes.
         self._inflight: dict[tuple[str, int], list[ClientRequest]] = {}
         node.set_client_handler(self.on_client_message)
 
@@ -77,8 +78,6 @@ class KVServer:
                     waiting.append(req)  # answered with the entry already proposed
                     return
                 self._inflight[key] = [req]
-        logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
-
         def done(result: Any, error: BaseException | None) -> None:
             waiters = [req]
             if key is not None:
@@ -88,7 +87,11 @@ class KVServer:
             for waiter in waiters:
                 self._reply(waiter, status, **fields)
 
-        self.node.apply_batch([logged], [CompletionFuture(done)])
+        try:
+            logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
+            self.node.apply_batch([logged], [CompletionFuture(done)])
+        except Exception as exc:  # never leave a waiter behind (this runs on the I/O thread)
+            done(None, exc)
 
     def _answer(self, result: Any, error: BaseException | None) -> tuple[int, dict[str, Any]]:
         """The client's answer for a command's outcome: definite ones (OK, ERROR, NOT_LEADER,

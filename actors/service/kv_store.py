@@ -49,14 +49,12 @@ class KVStateMachine(StateMachine):
         # Ordered by last use (last_index), oldest first, so expiry pops from the front.
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.session_ttl_entries = session_ttl_entries
-        self.applied_index = 0
 
     def on_apply(self, commands: Sequence[Command]) -> list[Any]:
         return [self._apply_one(c) for c in commands]
 
     def _apply_one(self, entry: Command) -> Any:
         self._expire_sessions(entry.index)
-        self.applied_index = entry.index
         try:
             logged = decode_logged(entry.data)
         except DecodeError as exc:

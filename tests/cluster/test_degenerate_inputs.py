@@ -16,9 +16,11 @@ from actors.options import NodeOptions, RaftOptions
 from actors.raft_node import RaftNode
 from actors.service.kv_store import KVStateMachine
 from actors.testing import RecordingStateMachine
+from actors.wait import wait_until
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
 from transport.client import KVClient, KVError
 from transport.memory import MemoryNetwork
+from transport.zmq_transport import ZmqTransport
 
 from .conftest import WAIT
 
@@ -52,6 +54,10 @@ def test_raft_node_entry_points_with_degenerate_arguments(node: RaftNode) -> Non
         node.apply_batch([b"x"], futures=[])
     with pytest.raises(ValueError, match="one future per command"):
         node.apply_batch([], futures=[pykka.ThreadingFuture()])
+    for wrong in (None, "text", bytearray(b"x")):  # refused on the caller's thread
+        with pytest.raises(TypeError, match="bytes"):
+            node.apply(wrong)  # type: ignore[arg-type]
+    assert node.status().role == "leader"  # nothing reached an actor
     assert node.wait_for_leader(timeout=0) == ME
     assert node.is_leader and node.leader_id == ME
     status = node.status()
@@ -116,3 +122,24 @@ def test_kv_client_constructor_and_lifecycle() -> None:
 def test_state_machines_take_an_empty_batch() -> None:
     assert KVStateMachine().on_apply([]) == []
     assert RecordingStateMachine().on_apply([]) == []
+
+
+def test_a_command_limit_that_does_not_fit_the_transport_is_refused_at_start() -> None:
+    """Otherwise an accepted command could never be sent and replication would stall."""
+    small = ZmqTransport(ME, "tcp://127.0.0.1:0", [ME], max_frame_size=64 * 1024)
+    with pytest.raises(OptionsError, match="does not fit"):
+        RaftNode.start(
+            NodeOptions(ME, Configuration.of([ME])),
+            RecordingStateMachine(),
+            MemoryLogStorage(),
+            MemoryMetaStorage(),
+            small,
+        )
+    small.stop()
+
+
+def test_a_transport_that_fails_puts_the_peer_in_error(node: RaftNode) -> None:
+    """A peer whose I/O thread died is deaf: it must not go on looking healthy."""
+    node._transport_failed("transport I/O thread failed: OSError: boom")
+    wait_until(lambda: node.status().role == "error", "ERROR", WAIT)
+    assert "I/O thread failed" in (node.status().error or "")

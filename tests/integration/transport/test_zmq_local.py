@@ -308,3 +308,26 @@ def test_frames_on_a_dealer_are_counted_as_bad(local: Local) -> None:
     finally:
         router.close(linger=0)
         context.term()
+
+
+def test_a_failing_io_thread_tells_its_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transport import zmq_transport
+
+    def broken(loop: Any) -> None:
+        raise RuntimeError("io bug")
+
+    monkeypatch.setattr(zmq_transport._IoLoop, "run", broken)
+    failed = threading.Event()
+    reasons: list[str] = []
+
+    def on_failure(reason: str) -> None:
+        reasons.append(reason)
+        failed.set()
+
+    transport = ZmqTransport("a", "tcp://127.0.0.1:0")
+    try:
+        transport.start(Inbox(), on_failure)
+        assert failed.wait(TIMEOUT)
+        assert reasons == ["transport I/O thread failed: RuntimeError: io bug"]
+    finally:
+        transport.stop()

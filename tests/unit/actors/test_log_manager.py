@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 from actors.configuration import Configuration
-from actors.errors import NotLeaderError, OverloadedError
+from actors.errors import NodeFailedError, NotLeaderError, OverloadedError
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import (
@@ -376,3 +376,16 @@ def test_a_storage_failure_enters_error_through_the_supervisor(
     assert fatal.component == "LogManager" and "disk on fire" in fatal.reason
     assert f.fsm.take() == [EnterError("StorageError: disk on fire")]
     assert f.transport.take() == []  # the entry was never acknowledged
+
+
+def test_a_failed_log_manager_neither_becomes_leader_nor_accepts_proposals() -> None:
+    f = Fixture([data(1, 1)])
+    f.send(EnterError("Node: bug"))
+    f.transcript.clear()
+    f.send(BecomeLeader(2, CONF))
+    assert f.transcript.entries == [] and f.log() == [(1, 1)]
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(AppendLeaderEntries(2, (b"x",), (future,)))
+    with pytest.raises(NodeFailedError) as info:
+        future.get(timeout=1)
+    assert info.value.outcome_unknown is False  # refused before anything was appended

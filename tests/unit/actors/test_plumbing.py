@@ -11,6 +11,7 @@ import pytest
 
 from actors.base import RaftActor, handles
 from actors.clock import ManualClock, RealClock
+from actors.errors import NodeFailedError
 from actors.futures import CompletionFuture, complete, fail
 from actors.mailbox import MailboxSlot
 from actors.messages import FatalError
@@ -229,3 +230,30 @@ def test_a_raising_completion_callback_settles_the_future_and_goes_no_further(
     complete(future, 6)  # already settled: the first outcome stays
     fail(future, RuntimeError("late"))
     assert future.get(timeout=1) == 5
+
+
+@dataclass(frozen=True)
+class ExplodeWithFutures:
+    futures: tuple[pykka.Future[object], ...]
+    reply: pykka.Future[object] | None = None
+
+
+class FragileCarrier(Fragile):
+    @handles(ExplodeWithFutures)
+    def on_explode_with_futures(self, msg: ExplodeWithFutures) -> None:
+        raise RuntimeError("a bug holding futures")
+
+
+def test_the_message_that_crashed_an_actor_has_its_futures_failed_not_left_pending() -> None:
+    """A crash must not leave the futures it carried pending for ever (a KV client waiting on
+    one would never be answered): they fail, outcome unknown, as the command may have been
+    appended before the crash."""
+    actor = FragileCarrier(RecordingMailbox("out"), RecordingMailbox("node"))
+    harness = ActorHarness(actor)
+    carried = (pykka.ThreadingFuture[object](), pykka.ThreadingFuture[object]())
+    reply = pykka.ThreadingFuture[object]()
+    harness.send(ExplodeWithFutures(carried, reply))
+    for future in (*carried, reply):
+        with pytest.raises(NodeFailedError) as info:
+            future.get(timeout=1)
+        assert info.value.outcome_unknown is True
