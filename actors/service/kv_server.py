@@ -78,6 +78,7 @@ class KVServer:
                     waiting.append(req)  # answered with the entry already proposed
                     return
                 self._inflight[key] = [req]
+
         def done(result: Any, error: BaseException | None) -> None:
             waiters = [req]
             if key is not None:
