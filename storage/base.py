@@ -1,15 +1,20 @@
 """Storage interfaces. Each has a durable implementation and an in-memory twin (tests only).
 
-Threading: implementations are not thread-safe; the LogManager actor is their only owner.
+Threading: LogStorage and MetaStorage implementations are not thread-safe; the LogManager
+actor is their only owner. SnapshotStore implementations are thread-safe: the FSMCaller, the
+snapshot thread, the LogManager and the Replicators share one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from storage.entry import LogEntry
 from storage.errors import LogIndexError
+
+if TYPE_CHECKING:  # annotations only: importing the interfaces loads no implementation
+    from storage.snapshot_storage import SnapshotMeta, SnapshotReader, SnapshotWriter
 
 
 class LogStorage(Protocol):
@@ -70,6 +75,57 @@ class MetaStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class SnapshotStore(Protocol):
+    """Durable Raft snapshots: the newest `keep` committed ones, and writers in progress.
+
+    Implementations: `snapshot_storage.SnapshotStorage` (a directory per snapshot) and
+    `memory.MemorySnapshotStorage` (tests only). Both return the same writer and reader
+    classes (`snapshot_storage.SnapshotWriter`, `SnapshotReader`). Every method is
+    thread-safe; a writer or a reader is used by one thread at a time (any thread).
+
+    Invariant: latest() only moves forward; the snapshot committed at an index is never
+    replaced.
+    """
+
+    def latest(self) -> SnapshotMeta | None:
+        """The newest committed snapshot's meta (size and checksum filled in), or None."""
+        ...
+
+    def create_writer(
+        self,
+        meta: SnapshotMeta,
+        *,
+        expected_size: int | None = None,
+        expected_checksum: int | None = None,
+    ) -> SnapshotWriter:
+        """A writer for `meta` (its size and checksum 0; ValueError otherwise). Several may be
+        open at once. A sender's announced size and checksum, if given, are checked: by
+        `write` (never past the size) and by `commit`."""
+        ...
+
+    def commit(self, writer: SnapshotWriter) -> SnapshotMeta:
+        """Make the writer's snapshot durable and the latest; returns its complete meta.
+        Raises StaleSnapshotError if it is no newer than latest() (the same index included),
+        CorruptSnapshotError if the expected size or checksum does not match, StorageError
+        on an I/O failure; on any of them the writer is discarded and nothing else changes.
+        Snapshots beyond the newest `keep` are then retired."""
+        ...
+
+    def abort(self, writer: SnapshotWriter) -> None:
+        """Discard an open writer and its data. Idempotent; a no-op once committed."""
+        ...
+
+    def open(self, last_index: int | None = None) -> SnapshotReader:
+        """A reader of the snapshot at `last_index` (None: the latest). Raises
+        SnapshotNotFoundError if none is held. A reader keeps working after its snapshot is
+        retired, and after close()."""
+        ...
+
+    def close(self) -> None:
+        """Abort every open writer; later calls raise StorageError. Idempotent."""
+        ...
 
 
 def check_contiguous(entries: Sequence[LogEntry], expected: int, log_range: str) -> None:

@@ -8,17 +8,27 @@ would still hold:
   durable only after `sync()`. Truncations and reset are durable at once (as on disk).
   `crash()` returns a new storage holding only the durable state.
 - `MemoryMetaStorage`: every write is durable at once; `crash()` returns a copy.
+- `MemorySnapshotStorage`: a commit is durable when it returns; `crash()` returns a new
+  storage holding only the committed snapshots (writers in progress are lost).
 
-Not thread-safe, like the durable storages.
+The log and meta twins are not thread-safe, like the durable storages; the snapshot twin is
+thread-safe, like `SnapshotStorage` (they share their rules: `SnapshotStoreCore`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from storage.base import check_contiguous
 from storage.entry import LogEntry, clip_to_bytes
-from storage.errors import LogIndexError, StorageError
+from storage.errors import LogIndexError, SnapshotNotFoundError, StorageError
+from storage.snapshot_storage import (
+    SnapshotMeta,
+    SnapshotReader,
+    SnapshotStoreCore,
+    SnapshotWriter,
+)
 
 
 class MemoryLogStorage:
@@ -180,3 +190,105 @@ class MemoryMetaStorage:
 
     def __repr__(self) -> str:
         return f"MemoryMetaStorage(term={self._term}, vote={self._voted_for!r})"
+
+
+class _MemorySnapshotWriter(SnapshotWriter):
+    """Writes into a bytearray; `sealed` holds the bytes once committed."""
+
+    def __init__(
+        self,
+        meta: SnapshotMeta,
+        expected_size: int | None,
+        expected_checksum: int | None,
+        *,
+        owner: object,
+    ) -> None:
+        where = f"memory snapshot writer {meta.last_index}@{meta.last_term}"
+        super().__init__(meta, expected_size, expected_checksum, owner=owner, where=where)
+        self._buf = bytearray()
+        self.sealed = b""
+
+    def _put(self, view: memoryview) -> None:
+        self._buf += view
+
+    def _flush(self) -> None:
+        return None
+
+    def _seal(self) -> None:
+        self.sealed = bytes(self._buf)
+        self._buf = bytearray()
+
+    def _release(self) -> None:
+        self._buf = bytearray()
+
+
+class _MemorySnapshotReader(SnapshotReader):
+    """Reads an immutable bytes object: retiring the snapshot cannot take it away."""
+
+    def __init__(self, meta: SnapshotMeta, data: bytes) -> None:
+        super().__init__(meta, stored_size=len(data), where=f"memory snapshot {meta.last_index}")
+        self._data = data
+
+    def _pread(self, offset: int, n: int) -> bytes:
+        return self._data[offset : offset + n]
+
+    def _release(self) -> None:
+        self._data = b""
+
+
+class MemorySnapshotStorage(SnapshotStoreCore[_MemorySnapshotWriter]):
+    """SnapshotStore in a dict (tests only), with SnapshotStorage's rules: keep, staleness,
+    expected size and checksum, readers that outlive retirement. A commit is durable when it
+    returns; `crash()` keeps the committed snapshots only."""
+
+    def __init__(self, keep: int = 2) -> None:
+        super().__init__(keep)
+        # Invariant: its keys are exactly the last_index of every meta in _committed.
+        self._data: dict[int, bytes] = {}
+
+    def crash(self) -> MemorySnapshotStorage:
+        """A new storage holding what a restarted process would find: the committed
+        snapshots. Writers in progress are lost (the new storage does not know them). This
+        storage is left as it is; the caller should drop it."""
+        survivor = MemorySnapshotStorage(self._keep)
+        with self._lock:
+            survivor._committed = list(self._committed)
+            survivor._data = dict(self._data)
+        return survivor
+
+    def corrupt(self, last_index: int, offset: int = 0) -> None:
+        """Flip the bits of one byte of a committed snapshot's data (what a bad disk does;
+        fault injection for tests). Readers opened before keep the bytes they had."""
+        with self._lock:
+            data = self._data.get(last_index)
+            if data is None:
+                raise SnapshotNotFoundError(f"no snapshot {last_index} to corrupt")
+            if not 0 <= offset < len(data):
+                raise ValueError(f"offset {offset} outside the data (0..{len(data) - 1})")
+            flipped = bytes([data[offset] ^ 0xFF])
+            self._data[last_index] = data[:offset] + flipped + data[offset + 1 :]
+
+    def __repr__(self) -> str:
+        held = ", ".join(str(m.last_index) for m in self.snapshots())
+        return f"MemorySnapshotStorage([{held}])"
+
+    # ---- the hooks of SnapshotStoreCore ---------------------------------------------------
+
+    def _name(self) -> str:
+        return "memory snapshot storage"
+
+    def _new_writer(
+        self, meta: SnapshotMeta, expected_size: int | None, expected_checksum: int | None
+    ) -> _MemorySnapshotWriter:
+        return _MemorySnapshotWriter(meta, expected_size, expected_checksum, owner=self)
+
+    def _install(self, writer: _MemorySnapshotWriter, meta: SnapshotMeta) -> None:
+        self._data[meta.last_index] = writer.sealed
+
+    def _retire(self, metas: Sequence[SnapshotMeta]) -> list[Path]:
+        for meta in metas:
+            del self._data[meta.last_index]
+        return []
+
+    def _new_reader(self, meta: SnapshotMeta) -> SnapshotReader:
+        return _MemorySnapshotReader(meta, self._data[meta.last_index])

@@ -1,12 +1,7 @@
 """`FileMetaStorage`: the durable (current_term, voted_for) of a Raft peer.
 
-File format, version 1 (integers little-endian)::
-
-    magic     8s   b"PKRFTMET"
-    version   u16  1
-    reserved  u16  0
-    crc       u32  CRC32 of the 12 bytes above followed by the body
-    body      msgpack map {"term": int >= 0, "voted_for": str | None}
+File format: a framed record (storage/framed.py) with magic b"PKRFTMET" and the body
+{"term": int >= 0, "voted_for": str | None}.
 
 Every write replaces the whole file atomically (temp file, fsync, rename, fsync the directory),
 so after a crash the file holds the old or the new pair, never a mix; a leftover temp file is
@@ -17,51 +12,27 @@ Not thread-safe: the LogManager actor is the only owner.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
-from typing import Any
-
-import msgpack
 
 from storage._fileutil import TMP_SUFFIX, atomic_write, ensure_dir, read_file
 from storage.errors import CorruptMetaError, StorageError
+from storage.framed import HEADER, decode_framed, encode_framed
 
 META_MAGIC = b"PKRFTMET"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sHHI")
-_CRC_AT = 12  # the CRC covers the header bytes before it, and the body
 
 
 def encode_meta(term: int, voted_for: str | None) -> bytes:
-    body: bytes = msgpack.packb({"term": term, "voted_for": voted_for}, use_bin_type=True)
-    prefix = _HEADER.pack(META_MAGIC, FORMAT_VERSION, 0, 0)[:_CRC_AT]
-    return prefix + struct.pack("<I", zlib.crc32(body, zlib.crc32(prefix))) + body
+    return encode_framed(META_MAGIC, {"term": term, "voted_for": voted_for})
 
 
 def decode_meta(data: bytes, path: Path) -> tuple[int, str | None]:
     """(term, voted_for) from a meta file's content; CorruptMetaError if it is not valid."""
     where = str(path)
-    if len(data) < _HEADER.size:
-        raise CorruptMetaError("meta file is truncated", where, 0)
-    magic, version, _reserved, crc = _HEADER.unpack_from(data)
-    if magic != META_MAGIC:
-        raise CorruptMetaError(f"bad magic {magic!r}", where, 0)
-    body = data[_HEADER.size :]
-    if zlib.crc32(body, zlib.crc32(data[:_CRC_AT])) != crc:
-        raise CorruptMetaError("meta file CRC mismatch", where, 0)
-    if version != FORMAT_VERSION:
-        raise CorruptMetaError(f"unsupported meta format version {version}", where, 8)
-    try:
-        decoded: Any = msgpack.unpackb(body, raw=False)
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise CorruptMetaError(f"meta body does not decode: {exc}", where, _HEADER.size) from exc
-    if not isinstance(decoded, dict):
-        raise CorruptMetaError("meta body is not a map", where, _HEADER.size)
+    decoded = decode_framed(data, META_MAGIC, CorruptMetaError, "meta file", where)
     term = decoded.get("term")
     voted_for = decoded.get("voted_for")
     if type(term) is not int or term < 0 or not (voted_for is None or isinstance(voted_for, str)):
-        raise CorruptMetaError(f"meta body has bad fields: {decoded!r}", where, _HEADER.size)
+        raise CorruptMetaError(f"meta body has bad fields: {decoded!r}", where, HEADER.size)
     return term, voted_for
 
 
