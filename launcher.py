@@ -2,8 +2,10 @@
 
     python launcher.py [run] [--peers H:P,...] [--self H:P] [--data-dir DIR]
                        [--election-timeout-ms N] [--log-level LEVEL]
+                       [--snapshot-threshold N] [--snapshot-interval-s S] ...
     python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
                                             | cas KEY EXPECTED NEW | status
+    python launcher.py admin [--peers ...] members | snapshot [H:P]
 
 Without --self, `run` starts one OS process per peer on this machine (each is `run --self`),
 supervises them (a peer that dies is reported and restarted after a back-off), says who leads,
@@ -31,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors.errors import OptionsError
+from actors.options import RaftOptions
 from actors.service.local_peer import STOP_GRACE, LocalPeer
 from actors.service.peer import PeerConfig, PeerFailedError, PeerStartError
 from actors.service.peer import run_peer as serve_peer
-from transport.client import ClientTimeout, KVClient, KVError
+from transport.client import AdminClient, ClientTimeout, KVClient, KVError
 from transport.peers import parse_peer, parse_peers
 
 DEFAULT_PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -66,6 +69,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     run.add_argument("--election-timeout-ms", type=int, default=1000)
     run.add_argument(
+        "--snapshot-threshold",
+        type=int,
+        default=RaftOptions.snapshot_threshold,
+        metavar="N",
+        help="snapshot after N applied entries since the last one; 0 = never by count "
+        f"(default {RaftOptions.snapshot_threshold})",
+    )
+    run.add_argument(
+        "--snapshot-interval-s",
+        type=float,
+        default=RaftOptions.snapshot_interval,
+        metavar="S",
+        help="snapshot at least every S seconds when something was applied; 0 = never by time "
+        f"(default {RaftOptions.snapshot_interval:g})",
+    )
+    run.add_argument(
+        "--snapshot-log-margin",
+        type=int,
+        default=RaftOptions.snapshot_log_margin,
+        metavar="N",
+        help="entries kept in the log before each snapshot, so that a follower a little behind "
+        f"catches up without one (default {RaftOptions.snapshot_log_margin})",
+    )
+    run.add_argument(
+        "--snapshot-throttle-bytes",
+        type=int,
+        default=0,
+        metavar="B",
+        help="send a snapshot to each follower at most B bytes per second; 0 = unthrottled",
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -94,12 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("--if-absent", action="store_true", help="swap only if KEY is absent")
     ops.add_parser("status", help="print one JSON object per peer")
 
+    admin = commands.add_parser("admin", help="operate the cluster (prints JSON)")
+    admin.add_argument("--peers", default=DEFAULT_PEERS, help="comma-separated HOST:PORT list")
+    admin.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    admin_ops = admin.add_subparsers(dest="op", required=True, metavar="OPERATION")
+    admin_ops.add_parser("members", help="the leader and the voters")
+    snapshot = admin_ops.add_parser("snapshot", help="take a snapshot now (default: the leader)")
+    snapshot.add_argument("peer", nargs="?", metavar="H:P", help="the peer to snapshot")
+
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
-    if not argv or argv[0] not in ("run", "client", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "client", "admin", "-h", "--help"):
         argv.insert(0, "run")  # `run` is the default command
     return build_parser().parse_args(argv)
 
@@ -157,6 +199,10 @@ def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerC
         data_dir=Path(args.data_dir),
         election_timeout_ms=args.election_timeout_ms,
         fsync=not args.no_fsync,
+        snapshot_threshold=args.snapshot_threshold,
+        snapshot_interval_s=args.snapshot_interval_s,
+        snapshot_log_margin=args.snapshot_log_margin,
+        snapshot_throttle_bytes=args.snapshot_throttle_bytes,
     )
 
 
@@ -271,6 +317,14 @@ def run_service(args: argparse.Namespace) -> int:
     peers = _peers(args.peers)
     if args.election_timeout_ms <= 0:
         raise UsageError("--election-timeout-ms must be a positive number of milliseconds")
+    if args.snapshot_threshold < 0:
+        raise UsageError("--snapshot-threshold must be 0 (off) or a positive number of entries")
+    if not args.snapshot_interval_s >= 0:  # also refuses nan
+        raise UsageError("--snapshot-interval-s must be 0 (off) or a positive number of seconds")
+    if args.snapshot_log_margin < 0:
+        raise UsageError("--snapshot-log-margin must be 0 or a positive number of entries")
+    if args.snapshot_throttle_bytes < 0:
+        raise UsageError("--snapshot-throttle-bytes must be 0 (off) or a number of bytes/s")
     if args.self_id is not None:
         try:
             parse_peer(args.self_id)
@@ -323,11 +377,35 @@ def run_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_admin(args: argparse.Namespace) -> int:
+    peers = _peers(args.peers)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if args.op == "snapshot" and args.peer is not None:
+        try:
+            parse_peer(args.peer)
+        except ValueError as error:
+            raise UsageError(f"snapshot: {error}") from None
+    try:
+        with AdminClient(peers, timeout=args.timeout) as admin:
+            result = admin.members() if args.op == "members" else admin.snapshot(args.peer)
+    except ClientTimeout as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except KVError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(result, sort_keys=True))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "client":
             return run_client(args)
+        if args.command == "admin":
+            return run_admin(args)
         return run_service(args)
     except UsageError as error:
         print(f"launcher.py: error: {error}", file=sys.stderr)

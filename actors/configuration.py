@@ -49,7 +49,20 @@ class Configuration:
 
     @classmethod
     def decode(cls, data: bytes) -> Configuration:
-        peers, old_peers = msgpack.unpackb(data)
+        """The inverse of `encode`. Raises ValueError unless `data` is exactly that: two
+        lists of peer ids (strings), the first not empty."""
+        try:
+            value = msgpack.unpackb(data)
+        except Exception as exc:
+            raise ValueError(f"not msgpack: {exc}") from exc
+        if type(value) is not list or len(value) != 2:
+            raise ValueError("a configuration is [peers, old_peers]")
+        peers, old_peers = value
+        for members in (peers, old_peers):
+            if type(members) is not list or not all(type(p) is str for p in members):
+                raise ValueError("peers and old_peers are lists of peer ids")
+        if not peers:
+            raise ValueError("a configuration has at least one peer")
         return cls.of(peers, old_peers)
 
     def __str__(self) -> str:

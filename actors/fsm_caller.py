@@ -19,6 +19,17 @@ actor's thread, one at a time. It reads committed entries from the thread-safe `
   is ever applied again, rather than let this replica diverge silently. EnterError (the peer
   entered ERROR for another reason) does the same.
 - On stop, every pending future fails with NodeStoppedError, outcome unknown.
+
+Snapshots (when the node has a snapshot storage and the state machine supports them):
+- At start the newest snapshot is loaded (`on_snapshot_load`) and applying resumes after it.
+- Every `snapshot_threshold` applied entries (or on TakeSnapshot: RaftNode.snapshot, the
+  interval timer), between two batches, `on_snapshot_save(writer)` captures the state; the
+  SnapshotExecutor then finishes the writing off this thread and commits it (SnapshotDone).
+  One snapshot at a time; a request while one runs is served by the next.
+- LoadSnapshot (a follower installed the leader's snapshot): the state machine is replaced and
+  applying resumes after the snapshot; SnapshotLoaded tells the executor to acknowledge.
+- The configuration in force at the applied index is tracked (from the snapshot, then from
+  CONFIGURATION entries as they are applied) so that each snapshot records its own.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import Any
 import pykka
 
 from actors.base import RaftActor, handles
+from actors.configuration import Configuration
 from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, RaftError
 from actors.futures import complete, fail, fail_all
 from actors.log_view import LogView
@@ -41,11 +53,18 @@ from actors.messages import (
     GetApplied,
     LeaderStart,
     LeaderStop,
+    LoadSnapshot,
     RegisterPending,
+    SaveSnapshot,
+    SnapshotDone,
+    SnapshotLoaded,
+    TakeSnapshot,
 )
 from actors.options import RaftOptions
 from actors.state_machine import Command, StateMachine
+from storage.base import SnapshotStore
 from storage.entry import EntryType, LogEntry
+from storage.snapshot_storage import SnapshotMeta
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +79,28 @@ class FSMCaller(RaftActor):
         log_view: LogView,
         node: Mailbox,
         raft_options: RaftOptions,
+        conf: Configuration | None = None,
+        snapshots: SnapshotStore | None = None,
+        executor: Mailbox | None = None,
     ) -> None:
+        """`conf`: the configuration before the first entry (the bootstrap one); `snapshots`
+        and `executor` (the SnapshotExecutor) are both given, or snapshots are off."""
         super().__init__(supervisor=node)
         self.state_machine = state_machine
         self.log_view = log_view
         self.raft_options = raft_options
+        self.snapshots = snapshots if executor is not None else None
+        self.executor = executor
         # Invariant: applied_index <= committed_index; it only grows, by exactly the entries
-        # handed over in log order. (Starts at 0 until snapshots exist.)
+        # handed over in log order, or by loading a snapshot.
         self.applied_index = 0
-        self.committed_index = 0
+        self.committed_index = log_view.committed_index
+        self.conf = conf or Configuration.of(())  # in force at applied_index
+        self.snapshot_meta: SnapshotMeta | None = None  # the newest one saved or loaded
+        self._saving: SnapshotMeta | None = None  # a save under way (one at a time)
+        self._save_replies: list[pykka.Future[Any]] = []  # for the save under way
+        self._next_replies: list[pykka.Future[Any]] = []  # for a save after it
+        self._next_auto = 0  # applied index at which the threshold next triggers a save
         # Futures of DATA entries not yet applied, by index. Invariant: every key > applied_index.
         self.pending: dict[int, pykka.Future[Any]] = {}
         self.leader_term = 0  # 0 = not leader
@@ -76,6 +108,11 @@ class FSMCaller(RaftActor):
         self.leader_started = False  # on_leader_start was called for leader_term
         self.error: str | None = None  # set once, on entering ERROR; never cleared
         self._apply_queued = False  # an ApplyCommitted is in our own mailbox
+
+    @property
+    def saving(self) -> SnapshotMeta | None:
+        """The snapshot being saved, if one is (for status and tests)."""
+        return self._saving
 
     def __str__(self) -> str:
         mode = "ERROR" if self.error is not None else "OK"
@@ -86,6 +123,15 @@ class FSMCaller(RaftActor):
             f"{mode} applied={self.applied_index} committed={self.committed_index} "
             f"pending={len(self.pending)} leader={leader}"
         )
+
+    def startup(self) -> None:
+        if self.snapshots is None:
+            return
+        meta = self.snapshots.latest()
+        if meta is not None and not self._load(meta, "the newest snapshot at start"):
+            return
+        self._next_auto = self.applied_index + self.raft_options.snapshot_threshold
+        self._queue_apply()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -101,8 +147,12 @@ class FSMCaller(RaftActor):
         self._apply_queued = False
         if self.error is not None:
             return
-        if self._apply_batch() and self.applied_index < self.committed_index:
+        if not self._apply_batch():
+            return
+        if self.applied_index < self.committed_index:
             self._queue_apply()
+        if self._snapshot_due():
+            self._save_snapshot()
 
     @handles(RegisterPending)
     def on_register_pending(self, msg: RegisterPending) -> None:
@@ -149,6 +199,111 @@ class FSMCaller(RaftActor):
     def on_enter_error(self, msg: EnterError) -> None:
         self.enter_error(msg.reason)
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    @handles(TakeSnapshot)
+    def on_take_snapshot(self, msg: TakeSnapshot) -> None:
+        if self.snapshots is None or self.error is not None:
+            if msg.reply is not None:
+                why = "snapshots are off" if self.error is None else f"in ERROR: {self.error}"
+                fail(msg.reply, RaftError(f"cannot snapshot: {why}"))
+            return
+        newest = self.snapshot_meta.last_index if self.snapshot_meta else 0
+        if self._saving is not None:
+            if msg.reply is not None:
+                self._next_replies.append(msg.reply)
+        elif self.applied_index > newest:
+            self._save_snapshot([msg.reply] if msg.reply is not None else [])
+        elif msg.reply is not None:
+            complete(msg.reply, self.snapshot_meta)  # nothing applied since: that one is current
+
+    @handles(SnapshotDone)
+    def on_snapshot_done(self, msg: SnapshotDone) -> None:
+        replies, self._save_replies = self._save_replies, []
+        self._saving = None
+        if msg.error is None:
+            if self.snapshot_meta is None or msg.meta.last_index > self.snapshot_meta.last_index:
+                self.snapshot_meta = msg.meta
+            for reply in replies:
+                complete(reply, msg.meta)
+        else:
+            log.error("fsm: snapshot at %d failed: %s", msg.meta.last_index, msg.error)
+            for reply in replies:
+                fail(reply, msg.error)
+        if self._next_replies and self.error is None:
+            queued, self._next_replies = self._next_replies, []
+            for reply in queued:
+                self.on_take_snapshot(TakeSnapshot(reply))
+        elif self._snapshot_due():  # the threshold passed again while this one was saved
+            self._save_snapshot()
+
+    @handles(LoadSnapshot)
+    def on_load_snapshot(self, msg: LoadSnapshot) -> None:
+        if self.error is not None:
+            return
+        meta = msg.meta
+        if meta.last_index > self.applied_index:
+            for index in [i for i in self.pending if i <= meta.last_index]:
+                fail(self.pending.pop(index), LeadershipLostError(f"entry {index} overwritten"))
+            if not self._load(meta, "the leader's snapshot"):
+                if self.executor is not None:
+                    self.executor.tell(SnapshotLoaded(meta, self.error))
+                return
+        self.committed_index = max(self.committed_index, meta.last_index)
+        if self.executor is not None:
+            self.executor.tell(SnapshotLoaded(meta))
+        self._queue_apply()
+
+    def _snapshot_due(self) -> bool:
+        """The threshold's rule: snapshot_threshold entries applied since the last one."""
+        return (
+            self.snapshots is not None
+            and self.raft_options.snapshot_threshold > 0
+            and self._saving is None
+            and self.applied_index >= self._next_auto
+        )
+
+    def _load(self, meta: SnapshotMeta, what: str) -> bool:
+        """Replace the state machine's state with snapshot `meta`; False if that put us in
+        ERROR (the storage or the state machine failed: this replica cannot go on)."""
+        assert self.snapshots is not None
+        try:
+            with self.snapshots.open(meta.last_index) as reader:
+                self.state_machine.on_snapshot_load(reader)
+            conf = Configuration.decode(meta.conf)
+        except Exception as exc:
+            self._enter_error(exc, f"loading {what} ({meta.last_index})")
+            return False
+        log.info("fsm: loaded %s at %d", what, meta.last_index)
+        self.conf = conf
+        self.snapshot_meta = meta
+        self.applied_index = meta.last_index
+        self.committed_index = max(self.committed_index, meta.last_index)
+        self.log_view.applied_index = meta.last_index
+        self._next_auto = meta.last_index + self.raft_options.snapshot_threshold
+        return True
+
+    def _save_snapshot(self, replies: list[pykka.Future[Any]] | None = None) -> None:
+        """Capture the state at applied_index (the state machine's quick part, here), and hand
+        the rest to the executor. A failure abandons this snapshot only."""
+        assert self.snapshots is not None and self.executor is not None
+        index = self.applied_index
+        meta = SnapshotMeta(index, self.log_view.term_at(index), self.conf.encode())
+        self._next_auto = index + self.raft_options.snapshot_threshold
+        writer = None
+        try:
+            writer = self.snapshots.create_writer(meta)
+            finish = self.state_machine.on_snapshot_save(writer)
+        except Exception as exc:
+            log.exception("fsm: snapshot at %d failed", index)
+            if writer is not None:
+                self.snapshots.abort(writer)
+            fail_all(replies or [], RaftError(f"snapshot at {index} failed: {exc!r}"))
+            return
+        self._saving = meta
+        self._save_replies = list(replies or [])
+        self.executor.tell(SaveSnapshot(writer, finish))
+
     def shutdown(self) -> None:
         """Runs on the actor's thread as it stops: the state machine's last call."""
         try:
@@ -156,6 +311,8 @@ class FSMCaller(RaftActor):
         except Exception:
             log.exception("fsm: on_shutdown raised")
         self._fail_pending(NodeStoppedError("node stopped", outcome_unknown=True))
+        stopped = NodeStoppedError("node stopped before the snapshot finished")
+        fail_all(self._save_replies + self._next_replies, stopped)
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -186,10 +343,22 @@ class FSMCaller(RaftActor):
             if run and not self._apply_run(run):
                 return False
             run = []
+            if entry.type == EntryType.CONFIGURATION:
+                self._track_conf(entry)
             self._advance(entry.index, [(entry.index, None)])
             if self.error is not None:
                 return False
         return not run or self._apply_run(run)
+
+    def _track_conf(self, entry: LogEntry) -> None:
+        try:
+            self.conf = Configuration.decode(entry.data)
+        except Exception:
+            # Membership is still fixed at bootstrap, so nothing depends on this yet; the
+            # membership change will make an undecodable configuration entry fatal.
+            log.warning(
+                "fsm: configuration entry %d does not decode; kept %s", entry.index, self.conf
+            )
 
     def _apply_run(self, run: list[LogEntry]) -> bool:
         commands = [Command(e.index, e.term, e.data) for e in run]
@@ -257,6 +426,8 @@ class FSMCaller(RaftActor):
     def _stop_applying(self, reason: str, exc: BaseException) -> None:
         self.error = reason
         self._fail_pending(self._failed_error())
+        fail_all(self._save_replies + self._next_replies, self._failed_error())
+        self._save_replies, self._next_replies = [], []
         try:
             self.state_machine.on_error(exc)
         except Exception:

@@ -20,6 +20,13 @@ A follower that refuses an AppendEntries for a log mismatch says where its log d
 conflicting term and the first index it holds of that term), so the leader skips a whole term
 per round trip instead of one entry.
 
+Snapshots: once a snapshot is durable (SnapshotSaved) the log before it is compacted, less
+`snapshot_log_margin` entries and never past what is durable. A follower that installed its
+leader's snapshot (InstallLog) keeps its log if it holds the snapshot's last entry, else starts
+it afresh after it; then the FSMCaller loads the snapshot. An AppendEntries whose prev_log_index
+lies inside our snapshot matches at the snapshot (those entries are committed, so the leader's
+are the same).
+
 Supervision: a storage failure or an invariant that would break puts the peer in ERROR
 (`report_fatal`); from then on nothing is written, acknowledged or voted. So does EnterError
 from the Node, which the LogManager passes on to the FSMCaller (which fails what is pending).
@@ -54,14 +61,17 @@ from actors.messages import (
     Flush,
     FollowerAppend,
     Grant,
+    InstallLog,
     LeaderLogReady,
     LeaderStart,
     LeaderStop,
+    LoadSnapshot,
     LogAppended,
     PersistTermVote,
     RegisterPending,
     RequestVotes,
     ResetPending,
+    SnapshotSaved,
     StepDown,
     Subscribe,
     Unsubscribe,
@@ -112,7 +122,7 @@ class LogManager(RaftActor):
         self.fsm_caller = fsm_caller
         self.raft_options = raft_options
         self.leader_term: int | None = None  # set while this node leads that term
-        self.committed_index = 0
+        self.committed_index = log_view.committed_index  # the snapshot's index, at start
         self._unflushed: list[LogEntry] = []  # in the LogView tail, not yet in storage
         self._acks: list[_PendingAck] = []
         self._grant_upto = 0  # leader: the last own entry whose durability to report
@@ -232,19 +242,26 @@ class LogManager(RaftActor):
             return
         view = self.log_view
         prev = req.prev_log_index
-        if prev > view.last_index:
+        entries = req.entries
+        if prev < view.snapshot_index:
+            # Everything up to our snapshot is committed, so the leader's log holds the same
+            # entries there (Log Matching, Leader Completeness): skip them, match at the
+            # snapshot. (etcd does the same for a prev below its commit index.)
+            entries = entries[view.snapshot_index - prev :]
+            prev = view.snapshot_index
+        elif prev > view.last_index:
             # Our log ends before prev: the leader jumps back to our end.
             refusal = self._response(req, msg.node_term, False, 0, view.last_index + 1)
             self._hold_ack(req.leader_id, refusal, 0)
             return
-        if (conflict_term := view.term_at(prev)) != req.prev_log_term:
+        elif (conflict_term := view.term_at(prev)) != req.prev_log_term:
             # Where the logs disagree: the leader skips every entry of our conflicting term.
             first_of_term = view.first_index_of_term(conflict_term, prev)
             refusal = self._response(req, msg.node_term, False, conflict_term, first_of_term)
             self._hold_ack(req.leader_id, refusal, 0)
             return
-        new = list(req.entries)
-        for n, entry in enumerate(req.entries):
+        new = list(entries)
+        for n, entry in enumerate(entries):
             if entry.index > view.last_index:
                 new = new[n:]
                 break
@@ -300,6 +317,55 @@ class LogManager(RaftActor):
         # Every ack waits for the Flush, even a refusal, so acks leave in the order received.
         self._acks.append(_PendingAck(leader_id, response, commit))
         self._queue_flush()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    @handles(SnapshotSaved)
+    def on_snapshot_saved(self, msg: SnapshotSaved) -> None:
+        """Compact: drop entries before the snapshot, less a margin that lets a follower only a
+        little behind catch up from the log. Never a non-durable entry (a leader may apply an
+        entry its followers made durable before its own fsync)."""
+        if self._failed:
+            return
+        meta = msg.meta
+        if meta.last_index <= self.log_view.snapshot_index:
+            return  # an older one than what is recorded (an install overtook it)
+        margin = self.raft_options.snapshot_log_margin
+        first_kept = min(meta.last_index + 1 - margin, self.log_view.stable_index)
+        try:
+            self.log_view.compact(meta, max(first_kept, self.log_view.first_index))
+        except Exception as exc:
+            self._fail(exc)
+            return
+        log.info("%s: snapshot %d saved; log now %s", self.peer_id, meta.last_index, self)
+
+    @handles(InstallLog)
+    def on_install_log(self, msg: InstallLog) -> None:
+        """A leader's snapshot is durable here (on a follower, as a rule). Persist and
+        acknowledge what was already accepted, then make the log continue the snapshot, then
+        the state machine loads it (and the executor acknowledges the install once it has)."""
+        if self._failed:
+            return
+        meta = msg.meta
+        self._flush()
+        if self._failed:
+            return
+        if meta.last_index > self.committed_index:
+            if self.leader_term is not None and self.log_view.known_term(meta.last_index) != (
+                meta.last_term
+            ):
+                # A download that finished after this peer became leader. A snapshot holds
+                # committed entries only, which a leader's log holds (Leader Completeness).
+                self._fail(InvariantViolationError(f"leader's log lacks snapshot {meta}"))
+                return
+            try:
+                self.log_view.install(meta)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            self.committed_index = meta.last_index
+            log.info("%s: installed snapshot %d; log now %s", self.peer_id, meta.last_index, self)
+        self.fsm_caller.tell(LoadSnapshot(meta))
 
     # -- term, vote and elections ------------------------------------------------------------
 

@@ -10,37 +10,55 @@ other actors' threads; this is the one structure of a node shared across threads
 - Older entries are read from storage under `_storage_lock`, which the writer also holds while it
   appends (and fsyncs) or truncates: storage objects are not thread-safe.
 
+Snapshots: entries up to `snapshot_index` are covered by the newest snapshot and may have been
+compacted away, so the log may start after 1. The snapshot's last entry keeps a known term
+(`snapshot_term`), which is what an AppendEntries right after it needs (`known_term`); entries
+compacted away have no known term, and a leader sends such a follower the snapshot instead.
+
 Invariants: first_index <= stable_index + 1; stable_index <= last_index; the tail is contiguous
-and `_tail_first <= stable_index + 1` (every non-durable entry is in the tail).
+and `_tail_first <= stable_index + 1` (every non-durable entry is in the tail); with a snapshot,
+first_index <= snapshot_index + 1 <= last_index + 1 and committed_index >= snapshot_index.
 The scalar attributes are plain ints, published by the writer and read without a lock (a Python
 attribute read is atomic); a reader may see a slightly old value, never a torn one.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 
 from storage.base import LogStorage
 from storage.entry import LogEntry, clip_to_bytes
+from storage.errors import CorruptLogError
+from storage.snapshot_storage import SnapshotMeta
+
+log = logging.getLogger(__name__)
 
 
 class LogView:
-    def __init__(self, storage: LogStorage, tail_entries: int = 8192) -> None:
+    def __init__(
+        self, storage: LogStorage, tail_entries: int = 8192, snapshot: SnapshotMeta | None = None
+    ) -> None:
+        """`snapshot`: the newest snapshot, if any; the log is reconciled with it first
+        (`reconcile_with_snapshot`), so this may write to storage (before any actor runs)."""
         self._storage = storage
         self._storage_lock = threading.Lock()
         self._tail_lock = threading.Lock()
         self._tail_cap = tail_entries
+        reconcile_with_snapshot(storage, snapshot)
+        self.snapshot_index = snapshot.last_index if snapshot else 0
+        self.snapshot_term = snapshot.last_term if snapshot else 0
         self.first_index = storage.first_log_index()
-        self.last_index = storage.last_log_index()
-        self.last_term = storage.get_term(self.last_index)
-        self.stable_index = self.last_index
-        self.committed_index = 0
-        # The one field the LogManager does not write: the FSMCaller publishes its progress here
-        # (a single writer still), so that status never has to ask the FSMCaller.
-        self.applied_index = 0
+        self.last_index = max(storage.last_log_index(), self.snapshot_index)
         self._tail: list[LogEntry] = []
         self._tail_first = self.last_index + 1
+        self.last_term = self.term_at(self.last_index)
+        self.stable_index = self.last_index
+        self.committed_index = self.snapshot_index  # a snapshot holds committed entries only
+        # The one field the LogManager does not write: the FSMCaller publishes its progress here
+        # (a single writer still), so that status never has to ask the FSMCaller.
+        self.applied_index = self.snapshot_index
 
     # -- reads: any thread ------------------------------------------------------------------
 
@@ -49,10 +67,30 @@ class LogView:
         with self._tail_lock:
             if self._tail_first <= index <= self.last_index:
                 return self._tail[index - self._tail_first].term
+        if index == self.snapshot_index:
+            return self.snapshot_term
         if index < self.first_index or index > self.last_index:
             return 0
         with self._storage_lock:
             return self._storage.get_term(index)
+
+    def known_term(self, index: int) -> int | None:
+        """The term of the entry at `index` (0 for index 0), or None when it is not known here:
+        compacted away (before the log's first entry, and not the snapshot's last one), or
+        after the log's end."""
+        if index == 0:
+            return 0
+        with self._tail_lock:
+            if self._tail_first <= index <= self.last_index:
+                return self._tail[index - self._tail_first].term
+        if index == self.snapshot_index:
+            return self.snapshot_term
+        if index > self.last_index:
+            return None
+        with self._storage_lock:  # the storage's own first index: compaction may be under way
+            if index < self._storage.first_log_index():
+                return None
+            return self._storage.get_term(index) or None
 
     def entries(self, first: int, last: int, max_bytes: int = 0) -> list[LogEntry]:
         """Entries first..last (clipped to the log). With max_bytes > 0 the payloads stop before
@@ -139,6 +177,46 @@ class LogView:
             self.stable_index = min(self.stable_index, last_index_kept)
         self.last_term = self.term_at(last_index_kept)
 
+    def compact(self, snapshot: SnapshotMeta, first_index_kept: int) -> None:
+        """A local snapshot is durable: record it, and drop the entries before
+        `first_index_kept` (<= snapshot.last_index + 1 and <= stable_index: only durable,
+        snapshotted entries go)."""
+        assert first_index_kept <= min(snapshot.last_index + 1, self.stable_index), (
+            first_index_kept,
+            snapshot,
+            self.stable_index,
+        )
+        self._set_snapshot(snapshot)
+        if first_index_kept > self.first_index:
+            with self._storage_lock:
+                self._storage.truncate_prefix(first_index_kept)
+            self.first_index = first_index_kept
+
+    def install(self, snapshot: SnapshotMeta) -> None:
+        """A follower installed the leader's snapshot. If this log holds the snapshot's last
+        entry, the entries after it are kept (Raft Fig. 13, step 6); otherwise the whole log
+        is discarded and the next append is snapshot.last_index + 1."""
+        index = snapshot.last_index
+        if self.known_term(index) == snapshot.last_term and index >= self.first_index:
+            self._set_snapshot(snapshot)
+            self.set_committed(index)
+            return
+        with self._storage_lock:
+            self._storage.reset(index + 1)
+        with self._tail_lock:
+            self._tail.clear()
+            self._tail_first = index + 1
+            self._set_snapshot(snapshot)
+            self.first_index = index + 1
+            self.last_index = self.stable_index = index
+            self.last_term = snapshot.last_term
+        self.set_committed(index)
+
+    def _set_snapshot(self, snapshot: SnapshotMeta) -> None:
+        # The term first: a reader seeing the new index must find its term.
+        self.snapshot_term = snapshot.last_term
+        self.snapshot_index = snapshot.last_index
+
     def set_committed(self, index: int) -> None:
         if index > self.committed_index:
             self.committed_index = index
@@ -156,3 +234,30 @@ class LogView:
             if drop_through >= self._tail_first:
                 del self._tail[: drop_through - self._tail_first + 1]
                 self._tail_first = drop_through + 1
+
+
+def reconcile_with_snapshot(storage: LogStorage, snapshot: SnapshotMeta | None) -> None:
+    """At start: make the log continue the newest snapshot. The snapshot is the truth for every
+    index it covers (only committed entries are ever snapshotted), so a log that does not hold
+    its last entry with its term (a crash between installing a snapshot and resetting the log,
+    or a log left behind by the snapshot) is reset to start right after it. A log that starts
+    after the snapshot's next index, or after 1 with no snapshot at all, has lost committed
+    entries: CorruptLogError, rather than run with a hole."""
+    first, last = storage.first_log_index(), storage.last_log_index()
+    if snapshot is None:
+        if first > 1:
+            raise CorruptLogError(
+                f"the log starts at {first} but there is no snapshot of the entries before it"
+            )
+        return
+    index = snapshot.last_index
+    if first > index + 1:
+        raise CorruptLogError(
+            f"the log starts at {first}, after the newest snapshot ({index}) + 1: entries lost"
+        )
+    if first == index + 1:
+        return  # the log starts right after the snapshot (empty or not)
+    if last >= index and storage.get_term(index) == snapshot.last_term:
+        return  # the log holds the snapshot's last entry: it continues it
+    log.info("log %d..%d does not continue snapshot %d; resetting it", first, last, index)
+    storage.reset(index + 1)

@@ -21,14 +21,18 @@ index (persist before you promise).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from actors.configuration import Configuration
 from actors.mailbox import Mailbox
-from transport.rpc import AppendEntriesRequest, RequestVoteRequest
+from transport.rpc import AppendEntriesRequest, InstallSnapshotRequest, RequestVoteRequest
+
+if TYPE_CHECKING:
+    from storage.snapshot_storage import SnapshotMeta, SnapshotWriter
 
 # -- to the Node -----------------------------------------------------------------------------
 
@@ -315,3 +319,88 @@ class ApplyCommitted:
 @dataclass(frozen=True, slots=True)
 class GetApplied:
     """Asked (edges only: tests, tools): returns the FSMCaller's applied index."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Snapshot now (RaftNode.snapshot, the interval timer): `reply`, if any, completes with the
+    SnapshotMeta saved (or the latest one, when nothing was applied since). `if_changed`: the
+    timer's request, skipped when nothing was applied since the last snapshot."""
+
+    reply: pykka.Future[Any] | None = None
+    if_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDone:
+    """SnapshotExecutor -> FSMCaller: the save it asked for ended; `error` None = committed."""
+
+    meta: SnapshotMeta
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    """LogManager -> FSMCaller (follower): an installed snapshot replaces the state machine; the
+    log already starts after it (or matches it)."""
+
+    meta: SnapshotMeta
+
+
+# -- to the SnapshotExecutor -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSnapshot:
+    """FSMCaller -> SnapshotExecutor: the state machine captured its state in `writer`; run
+    `finish` (its writing off the apply path, if it returned one), then commit."""
+
+    writer: SnapshotWriter
+    finish: Callable[[], None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerInstall:
+    """Node -> SnapshotExecutor: a chunk of the leader's snapshot, the term already checked."""
+
+    request: InstallSnapshotRequest
+    node_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotLoaded:
+    """FSMCaller -> SnapshotExecutor: the installed snapshot is the state now (or was already
+    covered): acknowledge it to the leader."""
+
+    meta: SnapshotMeta
+    error: str | None = None
+
+
+class SnapshotTick(Timer):
+    """SnapshotExecutor: the snapshot interval elapsed."""
+
+    __slots__ = ()
+
+
+class ChunkTick(Timer):
+    """Replicator: the snapshot throttle allows more bytes, or time to check chunks overdue."""
+
+    __slots__ = ()
+
+
+# -- to the LogManager (snapshots) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSaved:
+    """SnapshotExecutor -> LogManager: a local snapshot is durable: compact the log before it."""
+
+    meta: SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class InstallLog:
+    """SnapshotExecutor -> LogManager (follower): the leader's snapshot is durable here: make
+    the log start after it (keeping a matching suffix), then have the FSMCaller load it."""
+
+    meta: SnapshotMeta

@@ -56,6 +56,7 @@ from actors.messages import (
     EnterError,
     FatalError,
     FollowerAppend,
+    FollowerInstall,
     GetStatus,
     HigherTermSeen,
     LeaderLogReady,
@@ -77,6 +78,8 @@ from transport.rpc import (
     MAX_TERM,
     AppendEntriesRequest,
     AppendEntriesResponse,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
     RequestVoteRequest,
     RequestVoteResponse,
 )
@@ -115,6 +118,7 @@ class Node(RaftActor):
         clock: Clock,
         rng: random.Random,
         on_error: Callable[[str], None] | None = None,
+        snapshot_executor: Mailbox | None = None,
     ) -> None:
         super().__init__()
         self.options = options
@@ -128,6 +132,7 @@ class Node(RaftActor):
         self.clock = clock
         self.rng = rng
         self.on_error = on_error  # called once, on this thread, when the peer enters ERROR
+        self.snapshot_executor = snapshot_executor  # None: snapshots are off here
         self.rejections = Rejections(self.peer_id)
 
         self.role = Role.FOLLOWER
@@ -463,15 +468,34 @@ class Node(RaftActor):
 
     @handles(AppendEntriesRequest)
     def handle_append_entries(self, req: AppendEntriesRequest) -> None:
+        if self._accept_leader(req, "append_entries_from_non_member"):
+            self.log_manager.tell(FollowerAppend(req, self.term))
+
+    @handles(InstallSnapshotRequest)
+    def handle_install_snapshot(self, req: InstallSnapshotRequest) -> None:
+        if not self._accept_leader(req, "install_snapshot_from_non_member"):
+            return
+        if self.snapshot_executor is None:
+            # Answered, so the leader backs off instead of resending: this peer cannot install.
+            self.rejections.refuse("install_snapshot_without_snapshots", req.leader_id)
+            self._refuse_leader(req, self.term)
+            return
+        self.snapshot_executor.tell(FollowerInstall(req, self.term))
+
+    def _accept_leader(
+        self, req: AppendEntriesRequest | InstallSnapshotRequest, stranger: str
+    ) -> bool:
+        """The term and leader checks of a leader's request (Raft Fig. 2): whether to act on
+        it, as this term's follower of req.leader_id. Refusals are answered here."""
         if req.leader_id not in self.conf.all_peers() or req.leader_id == self.peer_id:
             # Before anything else: a stranger must neither move our term nor be followed.
-            self.rejections.refuse("append_entries_from_non_member", req.leader_id)
-            return
+            self.rejections.refuse(stranger, req.leader_id)
+            return False
         if self.role in (Role.ERROR, Role.SHUTDOWN):
-            return
+            return False
         if req.term < self.term:
-            self._refuse_append(req, self.term)
-            return
+            self._refuse_leader(req, self.term)
+            return False
         if req.term > self.term or self.role is Role.CANDIDATE or self._pre_vote_term:
             self._become_follower(req.term, req.leader_id)
         elif self.leader_id not in (None, req.leader_id) or self.role is Role.LEADER:
@@ -485,19 +509,22 @@ class Node(RaftActor):
                 self.leader_id,
             )
             self._become_follower(min(self.term + 1, MAX_TERM), None)
-            self._refuse_append(req, self.term)
-            return
+            self._refuse_leader(req, self.term)
+            return False
         self.leader_id = req.leader_id
         self._last_leader_contact = self.clock.now()
-        self.log_manager.tell(FollowerAppend(req, self.term))
+        return True
 
-    def _refuse_append(self, req: AppendEntriesRequest, term: int) -> None:
-        self.transport.send(
-            req.leader_id,
-            AppendEntriesResponse(
+    def _refuse_leader(self, req: AppendEntriesRequest | InstallSnapshotRequest, term: int) -> None:
+        if isinstance(req, InstallSnapshotRequest):
+            response: AppendEntriesResponse | InstallSnapshotResponse = InstallSnapshotResponse(
+                term, False, self.peer_id, req.seq, req.term, req.last_included_index, 0, False
+            )
+        else:
+            response = AppendEntriesResponse(
                 term, False, self.log_view.last_index, self.peer_id, req.seq, req.term
-            ),
-        )
+            )
+        self.transport.send(req.leader_id, response)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -512,6 +539,9 @@ class Node(RaftActor):
             commit_index=self.log_view.committed_index,
             applied_index=self.log_view.applied_index,
             last_log_index=self.log_view.last_index,
+            first_log_index=self.log_view.first_index,
+            snapshot_index=self.log_view.snapshot_index,
+            snapshot_term=self.log_view.snapshot_term,
             pid=os.getpid(),
             conf=sorted(self.conf.all_peers()),
             error=self.error,

@@ -37,6 +37,15 @@ class RaftOptions:
     # commands) appended but not yet applied; past it `apply` fails fast with OverloadedError.
     max_pending_entries: int = 32768
     max_pending_bytes: int = 64 * 1024 * 1024
+    # Snapshots (hashicorp/raft's SnapshotThreshold, SnapshotInterval and TrailingLogs; SOFAJRaft's
+    # snapshotIntervalSecs and snapshotLogIndexMargin). They take effect only on a node started
+    # with a snapshot storage and a state machine that can save and load itself.
+    snapshot_threshold: int = 8192  # snapshot after this many applied entries; 0 = never by count
+    snapshot_interval: float = 120.0  # and at least this often when something was applied; 0 = off
+    snapshot_log_margin: int = 4096  # entries kept before a snapshot, for slightly slow followers
+    snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot data per chunk
+    snapshot_max_inflight: int = 4  # InstallSnapshot chunks in flight per follower
+    snapshot_throttle_bytes: int = 0  # per-follower InstallSnapshot bytes/s; 0 = unthrottled
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,6 +66,17 @@ class RaftOptions:
             "max_pending_entries must be >= 1": self.max_pending_entries >= 1,
             "max_pending_bytes must be >= max_command_bytes": (
                 self.max_pending_bytes >= self.max_command_bytes
+            ),
+            "snapshot_threshold must be >= 0": self.snapshot_threshold >= 0,
+            "snapshot_interval must be >= 0": self.snapshot_interval >= 0,
+            "snapshot_log_margin must be >= 0": self.snapshot_log_margin >= 0,
+            "snapshot_chunk_bytes must be >= 1 and leave room in a frame": (
+                1 <= self.snapshot_chunk_bytes <= DEFAULT_MAX_FRAME_SIZE - FRAME_HEADROOM
+            ),
+            "snapshot_max_inflight must be >= 1": self.snapshot_max_inflight >= 1,
+            "snapshot_throttle_bytes must be 0 or >= snapshot_chunk_bytes": (
+                self.snapshot_throttle_bytes == 0
+                or self.snapshot_throttle_bytes >= self.snapshot_chunk_bytes
             ),
         }
         for message, ok in checks.items():

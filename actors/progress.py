@@ -2,8 +2,9 @@
 `tracker/progress.go` and `tracker/inflights.go`, in SOFAJRaft's Replicator vocabulary).
 
 - `next_index`, `match_index` (Raft Fig. 2) and the state: PROBE (find where the logs agree,
-  one empty request at a time) or REPLICATE (a pipeline of requests, `next_index` advanced
-  optimistically as they are sent).
+  one empty request at a time), REPLICATE (a pipeline of requests, `next_index` advanced
+  optimistically as they are sent) or SNAPSHOT (the entries the follower needs were compacted
+  away: the leader's snapshot is being sent; nothing else is).
 - The in-flight window: what each request sent covered, oldest first, and the responses that
   arrived before their turn (held, by seq) so that responses are applied in the order sent.
 - The back-off on a refusal or a short success (Raft §5.3), with its two guards: a refusal
@@ -28,7 +29,7 @@ R = TypeVar("R")  # a held response; the Progress never looks inside it
 class ReplicatorState(enum.Enum):
     PROBE = "PROBE"
     REPLICATE = "REPLICATE"
-    # SNAPSHOT = "SNAPSHOT"  (later: InstallSnapshot in chunks)
+    SNAPSHOT = "SNAPSHOT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +80,13 @@ class BackOffDecision:
 class Progress(Generic[R]):
     """The replication progress of one follower, for one leader term; see the module docstring."""
 
-    def __init__(self, next_index: int, first_index: int) -> None:
-        self.first_index = first_index  # the leader's first log index: nothing before it is sent
+    def __init__(self, next_index: int) -> None:
         self.state = ReplicatorState.PROBE
-        # Invariant: first_index <= next_index, and match_index < next_index unless a follower
-        # lost entries it had acknowledged (BackOff.LOST_ACKED). match_index only grows.
-        self.next_index = max(next_index, first_index, 1)
+        # Invariant: 1 <= next_index, and match_index < next_index unless a follower lost
+        # entries it had acknowledged (BackOff.LOST_ACKED). match_index only grows. Whether
+        # next_index is still in the leader's log (or compacted away: SNAPSHOT) is the
+        # Replicator's to check, against the LogView, when it sends.
+        self.next_index = max(next_index, 1)
         self.match_index = 0
         # Requests in flight, oldest first. Invariant: their seqs are consecutive (every send
         # appends the next seq; a reset clears it), and in PROBE there is at most one.
@@ -107,12 +109,24 @@ class Progress(Generic[R]):
             next_index = self.inflight[0].prev_log_index + 1 if self.inflight else self.next_index
         self.clear_inflight()
         self.state = ReplicatorState.PROBE
-        # Never below the log's first entry (what lies before needs a snapshot: later).
-        self.next_index = max(next_index, self.first_index, 1)
+        self.next_index = max(next_index, 1)
 
     def become_replicate(self) -> None:
         """A probe matched (next_index - 1 is where the logs agree): pipeline from here on."""
         self.state = ReplicatorState.REPLICATE
+
+    def become_snapshot(self) -> None:
+        """What the follower needs was compacted away: send the snapshot, nothing else."""
+        self.clear_inflight()
+        self.state = ReplicatorState.SNAPSHOT
+
+    def snapshot_installed(self, last_index: int) -> bool:
+        """The follower installed a snapshot through `last_index`: it holds every entry up to
+        there, so probe right after it. Returns whether match_index grew."""
+        grew = last_index > self.match_index
+        self.match_index = max(self.match_index, last_index)
+        self.become_probe(self.match_index + 1)
+        return grew
 
     def clear_inflight(self) -> None:
         """Forget every request in flight and every held response; state and indexes stay."""

@@ -37,7 +37,7 @@ import pykka
 from actors.clock import Clock, RealClock
 from actors.errors import NodeStoppedError, OptionsError
 from actors.futures import fail, fail_all
-from actors.messages import Apply, FatalError, GetStatus
+from actors.messages import Apply, FatalError, GetStatus, TakeSnapshot
 from actors.options import FRAME_HEADROOM, NodeOptions
 from actors.state_machine import StateMachine
 from actors.status import NodeStatus
@@ -49,7 +49,7 @@ from actors.wiring import (
     ThreadedActors,
     assemble_peer,
 )
-from storage.base import LogStorage, MetaStorage
+from storage.base import LogStorage, MetaStorage, SnapshotStore
 from transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,15 @@ class RaftNode:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         on_error: Callable[[str], None] | None = None,
+        snapshot_storage: SnapshotStore | None = None,
     ) -> RaftNode:
         """Start the actors of one peer over the given storage and transport, then begin
         receiving. The storages become owned by the node (closed by `stop`). `on_error` is
         called with the reason when the peer enters ERROR (see the module docstring). Raises
-        OptionsError when a command of max_command_bytes would not fit the transport's frame."""
+        OptionsError when a command of max_command_bytes would not fit the transport's frame.
+        With `snapshot_storage` (storage.snapshot_storage.SnapshotStorage) and a state machine
+        that implements on_snapshot_save/on_snapshot_load, the node loads its newest snapshot,
+        snapshots by the options' policy and compacts its log (see actors.options)."""
         if options.raft.max_command_bytes + FRAME_HEADROOM > transport.max_frame_size:
             raise OptionsError(
                 f"max_command_bytes {options.raft.max_command_bytes} does not fit the "
@@ -111,6 +115,7 @@ class RaftNode:
             threads.spawn,
             threads.stop,
             on_error,
+            snapshot_storage,
         )
         self = cls(options, actors, transport, own_clock, threads)
         try:
@@ -155,6 +160,19 @@ class RaftNode:
                 return list(futures)
         fail_all(futures, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
         return list(futures)
+
+    def snapshot(self, reply: pykka.Future[Any] | None = None) -> pykka.Future[Any]:
+        """Take a snapshot now (between two applied batches). The future (`reply`, if given,
+        e.g. a CompletionFuture) completes with its storage.snapshot_storage.SnapshotMeta once
+        it is durable (the log is compacted behind it right after), or with the newest one when
+        nothing was applied since (None if there is none). Fails with RaftError when snapshots
+        are off or the save failed."""
+        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        try:
+            self._actors.fsm_caller.tell(TakeSnapshot(future))
+        except pykka.ActorDeadError:
+            fail(future, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
+        return future
 
     def status(self, timeout: float = 5.0) -> NodeStatus:
         """Role, term, leader, commit/applied/last index, pid, per-follower replication."""

@@ -11,7 +11,14 @@ pure object this actor drives (it keeps only the messages, timers, sending, tell
   `max_entries_per_request` entries / `max_body_bytes`, `next_index` advanced optimistically.
   Responses are applied strictly in the order the requests were sent (an early one is held until
   its turn); anything that does not fit (a mismatch, too many held) drops back to PROBE.
-- SNAPSHOT (later): the entries the follower needs were compacted; send InstallSnapshot chunks.
+- SNAPSHOT: the entries the follower needs were compacted away (or the term of the entry just
+  before them): stream the leader's newest snapshot in InstallSnapshot chunks, up to
+  `snapshot_max_inflight` at a time, at most `snapshot_throttle_bytes` per second
+  (SOFAJRaft's ThroughputSnapshotThrottle). The follower says how many bytes it holds
+  (`next_offset`), so a lost chunk, a restarted follower or a restarted transfer resumes from
+  there. Once the follower has installed it, back to PROBE just after the snapshot. Heartbeats
+  go on meanwhile (empty AppendEntries at index 0, which every log matches), so the follower
+  does not start an election during a long transfer.
 
 `blocked` is orthogonal: after an RPC timeout or a failed send, the replicator waits
 `replicator_block` seconds (Unblock) before probing again, so there is never a hot retry loop.
@@ -35,12 +42,27 @@ from actors.base import RaftActor, handles
 from actors.clock import Clock, TimerHandle
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
-from actors.messages import Grant, HeartbeatTick, HigherTermSeen, LogAppended, PeerContact, Unblock
+from actors.messages import (
+    ChunkTick,
+    Grant,
+    HeartbeatTick,
+    HigherTermSeen,
+    LogAppended,
+    PeerContact,
+    Unblock,
+)
 from actors.options import RaftOptions
 from actors.progress import BackOff, Placement, Progress, ReplicatorState
+from actors.snapshot_transfer import SnapshotTransfer, Throttle
+from storage.base import SnapshotStore
 from storage.entry import LogEntry
 from transport.base import Transport
-from transport.rpc import AppendEntriesRequest, AppendEntriesResponse
+from transport.rpc import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+)
 
 __all__ = ["Replicator", "ReplicatorState"]
 
@@ -62,6 +84,7 @@ class Replicator(RaftActor):
         node: Mailbox,
         clock: Clock,
         raft_options: RaftOptions,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         super().__init__(supervisor=node)
         self.peer_id = peer_id
@@ -73,9 +96,16 @@ class Replicator(RaftActor):
         self.node = node
         self.clock = clock
         self.raft_options = raft_options
+        self.snapshots = snapshots
 
         # State, next/match index, the in-flight window and the held responses.
-        self.progress: Progress[AppendEntriesResponse] = Progress(next_index, log_view.first_index)
+        self.progress: Progress[AppendEntriesResponse] = Progress(next_index)
+        self.transfer: SnapshotTransfer | None = None  # in SNAPSHOT: the snapshot being sent
+        self.throttle = Throttle(
+            raft_options.snapshot_throttle_bytes, raft_options.snapshot_chunk_bytes, clock.now()
+        )
+        self._chunk_gen = 0
+        self._chunk_timer: TimerHandle | None = None
         self.blocked = False  # waiting out an RPC error; nothing is sent
         self.stopped = False  # a higher term was seen: this term is over, nothing is sent
         self._seqs = itertools.count(1)
@@ -87,7 +117,8 @@ class Replicator(RaftActor):
         self._block_timer: TimerHandle | None = None
 
     def __str__(self) -> str:
-        flags = " blocked" if self.blocked else ""
+        flags = f" {self.transfer}" if self.transfer is not None else ""
+        flags += " blocked" if self.blocked else ""
         flags += " stopped" if self.stopped else ""
         return f"{self.progress}{flags}"
 
@@ -99,6 +130,7 @@ class Replicator(RaftActor):
 
     def shutdown(self) -> None:
         self._cancel_timers()
+        self._end_transfer()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -146,6 +178,9 @@ class Replicator(RaftActor):
             self._responded = False
             self.node.tell(PeerContact(self.peer_id, self.term, self.last_response_at, str(self)))
         now, timeout = self.clock.now(), self.raft_options.replicator_rpc_timeout
+        if self.transfer is not None:
+            self._heartbeat_during_transfer(now, timeout)
+            return
         if (oldest := self.progress.overdue(now, timeout)) is not None:
             self._block(f"no response to seq {oldest.seq} in time")
         if self.blocked:
@@ -162,6 +197,41 @@ class Replicator(RaftActor):
             return
         self.blocked = False
         self._send_probe()
+
+    @handles(InstallSnapshotResponse)
+    def handle_install_snapshot_response(self, resp: InstallSnapshotResponse) -> None:
+        if self.stopped or resp.peer_id != self.peer_id:
+            return
+        if resp.term > self.term:
+            self.node.tell(HigherTermSeen(resp.term, self.peer_id))
+            self._stop_replicating()
+            return
+        transfer = self.transfer
+        if resp.req_term != self.term or resp.term != self.term or transfer is None:
+            return
+        self.last_response_at = self.clock.now()
+        self._responded = True
+        index = transfer.meta.last_index
+        if resp.last_included_index != index:
+            return  # about another snapshot
+        if transfer.answered(resp.seq, resp.next_offset) is None:
+            return  # stale: its chunk was sent again since
+        if not resp.success:
+            self._end_transfer()
+            self._block(f"the follower refused snapshot {index}")
+        elif resp.done:
+            self._log_installed(transfer)
+            self._end_transfer()
+            if self.progress.snapshot_installed(index):
+                self.ballot_box.tell(Grant(self.peer_id, index, self.term))
+            self._send_probe()
+        else:
+            self._send_chunks()
+
+    @handles(ChunkTick)
+    def on_chunk_tick(self, msg: ChunkTick) -> None:
+        if msg.generation == self._chunk_gen:
+            self._send_chunks()
 
     # -- responses, in the order the requests were sent ---------------------------------------
 
@@ -208,7 +278,7 @@ class Replicator(RaftActor):
     # -- sending -----------------------------------------------------------------------------
 
     def _send_probe(self) -> None:
-        if self.blocked or self.stopped or self.progress.inflight:
+        if self.blocked or self.stopped or self.progress.inflight or self.transfer is not None:
             return
         self.progress.become_probe()  # nothing in flight: this only makes the state PROBE
         self._send(())
@@ -226,8 +296,7 @@ class Replicator(RaftActor):
             last = first + self.raft_options.max_entries_per_request - 1
             entries = self.log_view.entries(first, last, self.raft_options.max_body_bytes)
             if not entries or entries[0].index != first:
-                # Compacted away (after a snapshot): the SNAPSHOT state will take over here.
-                log.warning("replicator %s: entry %d unavailable", self.peer_id, first)
+                self._start_transfer()  # compacted away since the probe matched
                 break
             if not self._send(entries):
                 break
@@ -237,13 +306,18 @@ class Replicator(RaftActor):
     def _send(self, entries: Sequence[LogEntry]) -> bool:
         """Send one AppendEntries at next_index (entries from there on; none for a probe or a
         heartbeat) and track it. On a failed send, block; returns whether it went out."""
-        seq = next(self._seqs)
         prev_log_index = self.progress.next_index - 1
+        prev_log_term = self.log_view.known_term(prev_log_index)
+        if prev_log_term is None:
+            # SOFAJRaft's fillCommonFields case: the entry before next_index was compacted away.
+            self._start_transfer()
+            return False
+        seq = next(self._seqs)
         request = AppendEntriesRequest(
             term=self.term,
             leader_id=self.leader_id,
             prev_log_index=prev_log_index,
-            prev_log_term=self.log_view.term_at(prev_log_index),
+            prev_log_term=prev_log_term,
             entries=tuple(entries),
             committed_index=self.log_view.committed_index,
             seq=seq,
@@ -256,6 +330,109 @@ class Replicator(RaftActor):
             self._block(f"send failed: {exc}")
             return False
         return True
+
+    # -- sending a snapshot ------------------------------------------------------------------
+
+    def _start_transfer(self) -> None:
+        """The follower needs what only the snapshot holds: send the newest one."""
+        if self.snapshots is None or (meta := self.snapshots.latest()) is None:
+            log.error(
+                "replicator %s: entry %d compacted but no snapshot",
+                self.peer_id,
+                self.progress.next_index,
+            )
+            self._block("no snapshot to send")
+            return
+        try:
+            reader = self.snapshots.open(meta.last_index)
+        except Exception as exc:
+            log.exception("replicator %s: cannot open snapshot %d", self.peer_id, meta.last_index)
+            self._block(f"cannot open snapshot: {exc}")
+            return
+        log.info(
+            "replicator %s: next index %d compacted; sending snapshot %d (%d bytes)",
+            self.peer_id,
+            self.progress.next_index,
+            meta.last_index,
+            reader.meta.size,
+        )
+        self.progress.become_snapshot()
+        options = self.raft_options
+        self.transfer = SnapshotTransfer(
+            reader, self.clock.now(), options.snapshot_chunk_bytes, options.snapshot_max_inflight
+        )
+        self._send_chunks()
+
+    def _send_chunks(self) -> None:
+        """Fill the chunk window, as far as the throttle allows, up to the final chunk."""
+        while (transfer := self.transfer) is not None and (chunk := transfer.next_chunk()):
+            offset, data = chunk
+            wait = self.throttle.wait(len(data), self.clock.now())
+            if wait > 0:
+                self._chunk_gen += 1
+                self._chunk_timer = self.tell_later(self.clock, wait, ChunkTick(self._chunk_gen))
+                return
+            self._send_chunk(transfer, offset, data)
+
+    def _send_chunk(self, transfer: SnapshotTransfer, offset: int, data: bytes) -> None:
+        meta, seq = transfer.meta, next(self._seqs)
+        done = transfer.sent(seq, offset, len(data), self.clock.now())
+        request = InstallSnapshotRequest(
+            term=self.term,
+            leader_id=self.leader_id,
+            last_included_index=meta.last_index,
+            last_included_term=meta.last_term,
+            conf=meta.conf,
+            size=meta.size,
+            checksum=meta.checksum,
+            offset=offset,
+            data=data,
+            done=done,
+            seq=seq,
+        )
+        self._send_or_block(request)
+
+    def _heartbeat_during_transfer(self, now: float, timeout: float) -> None:
+        """An empty AppendEntries at index 0 (every log matches there, and it moves no commit
+        index), outside the pipeline; and a resend of chunks overdue."""
+        request = AppendEntriesRequest(self.term, self.leader_id, 0, 0, (), 0, next(self._seqs))
+        sent = self._send_or_block(request)
+        if sent and self.transfer is not None and self.transfer.resend_overdue(now, timeout):
+            self._send_chunks()
+
+    def _send_or_block(self, request: AppendEntriesRequest | InstallSnapshotRequest) -> bool:
+        """Send a transfer's message; on a failure, end the transfer and block."""
+        try:
+            self.transport.send(self.peer_id, request)
+        except Exception as exc:
+            log.exception("replicator %s: send failed", self.peer_id)
+            self._end_transfer()
+            self._block(f"send failed: {exc}")
+            return False
+        return True
+
+    def _log_installed(self, transfer: SnapshotTransfer) -> None:
+        mib = transfer.size / (1 << 20)
+        sending = max(transfer.final_sent_at - transfer.started_at, 1e-9)
+        log.info(
+            "replicator %s: snapshot %d installed: %.1f MiB sent in %.3f s (%.1f MiB/s), "
+            "installed %.3f s later",
+            self.peer_id,
+            transfer.meta.last_index,
+            mib,
+            sending,
+            mib / sending,
+            self.clock.now() - transfer.final_sent_at,
+        )
+
+    def _end_transfer(self) -> None:
+        transfer, self.transfer = self.transfer, None
+        self._chunk_gen += 1
+        if self._chunk_timer is not None:
+            self._chunk_timer.cancel()
+            self._chunk_timer = None
+        if transfer is not None:
+            transfer.close()
 
     # -- blocking, timers --------------------------------------------------------------------
 
@@ -283,6 +460,7 @@ class Replicator(RaftActor):
         self.stopped = True
         self.progress.clear_inflight()
         self._cancel_timers()
+        self._end_transfer()
 
     def _cancel_timers(self) -> None:
         self._heartbeat_gen += 1

@@ -22,6 +22,9 @@ class NodeStatus:
     last_log_index: int
     pid: int
     conf: list[str]
+    first_log_index: int = 1  # entries before it were compacted into the snapshot
+    snapshot_index: int = 0  # the newest snapshot's last index (0: none)
+    snapshot_term: int = 0
     error: str | None = None  # why the node is in ERROR
     replicators: dict[str, str] = field(default_factory=dict)  # leader: follower -> progress
     rejected: dict[str, int] = field(default_factory=dict)  # untrusted input refused, by reason
@@ -44,6 +47,9 @@ class NodeStatus:
             "last_log_index": self.last_log_index,
             "pid": self.pid,
             "conf": list(self.conf),
+            "first_log_index": self.first_log_index,
+            "snapshot_index": self.snapshot_index,
+            "snapshot_term": self.snapshot_term,
         }
         if self.error:
             out["error"] = self.error

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+import msgpack
 
 from actors.base import RaftActor
 from actors.clock import ManualClock
@@ -119,6 +121,11 @@ class RecordingStateMachine(StateMachine):
     thread can `wait_until(..., condition=sm.changed)` (share one condition across peers to
     wait on a whole cluster). `fail_at` makes on_apply raise on a batch holding that index;
     `short_results` makes it return one result too few (both put the node into ERROR).
+
+    Snapshots: its state is `applied` itself (msgpack), so a peer that installed a snapshot
+    still shows the whole applied history, and histories compare across peers. `loaded` lists
+    the snapshot indexes loaded; `fail_snapshot_save` makes saving raise (in the part that runs
+    off the apply path).
     """
 
     def __init__(
@@ -136,6 +143,8 @@ class RecordingStateMachine(StateMachine):
         self.leader_term: int | None = None
         self.fail_at = fail_at
         self.short_results = short_results
+        self.loaded: list[int] = []
+        self.fail_snapshot_save = False
 
     @property
     def applied_indexes(self) -> list[int]:
@@ -151,6 +160,24 @@ class RecordingStateMachine(StateMachine):
             self.batches.append(indexes)
             self.changed.notify_all()
         return indexes[:-1] if self.short_results else indexes
+
+    def on_snapshot_save(self, writer: Any) -> Callable[[], None]:
+        with self.changed:
+            state = list(self.applied)  # the consistent view; written off the apply path
+
+        def write() -> None:
+            if self.fail_snapshot_save:
+                raise RuntimeError("snapshot save failed, as the test asked")
+            writer.write(msgpack.packb(state))
+
+        return write
+
+    def on_snapshot_load(self, reader: Any) -> None:
+        state = msgpack.unpackb(reader.read())
+        with self.changed:
+            self.applied = [(index, term, data) for index, term, data in state]
+            self.loaded.append(reader.meta.last_index)
+            self.changed.notify_all()
 
     def on_leader_start(self, term: int) -> None:
         self._event(f"start {term}", leader_term=term)

@@ -25,13 +25,17 @@ from actors.mailbox import Mailbox, MailboxSlot
 from actors.node import Node
 from actors.options import NodeOptions
 from actors.replicator import Replicator
+from actors.snapshot_executor import SnapshotExecutor
 from actors.state_machine import StateMachine
-from storage.base import LogStorage, MetaStorage
+from storage.base import LogStorage, MetaStorage, SnapshotStore
 from transport.base import Transport
 from transport.rpc import (
+    AdminRequest,
     AppendEntriesRequest,
     AppendEntriesResponse,
     ClientRequest,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
     RequestVoteRequest,
     RequestVoteResponse,
     RpcMessage,
@@ -44,9 +48,9 @@ Spawn = Callable[..., Mailbox]
 StopActor = Callable[[Mailbox], None]
 ClientHandler = Callable[[RpcMessage], None]
 
-_TO_NODE = (AppendEntriesRequest, RequestVoteRequest, RequestVoteResponse)
-_TO_REPLICATOR = (AppendEntriesResponse,)
-_FROM_CLIENTS = (ClientRequest, StatusRequest)
+_TO_NODE = (AppendEntriesRequest, InstallSnapshotRequest, RequestVoteRequest, RequestVoteResponse)
+_TO_REPLICATOR = (AppendEntriesResponse, InstallSnapshotResponse)
+_FROM_CLIENTS = (ClientRequest, StatusRequest, AdminRequest)
 
 
 class Replicators:
@@ -83,16 +87,23 @@ class PeerActors:
     log_view: LogView
     meta: MetaStorage
     replicators: Replicators
+    snapshot_executor: Mailbox | None = None  # None: snapshots are off
+    snapshots: SnapshotStore | None = None
 
     def in_stop_order(self) -> list[Mailbox]:
         """The Node first (no new work; it stops the Replicators), then the LogManager (it
-        handles the proposals the Node passed on and flushes), the BallotBox, and last the
-        FSMCaller (it fails every future still pending). Then `close_storage`."""
-        return [self.node, self.log_manager, self.ballot_box, self.fsm_caller]
+        handles the proposals the Node passed on and flushes), the BallotBox, the FSMCaller
+        (it fails every future still pending) and last the SnapshotExecutor (the FSMCaller may
+        hand it a snapshot to finish). Then `close_storage`."""
+        order = [self.node, self.log_manager, self.ballot_box, self.fsm_caller]
+        return order + ([self.snapshot_executor] if self.snapshot_executor is not None else [])
 
     def close_storage(self) -> None:
         """Once every actor has stopped: no one reads or writes the storages any more."""
-        for closable in (self.log_view, self.meta):
+        closables: list[Any] = [self.log_view, self.meta]
+        if self.snapshots is not None:
+            closables.append(self.snapshots)
+        for closable in closables:
             try:
                 closable.close()
             except Exception:
@@ -110,14 +121,22 @@ def assemble_peer(
     spawn: Spawn,
     stop: StopActor,
     on_error: Callable[[str], None] | None = None,
+    snapshot_storage: SnapshotStore | None = None,
 ) -> PeerActors:
     """Start one peer's actors. Mutual references go through slots, bound before the Node (the
     only actor that starts work on its own, from a timer) is started. `on_error(reason)` is
-    called once, on the Node's thread, when the peer enters ERROR."""
+    called once, on the Node's thread, when the peer enters ERROR. With a `snapshot_storage`
+    (and a state machine that supports snapshots) the peer snapshots and compacts its log."""
     raft = options.raft
     peer_id = options.peer_id
-    log_view = LogView(log_storage, raft.log_tail_entries)
+    snapshots = snapshot_storage if state_machine.supports_snapshots() else None
+    if snapshot_storage is not None and snapshots is None:
+        log.warning("%s: the state machine cannot snapshot; snapshots are off", peer_id)
+    log_view = LogView(
+        log_storage, raft.log_tail_entries, snapshots.latest() if snapshots is not None else None
+    )
     node, log_manager, ballot_box, fsm = (MailboxSlot(n) for n in ("node", "lm", "bb", "fsm"))
+    executor = MailboxSlot("snapshot") if snapshots is not None else None
 
     def build_replicator(peer: str, term: int, next_index: int) -> Mailbox:
         return spawn(
@@ -132,9 +151,12 @@ def assemble_peer(
             node,
             clock,
             raft,
+            snapshots,
         )
 
-    fsm_ref = spawn(FSMCaller, state_machine, log_view, node, raft)
+    fsm_ref = spawn(
+        FSMCaller, state_machine, log_view, node, raft, options.initial_conf, snapshots, executor
+    )
     fsm.bind(fsm_ref)
     bb_ref = spawn(BallotBox, fsm, log_manager, node)
     ballot_box.bind(bb_ref)
@@ -142,6 +164,21 @@ def assemble_peer(
         LogManager, peer_id, log_view, meta_storage, transport, node, ballot_box, fsm, raft
     )
     log_manager.bind(lm_ref)
+    executor_ref = None
+    if snapshots is not None and executor is not None:
+        executor_ref = spawn(
+            SnapshotExecutor,
+            peer_id,
+            snapshots,
+            log_view,
+            transport,
+            node,
+            log_manager,
+            fsm,
+            clock,
+            raft,
+        )
+        executor.bind(executor_ref)
     replicators = Replicators(build_replicator, stop)
     node_ref = spawn(
         Node,
@@ -155,9 +192,20 @@ def assemble_peer(
         clock=clock,
         rng=rng,
         on_error=on_error,
+        snapshot_executor=executor,
     )
     node.bind(node_ref)
-    return PeerActors(node_ref, lm_ref, bb_ref, fsm_ref, log_view, meta_storage, replicators)
+    return PeerActors(
+        node_ref,
+        lm_ref,
+        bb_ref,
+        fsm_ref,
+        log_view,
+        meta_storage,
+        replicators,
+        executor_ref,
+        snapshots,
+    )
 
 
 class Router:

@@ -31,24 +31,33 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
 from transport import codec
 from transport.errors import DecodeError, TransportError
 from transport.kv_protocol import (
+    ADMIN_SNAPSHOT,
     CAS,
     DELETE,
     GET,
     PUT,
     KVCommand,
+    decode_admin_result,
     decode_command,
     decode_result,
     encode_command,
 )
 from transport.peers import parse_peer
-from transport.rpc import ClientRequest, ClientResponse, ClientStatus, StatusRequest, StatusResponse
+from transport.rpc import (
+    AdminRequest,
+    ClientRequest,
+    ClientResponse,
+    ClientStatus,
+    StatusRequest,
+    StatusResponse,
+)
 
 _NO_LEADER_PAUSE = 0.05  # after every peer said "no leader" (an election is on): wait a little
 _OVERLOAD_BACKOFF = (0.005, 0.5)  # first and longest wait after OVERLOADED (doubling, jittered)
@@ -137,7 +146,7 @@ class KVClient:
                 sock.close(linger=0)
             self._sockets.clear()
 
-    def __enter__(self) -> KVClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -214,7 +223,7 @@ class KVClient:
             self._sockets[peer] = sock
         return sock
 
-    def _send(self, peer: str, message: ClientRequest | StatusRequest) -> bool:
+    def _send(self, peer: str, message: ClientRequest | StatusRequest | AdminRequest) -> bool:
         """Hand `message` to the peer's socket; False if the peer is not reachable now."""
         sock = self._socket(peer)
         frame = codec.encode(message)
@@ -260,3 +269,61 @@ class KVClient:
     def _check_open(self) -> None:
         if self._closed:
             raise KVError("client is closed")
+
+
+class AdminClient(KVClient):
+    """Operator requests (`launcher.py admin`); the same constructor as KVClient.
+
+        a = AdminClient(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"], timeout=5.0)
+        a.members()           # {"leader": id or None, "voters": [...], "learners": [...]}
+        a.snapshot()          # the leader snapshots now: {"peer", "index", "term", "bytes"}
+        a.snapshot("H:P")     # that peer does
+
+    Errors as KVClient's: CommandError for a definite refusal (e.g. snapshots are off there),
+    ClientTimeout when no answer came in time. (Membership changes and leadership transfer
+    arrive with their own issue.)"""
+
+    def members(self) -> dict[str, Any]:
+        """The configuration as the leader reports it (from any peer, if none leads)."""
+        statuses = [s for s in self.status() if "conf" in s]
+        if not statuses:
+            raise ClientTimeout(f"no peer answered within {self.attempt_timeout}s")
+        leaders = [s for s in statuses if s.get("role") == "leader"]
+        source = max(leaders or statuses, key=lambda s: s.get("term", 0))
+        return {
+            "leader": source.get("leader"),
+            "voters": list(source["conf"]),
+            "learners": list(source.get("learners", [])),
+        }
+
+    def snapshot(self, peer: str | None = None) -> dict[str, Any]:
+        """Have `peer` (default: the leader) take a snapshot now; its index, term and size."""
+        deadline = time.monotonic() + self.timeout
+        if peer is not None:
+            parse_peer(peer)
+        target = peer or self._await_leader(deadline)
+        with self._lock:
+            self._check_open()
+            while time.monotonic() < deadline:
+                request_id = next(self._request_ids)
+                if self._send(target, AdminRequest(self.client_id, request_id, ADMIN_SNAPSHOT)):
+                    # A snapshot of a large state takes a while: wait for it, not an attempt.
+                    reply = self._await(request_id, deadline)
+                    if reply is not None:
+                        if reply.status != ClientStatus.OK:
+                            raise CommandError(reply.message or "refused by the service")
+                        try:
+                            return decode_admin_result(reply.result)
+                        except DecodeError as exc:
+                            raise KVError(f"{target} answered garbage: {exc}") from None
+                time.sleep(_NO_LEADER_PAUSE)
+        raise ClientTimeout(f"{target} did not answer within {self.timeout}s")
+
+    def _await_leader(self, deadline: float) -> str:
+        while time.monotonic() < deadline:
+            leaders = [s["id"] for s in self.status() if s.get("role") == "leader"]
+            if leaders:
+                leader: str = leaders[0]
+                return leader
+            time.sleep(_NO_LEADER_PAUSE)
+        raise ClientTimeout(f"no leader known within {self.timeout}s")

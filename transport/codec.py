@@ -92,6 +92,9 @@ MESSAGE_TAGS: Final[Mapping[type, int]] = MappingProxyType(
         rpc.ClientResponse: 12,
         rpc.StatusRequest: 13,
         rpc.StatusResponse: 14,
+        rpc.InstallSnapshotRequest: 15,
+        rpc.InstallSnapshotResponse: 16,
+        rpc.AdminRequest: 17,
     }
 )
 
@@ -340,7 +343,9 @@ _STATUS_ANNOTATION: Final = "dict[str, Any]"
 
 
 # The messages whose `term` is their sender's own term as leader or candidate: never 0.
-_REQUESTS_WITH_TERM: Final = frozenset({rpc.AppendEntriesRequest, rpc.RequestVoteRequest})
+_REQUESTS_WITH_TERM: Final = frozenset(
+    {rpc.AppendEntriesRequest, rpc.RequestVoteRequest, rpc.InstallSnapshotRequest}
+)
 
 
 def _int_kind(cls: type, name: str) -> str:

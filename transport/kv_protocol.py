@@ -20,6 +20,9 @@ OPS = frozenset((PUT, GET, DELETE, CAS))
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 
+# AdminRequest.op values: operations on the peer itself, answered with a msgpack map.
+ADMIN_SNAPSHOT = "snapshot"  # -> {"peer", "index", "term", "bytes"} of the snapshot taken
+
 
 @dataclass(frozen=True, slots=True)
 class KVCommand:
@@ -75,6 +78,17 @@ def decode_result(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise DecodeError(f"bad result: {exc}") from None
+
+
+def decode_admin_result(data: bytes) -> dict[str, Any]:
+    """An AdminRequest's answer: a str-keyed msgpack map (DecodeError otherwise)."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=0)
+    except Exception as exc:
+        raise DecodeError(f"bad admin result: {exc}") from exc
+    if not isinstance(value, dict):
+        raise DecodeError("an admin result is a map")
+    return value
 
 
 def _unpack(data: bytes, arity: int) -> list[Any]:

@@ -89,6 +89,54 @@ class AppendEntriesResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class InstallSnapshotRequest:
+    """One chunk of the leader's snapshot (SOFAJRaft's InstallSnapshot, streamed: the data
+    travels in the request itself, `offset` .. `offset + len(data)` of `size` bytes).
+
+    The snapshot is named by (last_included_index, last_included_term); `conf` is the
+    configuration at that index (actors.configuration encoding), `size` and `checksum` (crc32)
+    describe the whole data so the follower verifies it before installing. `done` marks the
+    last chunk."""
+
+    term: int
+    leader_id: str
+    last_included_index: int
+    last_included_term: int
+    conf: bytes
+    size: int
+    checksum: int
+    offset: int
+    data: bytes
+    done: bool
+    seq: int
+
+    @property
+    def sender(self) -> str:
+        return self.leader_id
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    """The follower's answer to one chunk. `next_offset` is how many bytes of the snapshot
+    (last_included_index) it holds contiguously: the leader resumes from there, so a duplicate,
+    a gap or a restarted follower costs a rewind, never a wrong byte. `success` with `done`
+    means installed: the follower's log and state machine are at last_included_index."""
+
+    term: int
+    success: bool
+    peer_id: str
+    seq: int
+    req_term: int
+    last_included_index: int
+    next_offset: int
+    done: bool
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRequest:
     """A client command. (client_id, seq) lets the state machine de-duplicate retried writes
     (Raft dissertation §6.3); request_id correlates the reply on the client's connection."""
@@ -128,6 +176,22 @@ class ClientResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """An operator's request to the peer it is sent to (AdminClient): `op` names it
+    ("snapshot"), `target` is its argument if it has one. Answered with a ClientResponse whose
+    `result` is a msgpack map (see transport.client.AdminClient)."""
+
+    client_id: str
+    request_id: int
+    op: str
+    target: str = ""
+
+    @property
+    def sender(self) -> str:
+        return self.client_id
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRequest:
     client_id: str
     request_id: int
@@ -153,8 +217,11 @@ RpcMessage = (
     | RequestVoteResponse
     | AppendEntriesRequest
     | AppendEntriesResponse
+    | InstallSnapshotRequest
+    | InstallSnapshotResponse
     | ClientRequest
     | ClientResponse
+    | AdminRequest
     | StatusRequest
     | StatusResponse
 )

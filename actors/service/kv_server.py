@@ -16,6 +16,8 @@ import logging
 import threading
 from typing import Any
 
+import msgpack
+
 from actors.errors import (
     NodeFailedError,
     NodeStoppedError,
@@ -29,8 +31,15 @@ from actors.service.errors import InvalidCommandError
 from actors.service.kv_store import STALE
 from transport.base import Transport
 from transport.errors import DecodeError
-from transport.kv_protocol import LoggedCommand, decode_command, encode_logged, encode_result
+from transport.kv_protocol import (
+    ADMIN_SNAPSHOT,
+    LoggedCommand,
+    decode_command,
+    encode_logged,
+    encode_result,
+)
 from transport.rpc import (
+    AdminRequest,
     ClientRequest,
     ClientResponse,
     ClientStatus,
@@ -40,6 +49,16 @@ from transport.rpc import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def snapshot_json(peer_id: str, meta: Any) -> dict[str, Any]:
+    """What `admin snapshot` prints of a SnapshotMeta."""
+    return {
+        "peer": peer_id,
+        "index": meta.last_index,
+        "term": meta.last_term,
+        "bytes": meta.size,
+    }
 
 
 class KVServer:
@@ -63,6 +82,8 @@ class KVServer:
             self._on_request(message)
         elif isinstance(message, StatusRequest):
             self._on_status(message)
+        elif isinstance(message, AdminRequest):
+            self._on_admin(message)
 
     def _on_request(self, req: ClientRequest) -> None:
         try:
@@ -131,6 +152,28 @@ class KVServer:
             req.client_id,
             ClientResponse(req.request_id, status, result, leader_hint, message, self.peer_id),
         )
+
+    def _on_admin(self, req: AdminRequest) -> None:
+        """Operator requests about this peer itself (they never go through the log)."""
+
+        def reply(status: int, result: dict[str, Any] | None = None, message: str = "") -> None:
+            body = msgpack.packb(result) if result is not None else b""
+            response = ClientResponse(req.request_id, status, body, "", message, self.peer_id)
+            self.transport.send(req.client_id, response)
+
+        if req.op != ADMIN_SNAPSHOT:
+            reply(ClientStatus.ERROR, message=f"unknown admin operation {req.op[:40]!r}")
+            return
+
+        def done(meta: Any, error: BaseException | None) -> None:
+            if error is not None:
+                reply(ClientStatus.ERROR, message=f"{type(error).__name__}: {error}")
+            elif meta is None:
+                reply(ClientStatus.ERROR, message="nothing applied yet: no snapshot to take")
+            else:
+                reply(ClientStatus.OK, snapshot_json(self.peer_id, meta))
+
+        self.node.snapshot(CompletionFuture(done))
 
     def _on_status(self, req: StatusRequest) -> None:
         def done(status: Any, error: BaseException | None) -> None:

@@ -39,6 +39,10 @@ def peer_command(
     command = [sys.executable, str(LAUNCHER), "run", "--self", config.peer_id]
     command += ["--peers", ",".join(config.peers), "--data-dir", str(config.data_dir)]
     command += ["--election-timeout-ms", str(config.election_timeout_ms)]
+    command += ["--snapshot-threshold", str(config.snapshot_threshold)]
+    command += ["--snapshot-interval-s", repr(config.snapshot_interval_s)]
+    command += ["--snapshot-log-margin", str(config.snapshot_log_margin)]
+    command += ["--snapshot-throttle-bytes", str(config.snapshot_throttle_bytes)]
     command += ["--log-level", log_level]
     if supervisor_pid is not None:
         # The peer stops by itself once this process is gone: no orphan outlives its starter.

@@ -3,8 +3,9 @@
 This is what `launcher.py run --self H:P` runs. The launcher parses the command line and handles
 signals; this module owns the data layout and the readiness line:
 
-- a peer keeps its data in `DATA_DIR/<host>_<port>/` (`log/` segments and `meta`, the term and
-  vote), so a peer restarted by the supervisor or by hand with `--self` finds its state;
+- a peer keeps its data in `DATA_DIR/<host>_<port>/` (`log/` segments, `meta` (the term and
+  vote) and `snapshot/`, the newest snapshots), so a peer restarted by the supervisor or by hand
+  with `--self` finds its state;
 - once it is serving it prints one line containing `READY_MARK`, which the launcher's
   supervisor, the tests, the chaos runner and the benchmarks wait for (see local_peer.py).
 """
@@ -26,6 +27,7 @@ from actors.service.kv_store import KVStateMachine
 from storage.errors import StorageError
 from storage.log_storage import SegmentLogStorage
 from storage.meta_storage import FileMetaStorage
+from storage.snapshot_storage import SnapshotStorage
 from transport.errors import BindError
 from transport.peers import parse_peer
 from transport.zmq_transport import ZmqTransport, peer_address
@@ -60,6 +62,10 @@ class PeerConfig:
     data_dir: Path
     election_timeout_ms: int = 1000
     fsync: bool = True  # False for benchmarks only: a power failure loses acknowledged writes
+    snapshot_threshold: int = RaftOptions.snapshot_threshold
+    snapshot_interval_s: float = RaftOptions.snapshot_interval
+    snapshot_log_margin: int = RaftOptions.snapshot_log_margin
+    snapshot_throttle_bytes: int = 0  # per follower, bytes/s; 0 = unthrottled
 
     @property
     def peer_dir(self) -> Path:
@@ -67,7 +73,13 @@ class PeerConfig:
 
     def node_options(self) -> NodeOptions:
         """Raises OptionsError for a bad configuration (e.g. peer_id not among peers)."""
-        raft = RaftOptions(election_timeout=self.election_timeout_ms / 1000)
+        raft = RaftOptions(
+            election_timeout=self.election_timeout_ms / 1000,
+            snapshot_threshold=self.snapshot_threshold,
+            snapshot_interval=self.snapshot_interval_s,
+            snapshot_log_margin=self.snapshot_log_margin,
+            snapshot_throttle_bytes=self.snapshot_throttle_bytes,
+        )
         return NodeOptions(self.peer_id, Configuration.of(self.peers), raft)
 
 
@@ -86,6 +98,7 @@ def run_peer(
         peer_dir.mkdir(parents=True, exist_ok=True)
         log_storage = SegmentLogStorage(peer_dir / "log", sync=config.fsync)
         meta = FileMetaStorage(peer_dir / "meta")
+        snapshots = SnapshotStorage(peer_dir / "snapshot", sync=config.fsync)
     except (StorageError, OSError) as error:
         raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
     transport = ZmqTransport(config.peer_id, peer_address(config.peer_id), config.peers)
@@ -97,8 +110,16 @@ def run_peer(
 
     try:
         node = RaftNode.start(
-            options, KVStateMachine(), log_storage, meta, transport, on_error=on_error
+            options,
+            KVStateMachine(),
+            log_storage,
+            meta,
+            transport,
+            on_error=on_error,
+            snapshot_storage=snapshots,
         )
+    except (StorageError, OSError) as error:  # e.g. the log does not continue the snapshot
+        raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
     except BindError as error:
         _, port = parse_peer(config.peer_id)
         raise PeerStartError(f"cannot listen: {error.reason} (port {port} in use?)") from error

@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-timeout", type=float, default=1.0, help="per operation (s)")
     parser.add_argument("--check-timeout", type=float, default=300.0, help="checker budget (s)")
     parser.add_argument(
+        "--snapshot-threshold",
+        type=int,
+        default=200,
+        help="the peers' snapshot threshold, in entries (default 200, so snapshots are many)",
+    )
+    parser.add_argument(
+        "--snapshot-log-margin", type=int, default=50, help="entries kept before a snapshot"
+    )
+    parser.add_argument(
         "--log-level",
         default="WARNING",
         type=str.upper,
@@ -73,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> ChaosConfig:
         client_timeout=args.client_timeout,
         check_timeout=args.check_timeout,
         log_level=args.log_level,
+        snapshot_threshold=args.snapshot_threshold,
+        snapshot_log_margin=args.snapshot_log_margin,
     )
 
 

@@ -40,6 +40,10 @@ class ChaosConfig:
     converge_timeout: float = 60.0
     check_timeout: float = 300.0
     log_level: str = "WARNING"
+    # Small, so that a run of a few thousand writes snapshots and compacts many times: a killed
+    # peer then often comes back behind the leader's log and catches up by InstallSnapshot.
+    snapshot_threshold: int = 200
+    snapshot_log_margin: int = 50
 
     def __post_init__(self) -> None:
         if self.peer_count < 3:
@@ -52,6 +56,8 @@ class ChaosConfig:
             raise ValueError("--election-timeout-ms must be positive")
         if self.client_timeout <= 0 or self.check_timeout <= 0 or self.converge_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.snapshot_threshold < 0 or self.snapshot_log_margin < 0:
+            raise ValueError("--snapshot-threshold and --snapshot-log-margin must be >= 0")
 
     @property
     def peer_count(self) -> int:
@@ -138,8 +144,13 @@ class ChaosReport:
             lines.append(
                 f"convergence: OK - every peer at commit = applied = last index "
                 f"{conv.commit_index}; logs identical on disk (sha256 {conv.log_digest}); "
-                f"replayed state = final reads of {len(conv.final_values)} keys"
+                f"each peer's snapshot + log = final reads of {len(conv.final_values)} keys"
             )
+            snapshots = ", ".join(
+                f"{s['id']} {s.get('snapshot_index', 0)} (log from {s.get('first_log_index', 1)})"
+                for s in conv.statuses
+            )
+            lines.append(f"snapshots (snapshot threshold {c.snapshot_threshold}): {snapshots}")
         else:
             lines.append("convergence: FAILED")
             lines.extend(f"  {problem}" for problem in conv.problems)

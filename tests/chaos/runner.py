@@ -9,17 +9,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from actors.service.kv_store import KVStateMachine
 from actors.service.local_peer import LocalPeer
+from actors.service.offline import PeerDisk, read_peer_disk
 from actors.service.peer import PeerConfig, peer_data_dir
-from actors.state_machine import Command
 from actors.wait import wait_until
-from storage.entry import EntryType, LogEntry
-from storage.log_storage import SegmentLogStorage
+from storage.errors import StorageError
 from tests.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
 from tests.chaos.constants import EXIT_OK, FINAL_CLIENT
 from tests.chaos.faults import FaultInjector
@@ -87,7 +85,14 @@ def run_chaos(
 def _local_peer(peer_id: str, ids: list[str], config: ChaosConfig, data_dir: Path) -> LocalPeer:
     """A peer logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own (a
     Ctrl-C at the terminal reaches only the runner, which stops the peers in order)."""
-    peer_config = PeerConfig(peer_id, tuple(ids), data_dir, config.election_timeout_ms)
+    peer_config = PeerConfig(
+        peer_id,
+        tuple(ids),
+        data_dir,
+        config.election_timeout_ms,
+        snapshot_threshold=config.snapshot_threshold,
+        snapshot_log_margin=config.snapshot_log_margin,
+    )
     return LocalPeer(
         peer_config,
         log_level=config.log_level,
@@ -221,83 +226,62 @@ def _wait_converged(ids: list[str], timeout: float) -> list[dict[str, Any]]:
 def _audit_logs(
     peers: dict[str, LocalPeer], commit: int, keys: list[str], result: Convergence
 ) -> None:
-    """Compare the stopped peers' logs entry by entry up to `commit` and replay them through
-    the KV state machine: every peer must hold the same log, and its state must be exactly
-    what the final reads returned. (The running peers' in-memory state is not visible; their
-    applied index equals `commit`, and the state machine is deterministic.)"""
-    digests: dict[str, str] = {}
-    logs: dict[str, list[tuple[int, int, bytes]]] = {}
+    """Compare the stopped peers' logs entry by entry up to `commit` (over the range every peer
+    still holds: snapshots compact the log) and rebuild each peer's state from its disk (its
+    newest snapshot, then its log): every peer must hold the same log, and its state must be
+    exactly what the final reads returned. (The running peers' in-memory state is not visible;
+    their applied index equals `commit`, and the state machine is deterministic.)"""
+    disks: dict[str, PeerDisk] = {}
     for peer in peers.values():
-        # sync=True: the strict recovery rule (the peers ran with fsync and stopped cleanly).
-        storage = SegmentLogStorage(peer.config.peer_dir / "log", sync=True)
         try:
-            if storage.first_log_index() != 1:
-                result.problems.append(f"{peer.id}: log starts at {storage.first_log_index()}")
-                continue
-            if storage.last_log_index() < commit:
-                result.problems.append(
-                    f"{peer.id}: log on disk ends at {storage.last_log_index()} < commit {commit}"
-                )
-                continue
-            entries = [
-                (e.term, int(e.type), e.data) for e in _read_log(storage, commit)
-            ]  # index = position + 1
-        finally:
-            storage.close()
-        logs[peer.id] = entries
+            disk = read_peer_disk(peer.config.peer_dir, upto=commit)
+        except StorageError as error:
+            result.problems.append(f"{peer.id}: {error}")
+            continue
+        held = max(disk.entries[-1].index if disk.entries else 0, disk.snapshot_index)
+        if held < commit:
+            result.problems.append(f"{peer.id}: disk holds up to {held} < commit {commit}")
+            continue
+        disks[peer.id] = disk
+    if not disks:
+        return
+    first = max(disk.first_log_index for disk in disks.values())
+    logs = {
+        peer: [(e.term, int(e.type), e.data) for e in disk.entries if e.index >= first]
+        for peer, disk in disks.items()
+    }
+    digests: dict[str, str] = {}
+    for peer, entries in logs.items():
         digest = hashlib.sha256()
         for term, kind, data in entries:
             digest.update(f"{term}:{kind}:{len(data)}:".encode())
             digest.update(data)
-        digests[peer.id] = digest.hexdigest()[:16]
+        digests[peer] = digest.hexdigest()[:16]
     if len(set(digests.values())) > 1:
-        first, *others = logs
+        one, *others = logs
         for other in others:
             diff = next(
-                (
-                    i
-                    for i, (a, b) in enumerate(zip(logs[first], logs[other], strict=True))
-                    if a != b
-                ),
+                (i for i, (a, b) in enumerate(zip(logs[one], logs[other], strict=False)) if a != b),
                 None,
             )
             if diff is not None:
                 result.problems.append(
-                    f"logs differ: {first} and {other} first disagree at index {diff + 1}: "
-                    f"{logs[first][diff][:2]} vs {logs[other][diff][:2]}"
+                    f"logs differ: {one} and {other} first disagree at index {first + diff}: "
+                    f"{logs[one][diff][:2]} vs {logs[other][diff][:2]}"
                 )
         return
-    if not logs:
-        return
     result.log_digest = next(iter(digests.values()))
-    machine = KVStateMachine()
-    entries = next(iter(logs.values()))
-    commands = [
-        Command(index, term, data)
-        for index, (term, kind, data) in enumerate(entries, start=1)
-        if kind == EntryType.DATA
-    ]
-    for start in range(0, len(commands), 1024):
-        machine.on_apply(commands[start : start + 1024])
-    unexpected = sorted(set(machine.data) - set(keys))
-    if unexpected:
-        result.problems.append(f"replayed state has keys no client wrote: {unexpected[:5]}")
-    for key in keys:
-        if key in result.final_values and machine.data.get(key) != result.final_values[key]:
-            result.problems.append(
-                f"replayed log gives {key}={machine.data.get(key)!r} but the final read "
-                f"returned {result.final_values[key]!r}"
-            )
-
-
-def _read_log(storage: SegmentLogStorage, last: int) -> Iterator[LogEntry]:
-    index = 1
-    while index <= last:
-        batch = storage.get_entries(index, min(last, index + 4095))
-        if not batch:
-            raise RuntimeError(f"log entry {index} unreadable")
-        yield from batch
-        index = batch[-1].index + 1
+    for peer, disk in disks.items():
+        data = disk.state.data
+        unexpected = sorted(set(data) - set(keys))
+        if unexpected:
+            result.problems.append(f"{peer}: state has keys no client wrote: {unexpected[:5]}")
+        for key in keys:
+            if key in result.final_values and data.get(key) != result.final_values[key]:
+                result.problems.append(
+                    f"{peer}: snapshot and log give {key}={data.get(key)!r} but the final read "
+                    f"returned {result.final_values[key]!r}"
+                )
 
 
 def _save_history(path: Path, history: Sequence[Operation]) -> None:

@@ -122,12 +122,17 @@ def test_stop_settles_every_future_even_with_proposals_in_flight(
     stop_proposing = threading.Event()
 
     def propose() -> None:
-        while not stop_proposing.is_set():
+        # Well below max_pending_entries, so that none is refused as overload.
+        while not stop_proposing.is_set() and len(futures) < 8000:
             futures.extend(node.apply_batch([b"p"] * 16))
 
     proposer = threading.Thread(target=propose)
     proposer.start()
-    cluster.wait_until(lambda: len(futures) > 2000, "proposals in flight")
+    def applying_with_more_in_flight() -> bool:
+        # Some proposals applied (the stop must not lose those) and many more still in flight.
+        return len(futures) > 2000 and _settled(futures[0])
+
+    cluster.wait_until(applying_with_more_in_flight, "proposals applied and more in flight")
     cluster.crash(leader)  # RaftNode.stop, concurrently with the proposer
     stop_proposing.set()
     proposer.join(WAIT)
@@ -141,3 +146,13 @@ def test_stop_settles_every_future_even_with_proposals_in_flight(
     assert "applied" in outcomes
     assert set(outcomes) <= {"applied", "NodeStoppedError", "LeadershipLostError", "NotLeaderError"}
     assert cluster.peers[leader].errors == []  # a clean stop, not a crash
+
+
+def _settled(future: pykka.Future[Any]) -> bool:
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return False
+    except Exception:
+        return True
+    return True

@@ -25,9 +25,13 @@ WAIT = 20.0  # generous deadline for a condition; a healthy run takes a small fr
 
 
 class ServiceCluster:
-    def __init__(self, size: int, data_dir: Path) -> None:
+    def __init__(self, size: int, data_dir: Path, **config: Any) -> None:
+        """`config`: more PeerConfig fields for every peer (e.g. snapshot_threshold)."""
         self.ids = [f"127.0.0.1:{port}" for port in free_ports(size)]
-        configs = [PeerConfig(p, tuple(self.ids), data_dir, ELECTION_TIMEOUT_MS) for p in self.ids]
+        configs = [
+            PeerConfig(p, tuple(self.ids), data_dir, ELECTION_TIMEOUT_MS, **config)
+            for p in self.ids
+        ]
         self.peers = {
             c.peer_id: LocalPeer(c, log_path=data_dir / "logs" / f"{c.peer_dir.name}.log")
             for c in configs
@@ -74,8 +78,8 @@ class ServiceCluster:
 def service(tmp_path: Path) -> Iterator[Callable[[int], ServiceCluster]]:
     clusters: list[ServiceCluster] = []
 
-    def make(size: int = 3) -> ServiceCluster:
-        cluster = ServiceCluster(size, tmp_path / f"data{len(clusters)}")
+    def make(size: int = 3, **config: Any) -> ServiceCluster:
+        cluster = ServiceCluster(size, tmp_path / f"data{len(clusters)}", **config)
         clusters.append(cluster)
         cluster.start()
         return cluster

@@ -175,6 +175,12 @@ def run_launcher(*args: str) -> subprocess.CompletedProcess[str]:
         (["--election-timeout-ms", "0"], "must be a positive"),
         (["client", "--peers", "nonsense", "get", "k"], "expected HOST:PORT"),
         (["client", "cas", "k", "only-one"], "cas takes KEY EXPECTED NEW"),
+        (["--snapshot-threshold", "-1"], "--snapshot-threshold must be 0"),
+        (["--snapshot-interval-s", "nan"], "--snapshot-interval-s must be 0"),
+        (["--snapshot-log-margin", "-5"], "--snapshot-log-margin must be 0"),
+        (["--snapshot-throttle-bytes", "-1"], "--snapshot-throttle-bytes must be 0"),
+        (["admin", "snapshot", "not-a-peer"], "snapshot: bad peer address"),
+        (["admin", "--timeout", "0", "members"], "--timeout must be positive"),
     ],
 )
 def test_bad_command_line_gets_a_clear_message(args: list[str], message: str) -> None:

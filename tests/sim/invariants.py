@@ -10,7 +10,13 @@ truncation as it happens (ObservedLog wraps a peer's storage), the others look a
 - Leader Completeness: a new leader's log holds every entry committed so far.
 - State Machine Safety: no two peers apply different commands at one index.
 - Monotonicity: a peer's commit and applied indexes never go backwards (within one run of it).
-- Nothing committed is ever truncated.
+- Nothing committed is ever truncated (by a conflict: compaction and installing a snapshot
+  drop committed entries that a snapshot holds, which is their job).
+
+Snapshots: a peer's state machine history may be replaced by a snapshot's; the whole new
+history is checked against what was committed, so State Machine Safety holds across installs.
+An entry appended right after a compacted or reset prefix has no known predecessor term in its
+log; Log Matching then compares its payload only.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ class SafetyChecker:
         self.leader_of_term: dict[int, str] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, data), DATA only
         self.entries: dict[
-            tuple[int, int], tuple[bytes, int]
-        ] = {}  # (index, term) -> (data, prev term)
+            tuple[int, int], tuple[bytes, int | None]
+        ] = {}  # (index, term) -> (data, prev term or None if not known where first seen)
         self._leaders_checked: set[tuple[str, int]] = set()
         self._applied_seen: dict[tuple[str, int], int] = {}
         self._commit_seen: dict[tuple[str, int], int] = {}
+        self._loads_seen: dict[tuple[str, int], int] = {}
 
     def fail(self, message: str) -> None:
         raise SafetyViolationError(message)
@@ -44,11 +51,16 @@ class SafetyChecker:
     # -- log events (from ObservedLog) -------------------------------------------------------
 
     def on_append(self, peer: str, log: MemoryLogStorage, entries: Sequence[LogEntry]) -> None:
-        prev_term = log.get_term(entries[0].index - 1)
+        prev = entries[0].index - 1
+        prev_term: int | None = (
+            log.get_term(prev) if prev == 0 or prev >= log.first_log_index() else None
+        )
         for entry in entries:
             key = (entry.index, entry.term)
             seen = self.entries.setdefault(key, (entry.data, prev_term))
-            if seen != (entry.data, prev_term):
+            if seen[1] is None and prev_term is not None:
+                seen = self.entries[key] = (seen[0], prev_term)
+            if seen[0] != entry.data or (None not in (seen[1], prev_term) and seen[1] != prev_term):
                 self.fail(
                     f"Log Matching: {peer} has {entry.index}@{entry.term} with payload "
                     f"{entry.data!r} after term {prev_term}; elsewhere {seen[0]!r} after {seen[1]}"
@@ -75,6 +87,7 @@ class SafetyChecker:
         term: int,
         view: LogView,
         applied: Sequence[tuple[int, int, bytes]],
+        loads: int = 0,
     ) -> None:
         run = (peer, incarnation)
         if role is Role.LEADER:
@@ -84,7 +97,7 @@ class SafetyChecker:
             if (peer, term) not in self._leaders_checked:
                 self._leaders_checked.add((peer, term))
                 for index, (entry_term, _) in sorted(self.committed.items()):
-                    if view.term_at(index) != entry_term:
+                    if index > view.snapshot_index and view.term_at(index) != entry_term:
                         self.fail(
                             f"Leader Completeness: {peer}, leader of term {term}, lacks "
                             f"committed entry {index}@{entry_term}"
@@ -94,6 +107,9 @@ class SafetyChecker:
             self.fail(f"{peer}'s commit index went back to {commit}")
         self._commit_seen[run] = commit
         seen = self._applied_seen.get(run, 0)
+        if loads != self._loads_seen.get(run, 0):
+            self._loads_seen[run] = loads
+            seen = 0  # a snapshot replaced the history: check all of it
         for index, term, data in applied[seen:]:
             known = self.committed.setdefault(index, (term, data))
             if known != (term, data):
@@ -103,6 +119,7 @@ class SafetyChecker:
                 )
             if seen and index <= applied[seen - 1][0]:
                 self.fail(f"{peer} applied index went back at {index}")
+            seen += 1
         self._applied_seen[run] = len(applied)
 
 

@@ -33,6 +33,9 @@ FAULTS = (
     "hostile",
     "oversized",
     "actor_crash",
+    "snapshot",
+    "wipe",
+    "crash_mid_snapshot",
     "calm",
 )
 STRANGER = "10.0.0.66:7000"  # not a member: every message of it must be refused
@@ -54,6 +57,8 @@ class Outcome:
     proposed: int = 0
     acknowledged: int = 0
     leaders: int = 0
+    snapshots_saved: int = 0
+    snapshots_installed: int = 0
     trace: list[str] | None = None
 
 
@@ -159,6 +164,8 @@ def run_scenario(
     outcome.proposed = counter
     outcome.acknowledged = len(acked)
     outcome.leaders = len(sim.checker.leader_of_term)
+    outcome.snapshots_saved = sim.delivered["SnapshotSaved"]
+    outcome.snapshots_installed = sim.delivered["InstallLog"]
     outcome.trace = sim.trace
     return outcome
 
@@ -229,6 +236,17 @@ def inject(sim: Simulation, kind: str) -> None:
         alive = sim.alive()
         if alive:
             sim.crash_actor(rng.choice(alive), rng)
+    elif kind == "snapshot":
+        alive = sim.alive()
+        if alive:
+            sim.snapshot(rng.choice(alive))
+    elif kind == "wipe":
+        wipe_one(sim)
+    elif kind == "crash_mid_snapshot":
+        # A peer in the middle of receiving (or installing) a snapshot, or of saving one.
+        busy = [p for p in sim.alive() if sim.snapshot_busy(p)]
+        if busy:
+            sim.crash(rng.choice(busy))
     # "calm": nothing this time
 
 
@@ -242,6 +260,23 @@ def send_hostile(sim: Simulation, target: str) -> None:
         stranger.send(target, AppendEntriesRequest(high, STRANGER, 0, 0, (entry,), 1, 1))
         stranger.send(target, RequestVoteRequest(high, STRANGER, 10**9, high, False))
         stranger.send(target, RequestVoteResponse(high, True, False, STRANGER, high))
+
+
+def wipe_one(sim: Simulation) -> None:
+    """A peer loses its disk and comes back empty. Raft cannot make that safe in general (a
+    peer that forgot its vote may vote twice in one term), so, as operators are told, only a
+    peer that cannot do so: one that never voted in the current leader's term or later."""
+    leaders = [p for p in sim.alive() if sim.peers[p].node.role is Role.LEADER]
+    if not leaders:
+        return
+    term = max(sim.peers[p].node.term for p in leaders)
+    candidates = [p for p in sim.ids if p not in leaders and sim.peers[p].meta.term < term]
+    if not candidates:
+        return
+    victim = sim.rng.choice(candidates)
+    sim.crash(victim)
+    sim.wipe(victim)
+    sim.start(victim)
 
 
 def restart_failed(sim: Simulation) -> None:

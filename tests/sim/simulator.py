@@ -19,7 +19,7 @@ import hashlib
 import heapq
 import itertools
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -28,13 +28,15 @@ import pykka
 
 from actors.base import RaftActor
 from actors.configuration import Configuration
+from actors.fsm_caller import FSMCaller
 from actors.log_manager import LogManager
-from actors.messages import Apply, Flush
+from actors.messages import Apply, Flush, TakeSnapshot
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
+from actors.snapshot_executor import SnapshotExecutor
 from actors.testing import RecordingStateMachine
 from actors.wiring import PeerActors, Router, assemble_peer
-from storage.memory import MemoryLogStorage, MemoryMetaStorage
+from storage.memory import MemoryLogStorage, MemoryMetaStorage, MemorySnapshotStorage
 from transport.memory import MemoryNetwork, MemoryTransport
 
 from .invariants import ObservedLog, SafetyChecker
@@ -96,6 +98,7 @@ class SimPeer:
     id: str
     log: ObservedLog
     meta: MemoryMetaStorage = field(default_factory=MemoryMetaStorage)
+    snapshots: MemorySnapshotStorage = field(default_factory=MemorySnapshotStorage)
     incarnation: int = 0
     sm: RecordingStateMachine | None = None
     actors: PeerActors | None = None
@@ -130,6 +133,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.time = 0.0
         self.steps = 0
+        self.delivered: Counter[str] = Counter()  # messages handled, by type: what a run did
         self._events: list[tuple[float, int, _Event]] = []
         self._seq = itertools.count()
         self._runnable: list[SimActor] = []  # actors with queued messages, in enqueue order
@@ -137,9 +141,17 @@ class Simulation:
         self.network = MemoryNetwork(rng=random.Random(self.rng.random()), clock=self.clock)
         self.network.set_delay(network_delay)
         self.ids = [f"10.0.0.{n}:7000" for n in range(1, size + 1)]
-        # A small command limit keeps the oversized-command fault cheap.
+        # A small command limit keeps the oversized-command fault cheap. Snapshots come often
+        # (a seeded threshold) with a small margin and small chunks, so compaction, several
+        # chunks per InstallSnapshot and crashes in the middle of either happen in most runs.
         self.options = RaftOptions(
-            election_timeout=election_timeout, max_command_bytes=MAX_COMMAND_BYTES
+            election_timeout=election_timeout,
+            max_command_bytes=MAX_COMMAND_BYTES,
+            snapshot_threshold=self.rng.choice((16, 40, 100)),
+            snapshot_interval=0.0,
+            snapshot_log_margin=self.rng.choice((0, 4, 20)),
+            snapshot_chunk_bytes=self.rng.choice((64, 512, 4096)),
+            snapshot_max_inflight=self.rng.choice((1, 3)),
         )
         self.checker = SafetyChecker()
         self.peers = {
@@ -180,6 +192,7 @@ class Simulation:
             if not actor.inbox:
                 self._runnable.remove(actor)
             self._record(f"{self.time:.6f} {actor.name} <- {describe(message)}")
+            self.delivered[type(message).__name__] += 1
             actor.actor.receive(message)
             self.time += self.rng.uniform(1e-6, 2e-5)  # processing takes a little time
         self.steps += 1
@@ -192,6 +205,7 @@ class Simulation:
                     peer.node_actor.term,
                     peer.actors.log_view,
                     peer.sm.applied,
+                    len(peer.sm.loaded),
                 )
 
     def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -249,6 +263,7 @@ class Simulation:
             random.Random(self.rng.random()),
             spawn,
             stop,
+            snapshot_storage=peer.snapshots,
         )
         endpoint.start(Router(peer_id, peer.actors).deliver)
         peer.log.is_leader = lambda: (
@@ -270,7 +285,19 @@ class Simulation:
         peer.members = []
         peer.log = peer.log.crash()
         peer.meta = peer.meta.crash()
+        peer.snapshots = peer.snapshots.crash()
         self._record(f"{self.time:.6f} crash {peer_id}")
+
+    def wipe(self, peer_id: str) -> None:
+        """The peer's disk is lost while it is down: it comes back with nothing (a new log, no
+        term or vote, no snapshot) and must catch up from the leader, by InstallSnapshot once
+        the log it needs was compacted."""
+        peer = self.peers[peer_id]
+        assert peer.actors is None, "wipe a peer that is down"
+        peer.log = ObservedLog(peer_id, MemoryLogStorage(), self.checker)
+        peer.meta = MemoryMetaStorage()
+        peer.snapshots = MemorySnapshotStorage()
+        self._record(f"{self.time:.6f} wipe {peer_id}")
 
     def alive(self) -> list[str]:
         return [p for p in self.ids if self.peers[p].alive]
@@ -284,6 +311,24 @@ class Simulation:
         actor._handlers = {**type(actor)._handlers, _Crash: _raise}  # this instance only
         self.enqueue(member, _Crash())
         return member.name
+
+    def snapshot_busy(self, peer_id: str) -> bool:
+        """Whether the peer is receiving, installing or saving a snapshot right now."""
+        for member in self.peers[peer_id].members:
+            actor = member.actor
+            if isinstance(actor, SnapshotExecutor) and actor.download is not None:
+                return True
+            if isinstance(actor, FSMCaller) and actor.saving is not None:
+                return True
+        return False
+
+    def snapshot(self, peer_id: str) -> pykka.Future[Any]:
+        """Ask `peer_id` for a snapshot now, as RaftNode.snapshot does."""
+        future: pykka.Future[Any] = pykka.ThreadingFuture()
+        actors = self.peers[peer_id].actors
+        assert actors is not None
+        actors.fsm_caller.tell(TakeSnapshot(future))
+        return future
 
     # -- clients -----------------------------------------------------------------------------
 

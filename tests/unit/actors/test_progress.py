@@ -8,16 +8,16 @@ import pytest
 from actors.progress import BackOff, Inflight, Placement, Progress, ReplicatorState
 
 PROBE, REPLICATE = ReplicatorState.PROBE, ReplicatorState.REPLICATE
+SNAPSHOT = ReplicatorState.SNAPSHOT
 
 
 def progress(
     next_index: int,
     match_index: int = 0,
     state: ReplicatorState = PROBE,
-    first_index: int = 1,
 ) -> Progress[str]:
     """A Progress at the given point (held responses are plain strings here)."""
-    p: Progress[str] = Progress(next_index, first_index)
+    p: Progress[str] = Progress(next_index)
     p.state, p.match_index = state, match_index
     return p
 
@@ -128,20 +128,19 @@ def test_a_matching_probe_switches_probe_to_replicate() -> None:
 
 
 @pytest.mark.parametrize(
-    ("first_index", "next_index", "window", "reset_to", "expected"),
+    ("next_index", "window", "reset_to", "expected"),
     [
-        pytest.param(1, 4, [], 0, 1, id="never below 1"),
-        pytest.param(5, 9, [], 2, 5, id="never below the first index"),
-        pytest.param(1, 9, [], 3, 3, id="to the given index"),
-        pytest.param(1, 7, [], None, 7, id="nothing in flight: stays"),
-        pytest.param(1, 3, [2, 2], None, 3, id="resume at the oldest unacknowledged"),
-        pytest.param(5, 5, [0, 2], None, 5, id="oldest unacknowledged, still the first index"),
+        pytest.param(4, [], 0, 1, id="never below 1"),
+        pytest.param(9, [], 2, 2, id="below a compacted prefix: the replicator's to handle"),
+        pytest.param(9, [], 3, 3, id="to the given index"),
+        pytest.param(7, [], None, 7, id="nothing in flight: stays"),
+        pytest.param(3, [2, 2], None, 3, id="resume at the oldest unacknowledged"),
     ],
 )
-def test_become_probe_resets_the_pipeline_never_below_the_first_index(
-    first_index: int, next_index: int, window: list[int], reset_to: int | None, expected: int
+def test_become_probe_resets_the_pipeline_never_below_1(
+    next_index: int, window: list[int], reset_to: int | None, expected: int
 ) -> None:
-    p = progress(next_index, state=REPLICATE if window else PROBE, first_index=first_index)
+    p = progress(next_index, state=REPLICATE if window else PROBE)
     for seq, count in enumerate(window, start=1):
         p.sent(seq, count, 0.0)
     if len(window) > 1:
@@ -151,15 +150,37 @@ def test_become_probe_resets_the_pipeline_never_below_the_first_index(
     assert p.state is PROBE and not p.inflight and not p.held
 
 
-@pytest.mark.parametrize(
-    ("first_index", "next_index", "expected"),
-    [(1, 0, 1), (1, 6, 6), (5, 3, 5), (5, 5, 5)],
-)
-def test_a_new_progress_starts_probing_at_or_after_the_first_index(
-    first_index: int, next_index: int, expected: int
-) -> None:
-    p = progress(next_index, first_index=first_index)
+@pytest.mark.parametrize(("next_index", "expected"), [(0, 1), (6, 6)])
+def test_a_new_progress_starts_probing_at_or_after_1(next_index: int, expected: int) -> None:
+    p = progress(next_index)
     assert (p.state, p.next_index, p.match_index) == (PROBE, expected, 0)
+
+
+def test_snapshot_state_forgets_the_pipeline_and_sends_no_entries() -> None:
+    p = progress(5, state=REPLICATE)
+    p.sent(1, 2, 0.0)
+    p.sent(2, 2, 0.0)
+    p.hold(2, "early")
+    p.become_snapshot()
+    assert p.state is SNAPSHOT and not p.inflight and not p.held
+    assert not p.can_send(10)
+    assert p.place(1) is Placement.STALE
+
+
+@pytest.mark.parametrize(
+    ("match", "installed", "grew", "after_match"),
+    [
+        pytest.param(0, 100, True, 100, id="grows to the snapshot"),
+        pytest.param(120, 100, False, 120, id="an older snapshot never lowers match"),
+    ],
+)
+def test_an_installed_snapshot_probes_right_after_what_the_follower_holds(
+    match: int, installed: int, grew: bool, after_match: int
+) -> None:
+    p = progress(3, match)
+    p.become_snapshot()
+    assert p.snapshot_installed(installed) is grew
+    assert (p.state, p.match_index, p.next_index) == (PROBE, after_match, after_match + 1)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,22 @@ from actors.errors import (
     NodeStoppedError,
     NotLeaderError,
     OverloadedError,
+    RaftError,
 )
 from actors.futures import complete, fail
 from actors.service.kv_server import KVServer
 from actors.testing import RecordingTransport
-from transport.kv_protocol import GET, PUT, KVCommand, encode_command, encode_result
-from transport.rpc import ClientRequest, ClientResponse, ClientStatus
+from storage.snapshot_storage import SnapshotMeta
+from transport.kv_protocol import (
+    ADMIN_SNAPSHOT,
+    GET,
+    PUT,
+    KVCommand,
+    decode_admin_result,
+    encode_command,
+    encode_result,
+)
+from transport.rpc import AdminRequest, ClientRequest, ClientResponse, ClientStatus
 
 ME = "a:1"
 
@@ -31,6 +41,7 @@ class StubNode:
 
     def __init__(self) -> None:
         self.proposals: list[tuple[bytes, pykka.Future[Any]]] = []
+        self.snapshots: list[pykka.Future[Any]] = []
         self.handler: Any = None
 
     def set_client_handler(self, handler: Any) -> None:
@@ -41,6 +52,10 @@ class StubNode:
     ) -> list[pykka.Future[Any]]:
         self.proposals.extend(zip(commands, futures, strict=True))
         return list(futures)
+
+    def snapshot(self, reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        self.snapshots.append(reply)
+        return reply
 
 
 @pytest.fixture
@@ -116,3 +131,58 @@ def test_a_successful_write_returns_the_encoded_result(
     complete(node.proposals[0][1], "v")
     [(_, answer)] = transport.take()
     assert (answer.request_id, answer.status, answer.result) == (7, 0, encode_result("v"))
+
+
+# -- admin requests ----------------------------------------------------------------------------
+
+
+def test_admin_snapshot_answers_with_the_snapshot_taken(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+) -> None:
+    kv, node, transport = server
+    kv.on_client_message(AdminRequest("admin-1", 7, ADMIN_SNAPSHOT))
+    assert transport.take() == []  # answered once the snapshot is durable, not before
+    (reply,) = node.snapshots
+    complete(reply, SnapshotMeta(42, 3, b"conf", size=1000, checksum=5))
+    ((to, response),) = transport.take()
+    assert to == "admin-1" and response.status == ClientStatus.OK and response.request_id == 7
+    assert decode_admin_result(response.result) == {
+        "peer": ME,
+        "index": 42,
+        "term": 3,
+        "bytes": 1000,
+    }
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [
+        pytest.param(
+            RaftError("cannot snapshot: snapshots are off"), "snapshots are off", id="off"
+        ),
+        pytest.param(None, "nothing applied yet", id="nothing to snapshot"),
+    ],
+)
+def test_admin_snapshot_refusals_are_definite_errors(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+    outcome: BaseException | None,
+    message: str,
+) -> None:
+    kv, node, transport = server
+    kv.on_client_message(AdminRequest("admin-1", 8, ADMIN_SNAPSHOT))
+    if outcome is None:
+        complete(node.snapshots[0], None)
+    else:
+        fail(node.snapshots[0], outcome)
+    ((_, response),) = transport.take()
+    assert response.status == ClientStatus.ERROR and message in response.message
+
+
+def test_an_unknown_admin_operation_is_refused_and_does_nothing(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+) -> None:
+    kv, node, transport = server
+    kv.on_client_message(AdminRequest("admin-1", 9, "format-the-disk"))
+    ((_, response),) = transport.take()
+    assert response.status == ClientStatus.ERROR and "unknown admin operation" in response.message
+    assert node.snapshots == [] and node.proposals == []

@@ -12,8 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.service.errors import InvalidCommandError
-from actors.service.kv_store import STALE, KVStateMachine
+from actors.service.kv_store import SNAPSHOT_FORMAT, STALE, KVStateMachine
 from actors.state_machine import Command
+from storage.errors import CorruptSnapshotError
+from storage.memory import MemorySnapshotStorage
+from storage.snapshot_storage import SnapshotMeta
 from transport.errors import DecodeError
 from transport.kv_protocol import (
     CAS,
@@ -188,3 +191,92 @@ def test_any_split_of_the_same_log_into_batches_gives_the_same_state_and_results
 def test_an_empty_batch_is_a_no_op() -> None:
     sm = KVStateMachine()
     assert sm.on_apply([]) == [] and sm.data == {}
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+
+def save(sm: KVStateMachine, index: int = 1) -> tuple[MemorySnapshotStorage, SnapshotMeta]:
+    store = MemorySnapshotStorage()
+    writer = store.create_writer(SnapshotMeta(index, 1, b"conf"))
+    finish = sm.on_snapshot_save(writer)
+    finish()
+    return store, store.commit(writer)
+
+
+def restore(store: MemorySnapshotStorage, meta: SnapshotMeta) -> KVStateMachine:
+    sm = KVStateMachine(session_ttl_entries=100)
+    with store.open(meta.last_index) as reader:
+        sm.on_snapshot_load(reader)
+    return sm
+
+
+def test_a_snapshot_holds_data_and_sessions_so_retries_stay_exactly_once(log: Log) -> None:
+    for n in range(10_000):  # several batches of SNAPSHOT_BATCH pairs
+        log.apply("c1", n + 1, PUT, f"k{n}", f"v{n}")
+    log.apply("c2", 1, CAS, "k0", "v0", "x")
+    store, meta = save(log.sm, log.index)
+    copy = restore(store, meta)
+    assert copy.data == log.sm.data
+    assert list(copy.sessions) == list(log.sm.sessions)  # in last-use order, for expiry
+    replay = Log(copy)
+    replay.index = log.index
+    assert replay.apply("c2", 1, CAS, "k0", "v0", "y") is True  # the retry: answered, not re-run
+    assert copy.data["k0"] == "x"
+    assert replay.apply("c1", 3, PUT, "k1", "old") is STALE
+
+
+def test_saving_takes_the_state_at_the_call_not_when_written(log: Log) -> None:
+    log.apply("c1", 1, PUT, "k", "before")
+    store = MemorySnapshotStorage()
+    writer = store.create_writer(SnapshotMeta(1, 1, b"conf"))
+    finish = log.sm.on_snapshot_save(writer)
+    log.apply("c1", 2, PUT, "k", "after")  # applying goes on before the writing happens
+    log.apply("c1", 3, DELETE, "gone")
+    finish()
+    copy = restore(store, store.commit(writer))
+    assert copy.data == {"k": "before"} and copy.sessions["c1"].last_seq == 1
+
+
+def test_an_empty_state_snapshots_and_loads() -> None:
+    store, meta = save(KVStateMachine())
+    copy = restore(store, meta)
+    assert copy.data == {} and not copy.sessions
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(msgpack.packb({"format": "other"}), id="another format"),
+        pytest.param(msgpack.packb([1, 2]), id="no header"),
+        pytest.param(
+            msgpack.packb({"format": SNAPSHOT_FORMAT, "keys": 2, "sessions": 0})
+            + msgpack.packb(["k", "v"]),
+            id="truncated",
+        ),
+        pytest.param(
+            msgpack.packb({"format": SNAPSHOT_FORMAT, "keys": 0, "sessions": 0}) + b"\x01",
+            id="trailing data",
+        ),
+    ],
+)
+def test_a_malformed_snapshot_raises_and_leaves_the_state_alone(payload: bytes) -> None:
+    store = MemorySnapshotStorage()
+    writer = store.create_writer(SnapshotMeta(1, 1, b"conf"))
+    writer.write(payload)
+    meta = store.commit(writer)
+    sm = KVStateMachine()
+    sm.data = {"mine": "kept"}
+    with store.open(meta.last_index) as reader, pytest.raises(ValueError):
+        sm.on_snapshot_load(reader)
+    assert sm.data == {"mine": "kept"}
+
+
+def test_a_corrupt_snapshot_is_detected_at_load(log: Log) -> None:
+    log.apply("c1", 1, PUT, "k", "v" * 100)
+    store, meta = save(log.sm)
+    store.corrupt(meta.last_index, offset=meta.size - 3)
+    sm = KVStateMachine()
+    with store.open(meta.last_index) as reader, pytest.raises((CorruptSnapshotError, ValueError)):
+        sm.on_snapshot_load(reader)
+    assert sm.data == {}

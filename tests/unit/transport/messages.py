@@ -31,10 +31,18 @@ SAMPLES: list[Any] = [
     ),
     rpc.AppendEntriesResponse(3, False, 0, "127.0.0.1:7003", UINT64_MAX, 3),
     rpc.AppendEntriesResponse(MAX_TERM, False, 7, "b:2", 4, 2, MAX_TERM, MAX_INDEX),
+    rpc.InstallSnapshotRequest(4, "a:1", 100, 3, b"\x92\x91\xa3a:1\x90", 9, 7, 0, b"ab", False, 1),
+    rpc.InstallSnapshotRequest(
+        MAX_TERM, "a:1", MAX_INDEX, MAX_TERM, b"", UINT64_MAX, UINT64_MAX, 0, b"", True, 0
+    ),
+    rpc.InstallSnapshotResponse(4, True, "b:2", 1, 4, 100, 2, False),
+    rpc.InstallSnapshotResponse(MAX_TERM, False, "", UINT64_MAX, 0, 0, 0, True),
     rpc.ClientRequest("client-\u00e9\u4e2d\U0001f600", 1, 2, b"\xff\x00put k v"),
     rpc.ClientResponse(1, rpc.ClientStatus.OK),
     rpc.ClientResponse(1, rpc.ClientStatus.NOT_LEADER, b"", "b:2", "not leader", "a:1"),
     rpc.StatusRequest("cli", 3),
+    rpc.AdminRequest("admin-\u00e9", UINT64_MAX, "snapshot", "127.0.0.1:7001"),
+    rpc.AdminRequest("", 0, "", ""),
     rpc.StatusResponse(3, "a:1"),
     rpc.StatusResponse(
         3,
@@ -109,7 +117,8 @@ _INT_STRATEGIES: dict[str, st.SearchStrategy[int]] = {
 
 def int_kind(cls: type, name: str) -> str:
     """The codec's rule: which range an int field has, by its name."""
-    if name == "term" and cls in (rpc.AppendEntriesRequest, rpc.RequestVoteRequest):
+    leaders = (rpc.AppendEntriesRequest, rpc.RequestVoteRequest, rpc.InstallSnapshotRequest)
+    if name == "term" and cls in leaders:
         return "term"
     if name == "term" or name.endswith("_term"):
         return "*_term"
