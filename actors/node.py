@@ -155,7 +155,18 @@ class Node(RaftActor):
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
 
     def startup(self) -> None:
-        self._arm_election_timer()
+        options = self.raft_options
+        if options.initial_election_advance:
+            # etcd's initial-election-tick-advance: at start, campaign after a short settle
+            # (two heartbeats, for a live leader to make itself known) plus the random part,
+            # not a full timeout more. A restarted cluster elects a leader an election timeout
+            # sooner; a peer restarted into a live cluster hears its leader first or has its
+            # pre-vote refused, so it disrupts nothing.
+            settle = 2 * options.heartbeat_interval
+            self._election_reset_at = self.clock.now() - options.election_timeout + settle
+            self._arm_election_timer(settle + self.rng.uniform(0, options.election_delay))
+        else:
+            self._arm_election_timer()
 
     def shutdown(self) -> None:
         self._stop_replicators()

@@ -29,6 +29,9 @@ class RaftOptions:
     rpc_timeout: float | None = (
         None  # oldest in-flight AppendEntries age before reset; None = election_timeout
     )
+    # At start, campaign after two heartbeats plus the random delay instead of a whole election
+    # timeout more (etcd's initial-election-tick-advance; see Node.startup).
+    initial_election_advance: bool = True
     log_tail_entries: int = 8192  # committed entries kept in memory for replicators and the FSM
     # Largest command `apply` accepts: it must fit one AppendEntries frame with room to spare,
     # or replication of everything after it would stall for ever.

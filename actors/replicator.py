@@ -334,7 +334,12 @@ class Replicator(RaftActor):
     # -- sending a snapshot ------------------------------------------------------------------
 
     def _start_transfer(self) -> None:
-        """The follower needs what only the snapshot holds: send the newest one."""
+        """The follower needs what only the snapshot holds: send the newest one, once it is
+        known to be listening (a snapshot is too big to send into the void every block)."""
+        if self.clock.now() - self.last_response_at > self.raft_options.replicator_rpc_timeout:
+            self._send_or_block(self._heartbeat_at_zero())  # its answer says it is back
+            self._block("the follower needs a snapshot; waiting for it to answer first")
+            return
         if self.snapshots is None or (meta := self.snapshots.latest()) is None:
             log.error(
                 "replicator %s: entry %d compacted but no snapshot",
@@ -392,12 +397,20 @@ class Replicator(RaftActor):
         )
         self._send_or_block(request)
 
+    def _heartbeat_at_zero(self) -> AppendEntriesRequest:
+        """An empty AppendEntries at index 0: every log matches there and it moves no commit
+        index, so it only says "I lead" and asks for an answer (outside the pipeline)."""
+        return AppendEntriesRequest(self.term, self.leader_id, 0, 0, (), 0, next(self._seqs))
+
     def _heartbeat_during_transfer(self, now: float, timeout: float) -> None:
-        """An empty AppendEntries at index 0 (every log matches there, and it moves no commit
-        index), outside the pipeline; and a resend of chunks overdue."""
-        request = AppendEntriesRequest(self.term, self.leader_id, 0, 0, (), 0, next(self._seqs))
-        sent = self._send_or_block(request)
-        if sent and self.transfer is not None and self.transfer.resend_overdue(now, timeout):
+        """A heartbeat at index 0, and a resend of chunks overdue; if the follower has not
+        answered anything for as long, it is gone: stop sending, and probe until it is back."""
+        if not self._send_or_block(self._heartbeat_at_zero()) or self.transfer is None:
+            return
+        if now - self.last_response_at >= timeout and self.transfer.inflight:
+            self._end_transfer()
+            self._block("the follower stopped answering during a snapshot transfer")
+        elif self.transfer.resend_overdue(now, timeout):
             self._send_chunks()
 
     def _send_or_block(self, request: AppendEntriesRequest | InstallSnapshotRequest) -> bool:

@@ -128,6 +128,7 @@ def test_stop_settles_every_future_even_with_proposals_in_flight(
 
     proposer = threading.Thread(target=propose)
     proposer.start()
+
     def applying_with_more_in_flight() -> bool:
         # Some proposals applied (the stop must not lose those) and many more still in flight.
         return len(futures) > 2000 and _settled(futures[0])

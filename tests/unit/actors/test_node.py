@@ -80,7 +80,7 @@ class Fixture:
         self.lm = RecordingMailbox("log_manager")
         self.transport = RecordingTransport(A)
         self.replicators = Replicators()
-        raft = raft_options or RaftOptions(election_timeout=TIMEOUT)
+        raft = raft_options or RaftOptions(election_timeout=TIMEOUT, initial_election_advance=False)
         options = NodeOptions(A, Configuration.of(peers), raft)
         self.node = Node(
             options,
@@ -368,7 +368,11 @@ def test_an_empty_apply_is_a_no_op(f: Fixture) -> None:
 
 
 def test_an_oversized_command_is_refused_definitely_and_the_rest_go_on() -> None:
-    f = Fixture(raft_options=RaftOptions(election_timeout=TIMEOUT, max_command_bytes=10))
+    f = Fixture(
+        raft_options=RaftOptions(
+            election_timeout=TIMEOUT, max_command_bytes=10, initial_election_advance=False
+        )
+    )
     f.elect()
     small, large = pykka.ThreadingFuture[Any](), pykka.ThreadingFuture[Any]()
     f.send(Apply((b"x" * 10, b"x" * 11), (small, large)))
@@ -377,3 +381,22 @@ def test_an_oversized_command_is_refused_definitely_and_the_rest_go_on() -> None
     assert info.value.outcome_unknown is False
     assert f.lm.take() == [AppendLeaderEntries(1, (b"x" * 10,), (small,))]
     assert f.send(GetStatus()).rejected == {"oversized_command": 1}
+
+
+def test_at_start_a_follower_campaigns_after_two_heartbeats_and_the_random_part() -> None:
+    """etcd's initial-election-tick-advance: a restarted cluster need not wait a whole
+    election timeout more; two heartbeats first, for a live leader to make itself known."""
+    f = Fixture(raft_options=RaftOptions(election_timeout=TIMEOUT, max_election_delay=0.0))
+    settle = 2 * TIMEOUT / 10
+    f.harness.advance(settle - 0.01)
+    assert f.lm.told == []
+    f.harness.advance(0.02)
+    assert f.lm.take() == [RequestVotes(1, (B, C), pre_vote=True)]
+
+
+def test_at_start_a_leader_heard_in_time_means_no_campaign() -> None:
+    f = Fixture(raft_options=RaftOptions(election_timeout=TIMEOUT, max_election_delay=0.0))
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))  # the live leader's first heartbeat
+    f.lm.clear()
+    f.harness.advance(TIMEOUT - 0.01)  # the usual timeout runs from that contact
+    assert not [m for m in f.lm.told if isinstance(m, RequestVotes)]

@@ -54,7 +54,11 @@ class Fixture:
         self.lm = RecordingMailbox("log_manager")
         self.executor = RecordingMailbox("snapshot_executor") if executor else None
         self.transport = RecordingTransport(A)
-        options = NodeOptions(A, Configuration.of((A, B, C)), RaftOptions(election_timeout=TIMEOUT))
+        options = NodeOptions(
+            A,
+            Configuration.of((A, B, C)),
+            RaftOptions(election_timeout=TIMEOUT, initial_election_advance=False),
+        )
         self.node = Node(
             options,
             term=term,

@@ -384,7 +384,9 @@ def test_an_overdue_chunk_is_resent_from_what_was_acked_on_a_heartbeat() -> None
     rep.send(held(c1))  # acked 300
     [c3] = rep.chunks()  # at t=0.05
     rep.harness.advance(0.3)  # ticks at 0.1 .. 0.3: c2 is not yet 0.35 old
-    assert all(isinstance(m, AppendEntriesRequest) for m in rep.sent())
+    beats = rep.sent()
+    assert all(isinstance(m, AppendEntriesRequest) for m in beats)
+    rep.send(ok(beats[-1], last=3))  # it is alive: it answers heartbeats, not chunks
     rep.harness.advance(0.1)  # the tick at 0.4 finds c2 0.4 old: resend from 300
     sent = rep.sent()
     assert isinstance(sent[0], AppendEntriesRequest)  # the heartbeat first
@@ -480,3 +482,23 @@ def test_a_failed_chunk_send_ends_the_transfer_and_blocks_without_a_retry_loop()
     rep.actor.transport = rep.transport = RecordingTransport(LEADER)
     rep.harness.advance(0.05)  # unblocked: the transfer starts over
     assert [c.offset for c in rep.chunks()] == [0, 300]
+
+
+def test_a_follower_that_goes_silent_gets_no_more_chunks_until_it_answers() -> None:
+    rep = Rep(next_index=5, rpc_timeout=0.35, block_interval=0.2)
+    c1, _ = rep.chunks()
+    rep.send(held(c1))  # t=0: acked 300; then the follower dies
+    rep.harness.advance(0.4)  # the tick at 0.4: nothing answered for 0.4 s
+    assert rep.actor.transfer is None and rep.actor.blocked
+    rep.sent()
+    rep.harness.advance(1.0)  # unblocked every 0.2 s: a heartbeat at 0 each time, no chunk
+    probes = rep.sent()
+    assert probes and all(
+        m == AppendEntriesRequest(TERM, LEADER, 0, 0, (), 0, m.seq) for m in probes
+    )
+    rep.send(ok(probes[-1], last=0))  # it is back (with its download, at 300)
+    rep.harness.advance(0.2)  # the next unblock starts the transfer again
+    [first, second] = rep.chunks()
+    assert (first.offset, second.offset) == (0, 300)
+    rep.send(held(first, next_offset=300))  # it says it holds 300 bytes already: resume there
+    assert [c.offset for c in rep.chunks()] == [600]
