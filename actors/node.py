@@ -9,7 +9,8 @@ Elections (Raft §5.2, with pre-vote from the dissertation §9.6): a follower th
 from a leader for a randomised timeout first runs a pre-vote in term+1 that changes nothing;
 only with a quorum of pre-votes does it increment its term and ask for real votes. A peer refuses
 a pre-vote while it still hears from a live leader, so a partitioned peer that rejoins cannot
-depose a healthy leader. A leader that has not heard from a quorum within its lease steps down
+depose a healthy leader. At start the first timeout is short (two heartbeats plus the random
+part: `initial_election_advance`), so a restarted cluster elects at once. A leader that has not heard from a quorum within its lease steps down
 (check-quorum).
 
 Untrusted input (docs/DESIGN.md, principle 6): only a voter of the configuration may lead or
