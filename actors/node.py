@@ -10,8 +10,8 @@ from a leader for a randomised timeout first runs a pre-vote in term+1 that chan
 only with a quorum of pre-votes does it increment its term and ask for real votes. A peer refuses
 a pre-vote while it still hears from a live leader, so a partitioned peer that rejoins cannot
 depose a healthy leader. At start the first timeout is short (two heartbeats plus the random
-part: `initial_election_advance`), so a restarted cluster elects at once. A leader that has not heard from a quorum within its lease steps down
-(check-quorum).
+part: `initial_election_advance`), so a restarted cluster elects at once. A leader that has
+not heard from a quorum within its lease steps down (check-quorum).
 
 Untrusted input (docs/DESIGN.md, principle 6): only a voter of the configuration may lead or
 vote here. AppendEntries from a non-member and vote traffic from strangers are refused and
