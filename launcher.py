@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="send a snapshot to each follower at most B bytes per second; 0 = unthrottled",
     )
     run.add_argument(
+        "--http",
+        metavar="H:P",
+        help="with --self: serve /metrics, /health, /status and a status page on H:P",
+    )
+    run.add_argument(
+        "--http-base-port",
+        type=int,
+        metavar="N",
+        help="without --self: serve each peer's /metrics, /health, /status and page on "
+        "port N+i (peer i of --peers, from 0), on the peer's host",
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -193,6 +205,10 @@ def run_peer(args: argparse.Namespace, peers: list[str]) -> int:
 
 
 def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerConfig:
+    http = args.http
+    if args.http_base_port is not None:
+        host, _ = parse_peer(peer)
+        http = f"{host}:{args.http_base_port + peers.index(peer)}"
     return PeerConfig(
         peer_id=peer,
         peers=tuple(peers),
@@ -203,6 +219,7 @@ def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerC
         snapshot_interval_s=args.snapshot_interval_s,
         snapshot_log_margin=args.snapshot_log_margin,
         snapshot_throttle_bytes=args.snapshot_throttle_bytes,
+        http=http,
     )
 
 
@@ -325,6 +342,18 @@ def run_service(args: argparse.Namespace) -> int:
         raise UsageError("--snapshot-log-margin must be 0 or a positive number of entries")
     if args.snapshot_throttle_bytes < 0:
         raise UsageError("--snapshot-throttle-bytes must be 0 (off) or a number of bytes/s")
+    if args.http is not None:
+        if args.self_id is None:
+            raise UsageError("--http goes with --self; a cluster takes --http-base-port")
+        try:
+            parse_peer(args.http)
+        except ValueError as error:
+            raise UsageError(f"--http: {error}") from None
+    if args.http_base_port is not None:
+        if args.self_id is not None:
+            raise UsageError("--http-base-port is for the cluster form; with --self use --http")
+        if not 1 <= args.http_base_port <= 65535 - len(peers) + 1:
+            raise UsageError("--http-base-port: the ports N..N+peers-1 must be valid ports")
     if args.self_id is not None:
         try:
             parse_peer(args.self_id)

@@ -97,6 +97,7 @@ class PeerContact:
     term: int
     last_response_at: float
     state: str
+    match_index: int = 0  # the last index the follower is known to hold
 
 
 @dataclass(frozen=True, slots=True)

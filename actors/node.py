@@ -150,6 +150,7 @@ class Node(RaftActor):
         self._lease_gen = 0
         self._peer_contact: dict[str, float] = {}
         self._peer_state: dict[str, str] = {}
+        self._peer_match: dict[str, int] = {}
         self._replicating: set[str] = set()
 
     def __str__(self) -> str:
@@ -390,6 +391,7 @@ class Node(RaftActor):
         now = self.clock.now()
         self._peer_contact = dict.fromkeys(self._others, now)
         self._peer_state = {}
+        self._peer_match = {}
         self.log_manager.tell(BecomeLeader(self.term, self.conf))
         self._arm_lease_check()
 
@@ -463,6 +465,7 @@ class Node(RaftActor):
                 self._peer_contact[msg.peer_id], msg.last_response_at
             )
             self._peer_state[msg.peer_id] = msg.state
+            self._peer_match[msg.peer_id] = msg.match_index
 
     @handles(LeaseCheck)
     def on_lease_check(self, msg: LeaseCheck) -> None:
@@ -540,6 +543,19 @@ class Node(RaftActor):
 
     # -- status ------------------------------------------------------------------------------
 
+    def _followers(self) -> dict[str, dict[str, Any]]:
+        """The leader's view of each follower: its match index, how far behind the leader's
+        log it is, and how long since it last answered (seconds)."""
+        now, last = self.clock.now(), self.log_view.last_index
+        return {
+            peer: {
+                "match_index": self._peer_match.get(peer, 0),
+                "lag": max(0, last - self._peer_match.get(peer, 0)),
+                "last_contact_s": round(max(0.0, now - self._peer_contact.get(peer, now)), 3),
+            }
+            for peer in self._others
+        }
+
     @handles(GetStatus)
     def on_get_status(self, msg: GetStatus) -> NodeStatus:
         status = NodeStatus(
@@ -558,6 +574,7 @@ class Node(RaftActor):
             conf=sorted(self.conf.all_peers()),
             error=self.error,
             replicators=dict(sorted(self._peer_state.items())) if self.role is Role.LEADER else {},
+            followers=self._followers() if self.role is Role.LEADER else {},
             rejected=self.rejections.as_dict(),
         )
         if msg.reply is not None:

@@ -176,7 +176,15 @@ class Replicator(RaftActor):
         self._arm_heartbeat()
         if self._responded:
             self._responded = False
-            self.node.tell(PeerContact(self.peer_id, self.term, self.last_response_at, str(self)))
+            self.node.tell(
+                PeerContact(
+                    self.peer_id,
+                    self.term,
+                    self.last_response_at,
+                    str(self),
+                    self.progress.match_index,
+                )
+            )
         now, timeout = self.clock.now(), self.raft_options.replicator_rpc_timeout
         if self.transfer is not None:
             self._heartbeat_during_transfer(now, timeout)

@@ -27,6 +27,8 @@ class NodeStatus:
     snapshot_term: int = 0
     error: str | None = None  # why the node is in ERROR
     replicators: dict[str, str] = field(default_factory=dict)  # leader: follower -> progress
+    # leader: follower -> {"match_index", "lag" (entries behind), "last_contact_s"}
+    followers: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)  # untrusted input refused, by reason
 
     @property
@@ -34,8 +36,8 @@ class NodeStatus:
         return self.role == "leader"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-like dict; `error`, `replicators` and `rejected` appear only when they say
-        something."""
+        """A JSON-like dict; `error`, `replicators`, `followers` and `rejected` appear only when
+        they say something."""
         out: dict[str, Any] = {
             "id": self.id,
             "role": self.role,
@@ -55,6 +57,8 @@ class NodeStatus:
             out["error"] = self.error
         if self.replicators:
             out["replicators"] = dict(self.replicators)
+        if self.followers:
+            out["followers"] = {peer: dict(info) for peer, info in self.followers.items()}
         if self.rejected:
             out["rejected"] = dict(self.rejected)
         return out

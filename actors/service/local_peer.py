@@ -43,6 +43,8 @@ def peer_command(
     command += ["--snapshot-interval-s", repr(config.snapshot_interval_s)]
     command += ["--snapshot-log-margin", str(config.snapshot_log_margin)]
     command += ["--snapshot-throttle-bytes", str(config.snapshot_throttle_bytes)]
+    if config.http is not None:
+        command += ["--http", config.http]
     command += ["--log-level", log_level]
     if supervisor_pid is not None:
         # The peer stops by itself once this process is gone: no orphan outlives its starter.

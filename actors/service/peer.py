@@ -22,6 +22,7 @@ from actors.configuration import Configuration
 from actors.options import NodeOptions, RaftOptions
 from actors.raft_node import RaftNode
 from actors.service.errors import ServiceError
+from actors.service.http_status import StatusHTTPServer
 from actors.service.kv_server import KVServer
 from actors.service.kv_store import KVStateMachine
 from storage.errors import StorageError
@@ -66,6 +67,7 @@ class PeerConfig:
     snapshot_interval_s: float = RaftOptions.snapshot_interval
     snapshot_log_margin: int = RaftOptions.snapshot_log_margin
     snapshot_throttle_bytes: int = 0  # per follower, bytes/s; 0 = unthrottled
+    http: str | None = None  # H:P of the operators' HTTP server (/metrics, /health, ...)
 
     @property
     def peer_dir(self) -> Path:
@@ -81,6 +83,14 @@ class PeerConfig:
             snapshot_throttle_bytes=self.snapshot_throttle_bytes,
         )
         return NodeOptions(self.peer_id, Configuration.of(self.peers), raft)
+
+
+def _serve_http(node: RaftNode, address: str, peer_dir: Path) -> StatusHTTPServer:
+    host, port = parse_peer(address)
+    try:
+        return StatusHTTPServer(node, (host, port), peer_dir)
+    except OSError as error:
+        raise PeerStartError(f"cannot serve HTTP on {address}: {error}") from error
 
 
 def run_peer(
@@ -123,13 +133,18 @@ def run_peer(
     except BindError as error:
         _, port = parse_peer(config.peer_id)
         raise PeerStartError(f"cannot listen: {error.reason} (port {port} in use?)") from error
+    http: StatusHTTPServer | None = None
     try:
         KVServer(node, transport)
+        if config.http is not None:
+            http = _serve_http(node, config.http, peer_dir)
         print(f"peer {config.peer_id}{READY_MARK}{os.getpid()}, data in {peer_dir})", flush=True)
         while not stop.wait(ORPHAN_CHECK_INTERVAL):
             if orphaned():
                 break
     finally:
+        if http is not None:
+            http.close()
         node.stop()
     if failure:
         raise PeerFailedError(f"entered ERROR: {failure[0]}")

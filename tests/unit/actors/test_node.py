@@ -267,6 +267,17 @@ def test_check_quorum_leader_hearing_a_majority_stays(f: Fixture) -> None:
     assert f.send(GetStatus()).replicators == {B: "REPLICATE"}
 
 
+def test_a_leaders_status_has_each_followers_match_lag_and_last_contact(f: Fixture) -> None:
+    f.elect()
+    last = f.node.log_view.last_index
+    f.harness.advance(0.2)
+    f.send(PeerContact(B, 1, f.clock.now() - 0.05, "REPLICATE", match_index=last))
+    followers = f.send(GetStatus()).followers
+    assert followers[B] == {"match_index": last, "lag": 0, "last_contact_s": 0.05}
+    assert followers[C]["match_index"] == 0 and followers[C]["lag"] == last
+    assert followers[C]["last_contact_s"] == pytest.approx(0.2)  # since it became leader
+
+
 def test_apply_on_follower_fails_with_leader_hint(f: Fixture) -> None:
     f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
     future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()

@@ -1,0 +1,260 @@
+"""A peer's HTTP face for operators: /metrics, /health, /status and a status page at /.
+
+    server = StatusHTTPServer(node, ("127.0.0.1", 9001), data_dir)   # serves on its own thread
+    server.close()
+
+- `/metrics`: the Prometheus text format, written by prometheus_client from a registry of this
+  peer's own. Its collector reads the node's status when scraped (`RaftNode.status`) and the
+  process's figures from psutil, so the Raft hot path pays nothing for it.
+- `/health`: 200 and a small JSON body when the peer is serving (leader or follower, not in
+  ERROR) and knows a leader; 503 otherwise. What load balancers and Kubernetes probes call.
+- `/status`: the same JSON as `launcher.py client status` prints for this peer.
+- `/`: a page that shows the cluster as this peer sees it, refreshed in place every second
+  from /status (a leader also knows each follower's match index, lag and last contact).
+
+Threads: the server runs on daemon threads of its own, one per request (ThreadingHTTPServer).
+A request asks the Node for its status (blocking that HTTP thread briefly, never an actor).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from actors.raft_node import RaftNode
+from actors.status import NodeStatus
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pykka_raft"
+ROLES = ("follower", "candidate", "leader", "error", "shutdown")
+STATUS_TIMEOUT = 2.0  # seconds a request waits for the node's status
+SERVING_ROLES = frozenset({"leader", "follower"})
+
+
+def is_healthy(status: NodeStatus) -> bool:
+    """Serving (leader or follower, not in ERROR) and a leader known."""
+    return status.role in SERVING_ROLES and status.leader is not None and status.error is None
+
+
+class RaftCollector:
+    """Builds the metrics at scrape time from the node's status and the process (psutil)."""
+
+    def __init__(self, node: RaftNode, data_dir: Path | None) -> None:
+        self.node = node
+        self.data_dir = data_dir
+        self.process = psutil.Process()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            status = self.node.status(timeout=STATUS_TIMEOUT)
+        except Exception as exc:  # stopped, or too busy to answer in time
+            log.warning("metrics: no status from the node: %s", exc)
+            status = None
+        up = GaugeMetricFamily(f"{PREFIX}_up", "1 when the node answered for this scrape")
+        up.add_metric([], 1.0 if status is not None else 0.0)
+        yield up
+        if status is not None:
+            yield from self._raft(status)
+        yield from self._process()
+
+    def _raft(self, status: NodeStatus) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            family.add_metric([], value)
+            return family
+
+        yield gauge("term", "The current term", status.term)
+        role = GaugeMetricFamily(f"{PREFIX}_role", "1 for this peer's role", labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], 1.0 if status.role == name else 0.0)
+        yield role
+        yield gauge("leader_known", "1 when this peer knows a leader", status.leader is not None)
+        yield gauge("healthy", "1 when serving with a known leader", is_healthy(status))
+        indexes = {
+            "commit_index": ("Highest log index known committed", status.commit_index),
+            "applied_index": ("Highest index applied to the state machine", status.applied_index),
+            "last_log_index": ("Last index in the log", status.last_log_index),
+            "first_log_index": ("First index still in the log", status.first_log_index),
+            "snapshot_index": ("Last index of the newest snapshot", status.snapshot_index),
+        }
+        for name, (doc, value) in indexes.items():
+            yield gauge(name, doc, value)
+        yield gauge("members", "Voting members in the configuration", len(status.conf))
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_rejected_messages",
+            "Messages refused as untrusted input, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(status.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_follower_lag_entries",
+            "Leader only: entries a follower is behind the leader's log",
+            labels=["peer"],
+        )
+        contact = GaugeMetricFamily(
+            f"{PREFIX}_follower_last_contact_seconds",
+            "Leader only: seconds since a follower last answered",
+            labels=["peer"],
+        )
+        for peer, info in sorted(status.followers.items()):
+            lag.add_metric([peer], info["lag"])
+            contact.add_metric([peer], info["last_contact_s"])
+        yield lag
+        yield contact
+
+    def _process(self) -> Iterator[Metric]:
+        process = self.process
+        with process.oneshot():
+            memory = process.memory_info().rss
+            times = process.cpu_times()
+            threads = process.num_threads()
+            fds = process.num_fds()
+        figures = [
+            ("process_resident_memory_bytes", "Resident memory of the peer process", memory),
+            ("process_threads", "Threads of the peer process", threads),
+            ("process_open_fds", "Open file descriptors of the peer process", fds),
+        ]
+        for name, doc, value in figures:
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            family.add_metric([], value)
+            yield family
+        cpu = CounterMetricFamily(
+            f"{PREFIX}_process_cpu_seconds", "CPU time of the peer process (user + system)"
+        )
+        cpu.add_metric([], times.user + times.system)
+        yield cpu
+        if self.data_dir is not None:
+            family = GaugeMetricFamily(
+                f"{PREFIX}_data_dir_bytes", "Bytes in the peer's data directory (log, snapshots)"
+            )
+            family.add_metric([], _dir_bytes(self.data_dir))
+            yield family
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for file in path.rglob("*"):
+        try:
+            if file.is_file():
+                total += file.stat().st_size
+        except OSError:
+            continue  # deleted meanwhile (a compacted segment, a retired snapshot)
+    return total
+
+
+class StatusHTTPServer:
+    """See the module docstring. Raises OSError if `address` cannot be bound."""
+
+    def __init__(
+        self, node: RaftNode, address: tuple[str, int], data_dir: Path | None = None
+    ) -> None:
+        self.node = node
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RaftCollector(node, data_dir))
+        handler = type("Handler", (_Handler,), {"app": self})
+        self._server = ThreadingHTTPServer(address, handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how soon close() takes effect
+            name="http-status",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    # -- the routes ---------------------------------------------------------------------------
+
+    def route(self, path: str) -> tuple[int, str, bytes]:
+        """(HTTP status, content type, body) for a GET of `path`."""
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path in ("/health", "/status"):
+            status = self._status()
+            if path == "/status":
+                body: dict[str, Any] = status.to_json() if status else {"error": "no status"}
+                return (
+                    (HTTPStatus.OK if status else HTTPStatus.SERVICE_UNAVAILABLE),
+                    JSON,
+                    _json(body),
+                )
+            healthy = status is not None and is_healthy(status)
+            summary = {
+                "healthy": healthy,
+                "id": status.id if status else None,
+                "role": status.role if status else "unknown",
+                "leader": status.leader if status else None,
+                "term": status.term if status else None,
+            }
+            code = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
+            return code, JSON, _json(summary)
+        if path in ("/", "/index.html"):
+            return HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode()
+        return HTTPStatus.NOT_FOUND, JSON, _json({"error": f"no such page: {path[:100]}"})
+
+    def _status(self) -> NodeStatus | None:
+        try:
+            return self.node.status(timeout=STATUS_TIMEOUT)
+        except Exception as exc:
+            log.warning("http: no status from the node: %s", exc)
+            return None
+
+
+JSON = "application/json"
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: StatusHTTPServer
+    server_version = "pykka-raft"
+
+    def do_GET(self) -> None:
+        try:
+            code, content_type, body = self.app.route(self.path)
+        except Exception:
+            log.exception("http: %s failed", self.path[:100])
+            code, content_type, body = (
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                JSON,
+                b'{"error":"internal"}',
+            )
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+PAGE = (Path(__file__).with_name("status_page.html")).read_text(encoding="utf-8")
+"""The status page (static HTML and script; the data comes from /status)."""

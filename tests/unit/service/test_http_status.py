@@ -1,0 +1,133 @@
+"""The operators' HTTP face, without a cluster: metrics from a status, health, routes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.service.http_status import StatusHTTPServer, is_healthy
+from actors.status import NodeStatus
+
+
+def status(**changes: Any) -> NodeStatus:
+    fields: dict[str, Any] = {
+        "id": "a:1",
+        "role": "leader",
+        "term": 7,
+        "leader": "a:1",
+        "voted_for": "a:1",
+        "commit_index": 120,
+        "applied_index": 119,
+        "last_log_index": 125,
+        "pid": 1,
+        "conf": ["a:1", "b:2", "c:3"],
+        "first_log_index": 40,
+        "snapshot_index": 100,
+        "snapshot_term": 6,
+        "followers": {
+            "b:2": {"match_index": 125, "lag": 0, "last_contact_s": 0.05},
+            "c:3": {"match_index": 90, "lag": 35, "last_contact_s": 2.5},
+        },
+        "rejected": {"append_entries_from_non_member": 3},
+    }
+    fields.update(changes)
+    return NodeStatus(**fields)
+
+
+class StubNode:
+    def __init__(self, answer: NodeStatus | Exception) -> None:
+        self.answer = answer
+
+    def status(self, timeout: float = 5.0) -> NodeStatus:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Any:
+    servers: list[StatusHTTPServer] = []
+
+    def make(answer: NodeStatus | Exception) -> StatusHTTPServer:
+        (tmp_path / "log").mkdir(exist_ok=True)
+        (tmp_path / "log" / "seg").write_bytes(b"x" * 1000)
+        server = StatusHTTPServer(StubNode(answer), ("127.0.0.1", 0), tmp_path)  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def samples(server: StatusHTTPServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(server.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_are_the_status_in_prometheus_names(make_server: Any) -> None:
+    got = samples(make_server(status()))
+    assert got[("pykka_raft_up", ())] == 1.0
+    assert got[("pykka_raft_term", ())] == 7
+    assert got[("pykka_raft_role", (("role", "leader"),))] == 1.0
+    assert got[("pykka_raft_role", (("role", "follower"),))] == 0.0
+    for name, value in [
+        ("commit_index", 120), ("applied_index", 119), ("last_log_index", 125),
+        ("first_log_index", 40), ("snapshot_index", 100), ("members", 3), ("healthy", 1),
+    ]:  # fmt: skip
+        assert got[(f"pykka_raft_{name}", ())] == value, name
+    assert got[("pykka_raft_follower_lag_entries", (("peer", "c:3"),))] == 35
+    assert got[("pykka_raft_follower_last_contact_seconds", (("peer", "c:3"),))] == 2.5
+    reason = (("reason", "append_entries_from_non_member"),)
+    assert got[("pykka_raft_rejected_messages_total", reason)] == 3
+    assert got[("pykka_raft_process_resident_memory_bytes", ())] > 1_000_000
+    assert got[("pykka_raft_process_cpu_seconds_total", ())] > 0
+    assert got[("pykka_raft_process_threads", ())] >= 1
+    assert got[("pykka_raft_data_dir_bytes", ())] == 1000
+
+
+def test_a_node_that_does_not_answer_is_down_in_the_metrics(make_server: Any) -> None:
+    got = samples(make_server(TimeoutError("busy")))
+    assert got[("pykka_raft_up", ())] == 0.0
+    assert ("pykka_raft_term", ()) not in got
+    assert got[("pykka_raft_process_threads", ())] >= 1  # the process figures still come
+
+
+@pytest.mark.parametrize(
+    ("changes", "healthy"),
+    [
+        pytest.param({}, True, id="leader"),
+        pytest.param({"role": "follower", "leader": "b:2"}, True, id="follower with a leader"),
+        pytest.param({"role": "follower", "leader": None}, False, id="no leader known"),
+        pytest.param({"role": "candidate", "leader": None}, False, id="candidate"),
+        pytest.param({"role": "error", "leader": None, "error": "disk"}, False, id="in ERROR"),
+    ],
+)
+def test_health_is_serving_with_a_known_leader(
+    make_server: Any, changes: dict[str, Any], healthy: bool
+) -> None:
+    node_status = status(**changes)
+    assert is_healthy(node_status) is healthy
+    code, content_type, body = make_server(node_status).route("/health")
+    assert (code, content_type) == ((200 if healthy else 503), "application/json")
+    assert json.loads(body)["healthy"] is healthy
+
+
+def test_routes(make_server: Any) -> None:
+    server = make_server(status())
+    code, _, body = server.route("/status?x=1")
+    assert code == 200 and json.loads(body) == status().to_json()
+    code, content_type, page = server.route("/")
+    assert code == 200 and content_type.startswith("text/html")
+    assert b'fetch("/status"' in page and b"<title>pykka-raft peer</title>" in page
+    assert server.route("/nope")[0] == 404
+    assert make_server(TimeoutError("busy")).route("/status")[0] == 503
