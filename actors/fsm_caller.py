@@ -208,14 +208,18 @@ class FSMCaller(RaftActor):
                 why = "snapshots are off" if self.error is None else f"in ERROR: {self.error}"
                 fail(msg.reply, RaftError(f"cannot snapshot: {why}"))
             return
+        self._take_snapshot([msg.reply] if msg.reply is not None else [])
+
+    def _take_snapshot(self, replies: list[pykka.Future[Any]]) -> None:
+        """One snapshot for all of `replies`: after the save under way, if any."""
         newest = self.snapshot_meta.last_index if self.snapshot_meta else 0
         if self._saving is not None:
-            if msg.reply is not None:
-                self._next_replies.append(msg.reply)
+            self._next_replies.extend(replies)
         elif self.applied_index > newest:
-            self._save_snapshot([msg.reply] if msg.reply is not None else [])
-        elif msg.reply is not None:
-            complete(msg.reply, self.snapshot_meta)  # nothing applied since: that one is current
+            self._save_snapshot(replies)
+        else:
+            for reply in replies:
+                complete(reply, self.snapshot_meta)  # nothing applied since: that one is current
 
     @handles(SnapshotDone)
     def on_snapshot_done(self, msg: SnapshotDone) -> None:
@@ -232,8 +236,7 @@ class FSMCaller(RaftActor):
                 fail(reply, msg.error)
         if self._next_replies and self.error is None:
             queued, self._next_replies = self._next_replies, []
-            for reply in queued:
-                self.on_take_snapshot(TakeSnapshot(reply))
+            self._take_snapshot(queued)  # one save serves every request queued behind this one
         elif self._snapshot_due():  # the threshold passed again while this one was saved
             self._save_snapshot()
 
@@ -249,6 +252,8 @@ class FSMCaller(RaftActor):
                 if self.executor is not None:
                     self.executor.tell(SnapshotLoaded(meta, self.error))
                 return
+        # Invariant applied <= committed: the snapshot's entries are committed (at start the
+        # LogView's commit index already covers the snapshot).
         self.committed_index = max(self.committed_index, meta.last_index)
         if self.executor is not None:
             self.executor.tell(SnapshotLoaded(meta))
@@ -278,7 +283,6 @@ class FSMCaller(RaftActor):
         self.conf = conf
         self.snapshot_meta = meta
         self.applied_index = meta.last_index
-        self.committed_index = max(self.committed_index, meta.last_index)
         self.log_view.applied_index = meta.last_index
         self._next_auto = meta.last_index + self.raft_options.snapshot_threshold
         return True

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from actors.service.kv_store import KVStateMachine  # noqa: E402
 from actors.service.local_peer import LocalPeer  # noqa: E402
+from actors.service.offline import disk_bytes  # noqa: E402
 from actors.service.peer import PeerConfig  # noqa: E402
 from actors.state_machine import Command  # noqa: E402
 from actors.wait import wait_until  # noqa: E402
@@ -132,10 +133,6 @@ def load(peers: list[str], total: int, keys: int, procs: int, threads: int) -> f
     return total / elapsed
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 # -- phases -----------------------------------------------------------------------------------
 
 
@@ -151,9 +148,9 @@ def steady(root: Path, puts: int, keys: int, procs: int, threads: int) -> None:
             segments = len(list((peer_dir / "log").glob("*.seg")))
             rss = psutil.Process(peer.pid).memory_info().rss if peer.pid else 0
             print(
-                f"  {peer_id} {status['role']:8} disk {dir_bytes(peer_dir) / MiB:6.1f} MiB "
-                f"(log {dir_bytes(peer_dir / 'log') / MiB:.1f} MiB in {segments} segments, "
-                f"snapshots {dir_bytes(peer_dir / 'snapshot') / MiB:.1f} MiB) "
+                f"  {peer_id} {status['role']:8} disk {disk_bytes(peer_dir) / MiB:6.1f} MiB "
+                f"(log {disk_bytes(peer_dir / 'log') / MiB:.1f} MiB in {segments} segments, "
+                f"snapshots {disk_bytes(peer_dir / 'snapshot') / MiB:.1f} MiB) "
                 f"RSS {rss / MiB:.0f} MiB  log {status['first_log_index']}.."
                 f"{status['last_log_index']} snapshot {status['snapshot_index']}"
             )

@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actors.raft_node import RaftNode
+from actors.service.offline import disk_bytes
 from actors.status import NodeStatus
 
 log = logging.getLogger(__name__)
@@ -141,19 +142,8 @@ class RaftCollector:
             family = GaugeMetricFamily(
                 f"{PREFIX}_data_dir_bytes", "Bytes in the peer's data directory (log, snapshots)"
             )
-            family.add_metric([], _dir_bytes(self.data_dir))
+            family.add_metric([], disk_bytes(self.data_dir))
             yield family
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for file in path.rglob("*"):
-        try:
-            if file.is_file():
-                total += file.stat().st_size
-        except OSError:
-            continue  # deleted meanwhile (a compacted segment, a retired snapshot)
-    return total
 
 
 class StatusHTTPServer:

@@ -1,4 +1,5 @@
-"""A stopped peer's data, read from its directory: what a restart would rebuild.
+"""A stopped peer's data, read from its directory: what a restart would rebuild (and, for any
+peer, how many bytes its directory holds).
 
 For audits and tools (the chaos runner's convergence check, the tests, the benchmarks), never
 for a running peer: it opens the storages itself. A peer's state is its newest snapshot plus the
@@ -61,6 +62,20 @@ def read_peer_disk(peer_dir: Path, upto: int | None = None) -> PeerDisk:
     for start in range(0, len(commands), APPLY_BATCH):
         disk.state.on_apply(commands[start : start + APPLY_BATCH])
     return disk
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes in the files under `path` (a peer's data directory, its log, its snapshots).
+    Safe on a running peer's directory: a file deleted meanwhile (a compacted segment, a
+    retired snapshot) is skipped."""
+    total = 0
+    for file in path.rglob("*"):
+        try:
+            if file.is_file():
+                total += file.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _read(log: SegmentLogStorage, first: int, last: int) -> Iterator[LogEntry]:
