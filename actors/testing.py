@@ -22,6 +22,7 @@ import msgpack
 
 from actors.base import RaftActor
 from actors.clock import ManualClock
+from actors.metrics import Counter
 from actors.state_machine import Command, StateMachine
 from transport.codec import DEFAULT_MAX_FRAME_SIZE
 from transport.rpc import RpcMessage
@@ -198,6 +199,11 @@ class RecordingStateMachine(StateMachine):
             self.events.append(event)
             self.leader_term = leader_term
             self.changed.notify_all()
+
+
+def counts(counter: Counter) -> dict[str, int]:
+    """A one-label counter's series as {label value: count}, e.g. proposals by outcome."""
+    return {sample.labels[0]: sample.value for sample in counter.samples()}
 
 
 class _SelfQueue:
