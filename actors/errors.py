@@ -12,6 +12,8 @@ effect is part of each error, as in hashicorp/raft's docs, and is also on every 
   this leader before it failed, or under the next one). LeadershipLostError always; and
   NodeStoppedError / NodeFailedError when the node stopped or failed after appending it.
   A client must not assume either way (the KV service answers such a retry from its session).
+
+`outcome_label` names the outcome in the metrics (`pykka_raft_proposals_total{outcome=...}`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class RaftError(Exception):
     """Base class of every error this package raises."""
 
     outcome_unknown = False  # see the module docstring
+    outcome_label = "error"
 
 
 class OptionsError(RaftError, ValueError):
@@ -34,21 +37,28 @@ class NotLeaderError(RaftError):
         super().__init__(f"not the leader; leader is {leader_hint or 'unknown'}")
         self.leader_hint = leader_hint
 
+    outcome_label = "not_leader"
+
 
 class LeadershipLostError(RaftError):
     """The leader stepped down before the command committed: its outcome is unknown."""
 
     outcome_unknown = True
+    outcome_label = "leadership_lost"
 
 
 class OverloadedError(RaftError):
     """The leader holds as many proposals in flight as it may (RaftOptions.max_pending_entries
     / max_pending_bytes): nothing was done. Retryable: back off, then try again."""
 
+    outcome_label = "overloaded"
+
 
 class CommandTooLargeError(RaftError, ValueError):
     """The command is larger than RaftOptions.max_command_bytes, so it could never be
     replicated in one message: nothing was done."""
+
+    outcome_label = "too_large"
 
 
 class _MaybeAppendedError(RaftError):
@@ -62,10 +72,14 @@ class _MaybeAppendedError(RaftError):
 class NodeStoppedError(_MaybeAppendedError):
     """The node is shutting down or stopped."""
 
+    outcome_label = "stopped"
+
 
 class NodeFailedError(_MaybeAppendedError):
     """The node entered ERROR (an actor or the state machine raised, storage failed, a safety
     invariant would have broken) and refuses to serve; `status()` says why."""
+
+    outcome_label = "failed"
 
 
 class InvariantViolationError(RaftError):

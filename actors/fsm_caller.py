@@ -60,6 +60,7 @@ from actors.messages import (
     SnapshotLoaded,
     TakeSnapshot,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.state_machine import Command, StateMachine
 from storage.base import SnapshotStore
@@ -82,6 +83,7 @@ class FSMCaller(RaftActor):
         conf: Configuration | None = None,
         snapshots: SnapshotStore | None = None,
         executor: Mailbox | None = None,
+        metrics: RaftMetrics | None = None,
     ) -> None:
         """`conf`: the configuration before the first entry (the bootstrap one); `snapshots`
         and `executor` (the SnapshotExecutor) are both given, or snapshots are off."""
@@ -108,6 +110,18 @@ class FSMCaller(RaftActor):
         self.leader_started = False  # on_leader_start was called for leader_term
         self.error: str | None = None  # set once, on entering ERROR; never cleared
         self._apply_queued = False  # an ApplyCommitted is in our own mailbox
+        # This actor's own cells (actors/metrics.py): written on this thread only.
+        metrics = metrics or RaftMetrics()
+        self._clock = metrics.clock
+        self._apply_seconds = metrics.apply_seconds.cell()
+        self._completed = metrics.proposals_completed.cells(
+            "applied", "leadership_lost", "stopped", "failed"
+        )
+        self._snapshots = metrics.snapshots.cells(
+            ("save", "ok"), ("save", "failed"), ("load", "ok"), ("load", "failed")
+        )
+        self._snapshot_seconds = metrics.snapshot_seconds.cells("save", "load")
+        self._save_started = 0.0  # when the save under way began (metrics clock)
 
     @property
     def saving(self) -> SnapshotMeta | None:
@@ -158,6 +172,7 @@ class FSMCaller(RaftActor):
     def on_register_pending(self, msg: RegisterPending) -> None:
         if self.error is not None:
             # Appended already: they may commit elsewhere, so their outcome is unknown.
+            self._completed["failed"].inc(len(msg.futures))
             fail_all(msg.futures, self._failed_error())
             return
         for offset, future in enumerate(msg.futures):
@@ -165,11 +180,11 @@ class FSMCaller(RaftActor):
             if index <= self.applied_index:
                 # Causal order (LogManager registers before anyone can grant) rules this out.
                 log.warning("fsm: future for %d registered after it was applied", index)
-                fail(future, LeadershipLostError(f"entry {index} applied before registration"))
+                self._lost(future, f"entry {index} applied before registration")
                 continue
             replaced = self.pending.get(index)
             if replaced is not None:
-                fail(replaced, LeadershipLostError(f"entry {index} was overwritten"))
+                self._lost(replaced, f"entry {index} was overwritten")
             self.pending[index] = future
 
     @handles(LeaderStart)
@@ -225,7 +240,9 @@ class FSMCaller(RaftActor):
     def on_snapshot_done(self, msg: SnapshotDone) -> None:
         replies, self._save_replies = self._save_replies, []
         self._saving = None
+        self._snapshots["save", "ok" if msg.error is None else "failed"].inc()
         if msg.error is None:
+            self._snapshot_seconds["save"].observe(self._clock() - self._save_started)
             if self.snapshot_meta is None or msg.meta.last_index > self.snapshot_meta.last_index:
                 self.snapshot_meta = msg.meta
             for reply in replies:
@@ -247,7 +264,7 @@ class FSMCaller(RaftActor):
         meta = msg.meta
         if meta.last_index > self.applied_index:
             for index in [i for i in self.pending if i <= meta.last_index]:
-                fail(self.pending.pop(index), LeadershipLostError(f"entry {index} overwritten"))
+                self._lost(self.pending.pop(index), f"entry {index} overwritten")
             if not self._load(meta, "the leader's snapshot"):
                 if self.executor is not None:
                     self.executor.tell(SnapshotLoaded(meta, self.error))
@@ -272,13 +289,17 @@ class FSMCaller(RaftActor):
         """Replace the state machine's state with snapshot `meta`; False if that put us in
         ERROR (the storage or the state machine failed: this replica cannot go on)."""
         assert self.snapshots is not None
+        started = self._clock()
         try:
             with self.snapshots.open(meta.last_index) as reader:
                 self.state_machine.on_snapshot_load(reader)
             conf = Configuration.decode(meta.conf)
         except Exception as exc:
+            self._snapshots["load", "failed"].inc()
             self._enter_error(exc, f"loading {what} ({meta.last_index})")
             return False
+        self._snapshots["load", "ok"].inc()
+        self._snapshot_seconds["load"].observe(self._clock() - started)
         log.info("fsm: loaded %s at %d", what, meta.last_index)
         self.conf = conf
         self.snapshot_meta = meta
@@ -294,12 +315,14 @@ class FSMCaller(RaftActor):
         index = self.applied_index
         meta = SnapshotMeta(index, self.log_view.term_at(index), self.conf.encode())
         self._next_auto = index + self.raft_options.snapshot_threshold
+        self._save_started = self._clock()
         writer = None
         try:
             writer = self.snapshots.create_writer(meta)
             finish = self.state_machine.on_snapshot_save(writer)
         except Exception as exc:
             log.exception("fsm: snapshot at %d failed", index)
+            self._snapshots["save", "failed"].inc()
             if writer is not None:
                 self.snapshots.abort(writer)
             fail_all(replies or [], RaftError(f"snapshot at {index} failed: {exc!r}"))
@@ -366,11 +389,13 @@ class FSMCaller(RaftActor):
 
     def _apply_run(self, run: list[LogEntry]) -> bool:
         commands = [Command(e.index, e.term, e.data) for e in run]
+        started = self._clock()
         try:
             results = list(self.state_machine.on_apply(commands))
         except Exception as exc:
             self._enter_error(exc, f"on_apply of {run[0].index}..{run[-1].index}")
             return False
+        self._apply_seconds.observe(self._clock() - started)
         if len(results) != len(run):
             self._enter_error(
                 ValueError(f"on_apply returned {len(results)} results for {len(run)} commands"),
@@ -385,10 +410,12 @@ class FSMCaller(RaftActor):
         assert index > self.applied_index, (index, self.applied_index)
         self.applied_index = index
         self.log_view.applied_index = index  # published for status; this actor is its only writer
+        pending = len(self.pending)
         for entry_index, result in results:
             future = self.pending.pop(entry_index, None)
             if future is not None:
                 complete(future, result)
+        self._completed["applied"].inc(pending - len(self.pending))
         self._maybe_leader_start()
 
     # -- leadership and errors -----------------------------------------------------------------
@@ -440,7 +467,13 @@ class FSMCaller(RaftActor):
     def _failed_error(self) -> NodeFailedError:
         return NodeFailedError(f"node in ERROR: {self.error}", outcome_unknown=True)
 
-    def _fail_pending(self, error: BaseException) -> None:
+    def _fail_pending(self, error: RaftError) -> None:
         pending, self.pending = self.pending, {}
+        self._completed[error.outcome_label].inc(len(pending))
         for future in pending.values():
             fail(future, error)
+
+    def _lost(self, future: pykka.Future[Any], why: str) -> None:
+        """A future whose entry was overwritten (or applied) before it could complete."""
+        self._completed["leadership_lost"].inc()
+        fail(future, LeadershipLostError(why))

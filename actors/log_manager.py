@@ -46,6 +46,7 @@ from actors.errors import (
     NodeFailedError,
     NotLeaderError,
     OverloadedError,
+    RaftError,
 )
 from actors.futures import fail_all
 from actors.log_view import LogView
@@ -77,6 +78,7 @@ from actors.messages import (
     Unsubscribe,
     VoteGranted,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from storage.base import MetaStorage
 from storage.entry import EntryType, LogEntry
@@ -111,6 +113,7 @@ class LogManager(RaftActor):
         ballot_box: Mailbox,
         fsm_caller: Mailbox,
         raft_options: RaftOptions,
+        metrics: RaftMetrics | None = None,
     ) -> None:
         super().__init__(supervisor=node)
         self.peer_id = peer_id
@@ -134,6 +137,11 @@ class LogManager(RaftActor):
         # known to be applied; _pending_bytes is their sum. Trimmed against applied_index.
         self._pending: deque[tuple[int, int]] = deque()
         self._pending_bytes = 0
+        # This actor's own cells (actors/metrics.py): written on this thread only.
+        metrics = metrics or RaftMetrics()
+        self._clock = metrics.clock
+        self._fsync_seconds = metrics.fsync_seconds.cell()
+        self._proposals = metrics.proposals.cells("appended", "overloaded", "not_leader", "failed")
 
     def __str__(self) -> str:
         role = f"leader@{self.leader_term}" if self.leader_term is not None else "follower"
@@ -165,15 +173,15 @@ class LogManager(RaftActor):
         if not msg.commands:
             return
         if self._failed:
-            fail_all(msg.futures, NodeFailedError(f"{self.peer_id} is in ERROR"))
+            self._refuse(msg, NodeFailedError(f"{self.peer_id} is in ERROR"))
             return
         if self.leader_term != msg.term:
-            fail_all(msg.futures, NotLeaderError(None))
+            self._refuse(msg, NotLeaderError(None))
             return
         size = sum(map(len, msg.commands))
         overload = self._overload(len(msg.commands), size)
         if overload is not None:
-            fail_all(msg.futures, OverloadedError(overload))
+            self._refuse(msg, OverloadedError(overload))
             return
         first = self.log_view.last_index + 1
         entries = [
@@ -186,6 +194,12 @@ class LogManager(RaftActor):
         self._append_leader(entries)
         self._pending.append((entries[-1].index, size))
         self._pending_bytes += size
+        self._proposals["appended"].inc(len(entries))
+
+    def _refuse(self, msg: AppendLeaderEntries, error: RaftError) -> None:
+        """A definite refusal: nothing was appended."""
+        self._proposals[error.outcome_label].inc(len(msg.futures))
+        fail_all(msg.futures, error)
 
     def _overload(self, count: int, size: int) -> str | None:
         """Why `count` more commands of `size` bytes would exceed the in-flight bounds."""
@@ -462,11 +476,13 @@ class LogManager(RaftActor):
             return
         if self._unflushed:
             batch, self._unflushed = self._unflushed, []
+            started = self._clock()
             try:
                 self.log_view.persist(batch)
             except Exception as exc:
                 self._fail(exc)
                 return
+            self._fsync_seconds.observe(self._clock() - started)
         if self.leader_term is not None and self._grant_upto > self._granted:
             self._granted = self._grant_upto
             self.ballot_box.tell(Grant(self.peer_id, self._granted, self.leader_term))

@@ -71,6 +71,7 @@ from actors.messages import (
     VoteGranted,
     VoteTimeout,
 )
+from actors.metrics import RaftMetrics
 from actors.options import NodeOptions
 from actors.rejections import Rejections
 from actors.status import NodeStatus
@@ -120,6 +121,7 @@ class Node(RaftActor):
         rng: random.Random,
         on_error: Callable[[str], None] | None = None,
         snapshot_executor: Mailbox | None = None,
+        metrics: RaftMetrics | None = None,
     ) -> None:
         super().__init__()
         self.options = options
@@ -135,6 +137,13 @@ class Node(RaftActor):
         self.on_error = on_error  # called once, on this thread, when the peer enters ERROR
         self.snapshot_executor = snapshot_executor  # None: snapshots are off here
         self.rejections = Rejections(self.peer_id)
+        # This actor's own cells (actors/metrics.py): written on this thread only.
+        metrics = metrics or RaftMetrics()
+        self._refused = metrics.proposals.cells("not_leader", "too_large", "stopped", "failed")
+        self._pre_votes = metrics.pre_votes.cells("started", "won", "lost")
+        self._elections = metrics.elections.cells("started", "won", "lost")
+        self._leader_changes = metrics.leader_changes.cell()
+        self._leader_seen_term = 0  # the last term whose leader was counted in leader_changes
 
         self.role = Role.FOLLOWER
         self.term = term
@@ -198,6 +207,7 @@ class Node(RaftActor):
             error = NodeStoppedError(f"node {self.peer_id} is stopped")
         else:
             error = NotLeaderError(self.leader_id)
+        self._refused[error.outcome_label].inc(len(futures))
         fail_all(futures, error)
 
     def _without_oversized(self, msg: Apply) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
@@ -210,6 +220,7 @@ class Node(RaftActor):
                 kept.append((command, future))
                 continue
             self.rejections.refuse("oversized_command", f"{len(command)} bytes")
+            self._refused["too_large"].inc()
             fail(future, CommandTooLargeError(f"{len(command)} bytes > {limit} bytes"))
         return tuple(c for c, _ in kept), tuple(f for _, f in kept)
 
@@ -257,6 +268,7 @@ class Node(RaftActor):
             log.info("%s: vote in term %d timed out; stepping down", self.peer_id, self.term)
             self._become_follower(self.term, None)
         elif self._pre_vote_term:
+            self._pre_votes["lost"].inc()
             self._pre_vote_term = 0
             self._election_reset_at = self.clock.now()
             self._arm_election_timer()
@@ -274,6 +286,7 @@ class Node(RaftActor):
             return
         self.leader_id = None
         self._pre_vote_term = self.term + 1
+        self._pre_votes["started"].inc()
         self._votes = {self.peer_id}
         self._arm_vote_timer()
         log.debug("%s: pre-vote for term %d", self.peer_id, self._pre_vote_term)
@@ -282,6 +295,7 @@ class Node(RaftActor):
 
     def _maybe_won_pre_vote(self) -> None:
         if self._pre_vote_term and self.conf.has_quorum(self._votes):
+            self._pre_votes["won"].inc()
             self._start_election()
 
     def _start_election(self) -> None:
@@ -290,6 +304,7 @@ class Node(RaftActor):
         self.term += 1
         self.voted_for = self.peer_id
         self._votes = {self.peer_id}
+        self._elections["started"].inc()
         self._arm_vote_timer()
         log.info("%s: election for term %d", self.peer_id, self.term)
         # The LogManager persists (term, self) before the first RequestVote leaves.
@@ -369,6 +384,10 @@ class Node(RaftActor):
             return  # in ERROR nothing is persisted, so nothing changes in memory either
         if self.role is Role.LEADER:
             self._stop_leading()
+        elif self.role is Role.CANDIDATE:
+            self._elections["lost"].inc()
+        elif self._pre_vote_term:
+            self._pre_votes["lost"].inc()
         if term > self.term:
             self.term = term
             self.voted_for = None
@@ -383,8 +402,10 @@ class Node(RaftActor):
 
     def _become_leader(self) -> None:
         log.info("%s: leader of term %d", self.peer_id, self.term)
+        self._elections["won"].inc()
         self.role = Role.LEADER
         self.leader_id = self.peer_id
+        self._count_leader()
         self._votes = set()
         self._vote_gen += 1
         self._election_gen += 1
@@ -527,8 +548,15 @@ class Node(RaftActor):
             self._refuse_leader(req, self.term)
             return False
         self.leader_id = req.leader_id
+        self._count_leader()
         self._last_leader_contact = self.clock.now()
         return True
+
+    def _count_leader(self) -> None:
+        """Count this term's leader in leader_changes, once (on every AppendEntries: cheap)."""
+        if self._leader_seen_term != self.term:
+            self._leader_seen_term = self.term
+            self._leader_changes.inc()
 
     def _refuse_leader(self, req: AppendEntriesRequest | InstallSnapshotRequest, term: int) -> None:
         if isinstance(req, InstallSnapshotRequest):

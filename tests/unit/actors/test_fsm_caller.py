@@ -8,6 +8,7 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.clock import ManualClock
 from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError
 from actors.fsm_caller import FSMCaller
 from actors.log_view import LogView
@@ -20,8 +21,10 @@ from actors.messages import (
     LeaderStop,
     RegisterPending,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
-from actors.testing import ActorHarness, RecordingMailbox, RecordingStateMachine
+from actors.state_machine import Command
+from actors.testing import ActorHarness, RecordingMailbox, RecordingStateMachine, counts
 from storage.entry import EntryType, LogEntry
 from storage.errors import CorruptLogError
 from storage.memory import MemoryLogStorage
@@ -37,13 +40,23 @@ def make_view(types: Sequence[EntryType], term: int = 1) -> LogView:
 
 class Fsm:
     def __init__(
-        self, types: Sequence[EntryType], sm: RecordingStateMachine | None = None, batch: int = 64
+        self,
+        types: Sequence[EntryType],
+        sm: RecordingStateMachine | None = None,
+        batch: int = 64,
+        clock: ManualClock | None = None,
     ) -> None:
         self.sm = sm or RecordingStateMachine()
         self.node = RecordingMailbox("node")
         self.log_view = make_view(types)
+        self.clock = clock or ManualClock()  # what the metrics time durations with
+        self.metrics = RaftMetrics(clock=self.clock.now)
         self.actor = FSMCaller(
-            self.sm, self.log_view, self.node, RaftOptions(max_apply_batch=batch)
+            self.sm,
+            self.log_view,
+            self.node,
+            RaftOptions(max_apply_batch=batch),
+            metrics=self.metrics,
         )
         self.harness = ActorHarness(self.actor)
 
@@ -299,3 +312,47 @@ def test_a_storage_error_reading_committed_entries_enters_error_not_a_dead_actor
         with pytest.raises(NodeFailedError) as info:
             result(future)
         assert info.value.outcome_unknown is True
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+class SlowStateMachine(RecordingStateMachine):
+    """Each on_apply call takes `seconds` of `clock`."""
+
+    def __init__(self, clock: ManualClock, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
+        self.clock.advance(self.seconds)
+        return super().on_apply(commands)
+
+
+def test_each_on_apply_batch_is_timed_once() -> None:
+    clock = ManualClock()
+    f = Fsm([D, D, D, N, D, D, D], SlowStateMachine(clock, 0.02), batch=64, clock=clock)
+    f.send(Commit(7))
+    assert f.sm.batches == [[1, 2, 3], [5, 6, 7]]
+    sample = f.metrics.apply_seconds.sample()
+    assert sample.count == 2 and sample.sum == pytest.approx(0.04)
+    assert sample.buckets[f.metrics.apply_seconds.bounds.index(0.01)] == 0
+    assert sample.buckets[f.metrics.apply_seconds.bounds.index(0.025)] == 2
+
+
+def test_the_futures_of_appended_commands_are_counted_by_how_they_ended() -> None:
+    f = Fsm([D] * 6)
+    f.send(LeaderStart(1, 1), RegisterPending(1, futures(4)), Commit(2))
+    f.send(LeaderStop(1))  # 3 and 4 may still commit under the next leader
+    f.send(RegisterPending(5, futures(1)), EnterError("Node: bug"))
+    f.send(RegisterPending(6, futures(2)))  # after the error: failed at once
+    assert counts(f.metrics.proposals_completed) == {
+        "applied": 2,
+        "leadership_lost": 2,
+        "failed": 3,
+        "stopped": 0,
+    }
+    stopping = Fsm([D] * 2)
+    stopping.send(RegisterPending(1, futures(2)))
+    stopping.harness.stop()
+    assert stopping.metrics.proposals_completed.value("stopped") == 2

@@ -12,6 +12,7 @@ import msgpack
 import pykka
 import pytest
 
+from actors.clock import ManualClock
 from actors.configuration import Configuration
 from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, RaftError
 from actors.fsm_caller import FSMCaller
@@ -26,6 +27,7 @@ from actors.messages import (
     SnapshotLoaded,
     TakeSnapshot,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.testing import ActorHarness, RecordingMailbox, RecordingStateMachine
 from storage.entry import EntryType, LogEntry
@@ -93,9 +95,18 @@ class Fsm:
         self.log_view = LogView(storage, snapshot=self.snapshots.latest())
         self.node = RecordingMailbox("node")
         self.executor = RecordingMailbox("executor")
+        self.clock = ManualClock()  # what the metrics time durations with
+        self.metrics = RaftMetrics(clock=self.clock.now)
         options = RaftOptions(snapshot_threshold=threshold, max_apply_batch=batch)
         self.actor = FSMCaller(
-            self.sm, self.log_view, self.node, options, CONF, self.snapshots, self.executor
+            self.sm,
+            self.log_view,
+            self.node,
+            options,
+            CONF,
+            self.snapshots,
+            self.executor,
+            metrics=self.metrics,
         )
         self.harness = ActorHarness(self.actor)
 
@@ -144,6 +155,17 @@ def test_the_threshold_saves_once_then_again_after_another_threshold() -> None:
     assert fsm.saves() == []
     fsm.send(Commit(10))
     assert indexes(fsm.saves()) == [10]
+
+
+def test_a_save_is_counted_and_timed_from_its_capture_until_it_is_durable() -> None:
+    fsm = Fsm(threshold=5)
+    fsm.send(Commit(5))
+    [save] = fsm.saves()
+    fsm.clock.advance(1.5)  # while the executor writes and commits it
+    fsm.finish(save)
+    assert fsm.metrics.snapshots.value("save", "ok") == 1
+    timed = fsm.metrics.snapshot_seconds.sample("save")
+    assert (timed.count, timed.sum) == (1, 1.5)
 
 
 def test_one_save_at_a_time_even_when_the_threshold_passes_again() -> None:
@@ -253,6 +275,8 @@ def test_a_save_that_failed_in_the_executor_fails_its_reply_only() -> None:
     assert error_of(reply) is caught.value
     assert fsm.actor.error is None and fsm.node.told == []
     assert fsm.actor.snapshot_meta is None
+    assert fsm.metrics.snapshots.value("save", "failed") == 1
+    assert fsm.metrics.snapshot_seconds.sample("save").count == 0  # only successes are timed
     # Applying goes on; the next request tries again.
     fsm.sm.fail_snapshot_save = False
     fsm.send(Commit(4), TakeSnapshot())
@@ -283,6 +307,7 @@ def test_on_snapshot_save_raising_fails_the_reply_not_the_node() -> None:
     assert isinstance(error, RaftError) and "snapshot at 3 failed" in str(error)
     assert fsm.saves() == []
     assert fsm.actor.error is None and fsm.node.told == [] and fsm.sm.errors == []
+    assert fsm.metrics.snapshots.value("save", "failed") == 1
     assert isinstance(fsm.snapshots, WriterLog)
     [writer] = fsm.snapshots.writers
     with pytest.raises(StorageError):  # aborted, not left open
@@ -333,6 +358,8 @@ def test_startup_loads_the_newest_snapshot_and_applies_the_log_after_it() -> Non
     assert fsm.actor.applied_index == 5 == fsm.log_view.applied_index
     assert fsm.actor.snapshot_meta == newest and fsm.actor.conf == CONF
     assert fsm.sm.batches == []  # nothing applied, only loaded
+    assert fsm.metrics.snapshots.value("load", "ok") == 1
+    assert fsm.metrics.snapshot_seconds.sample("load").count == 1
     fsm.send(Commit(8))
     assert fsm.sm.batches == [[6, 7, 8]]
     assert fsm.sm.applied_indexes == list(range(1, 9))
@@ -398,6 +425,7 @@ def test_a_corrupt_snapshot_at_start_is_fatal() -> None:
     assert "CorruptSnapshotError" in fatal.reason
     assert fsm.actor.error is not None
     assert [type(e) for e in fsm.sm.errors] == [CorruptSnapshotError]
+    assert fsm.metrics.snapshots.value("load", "failed") == 1
     fsm.send(Commit(8))
     assert fsm.sm.batches == [] and fsm.actor.applied_index == 0
 

@@ -9,6 +9,7 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.clock import ManualClock
 from actors.configuration import Configuration
 from actors.errors import NodeFailedError, NotLeaderError, OverloadedError
 from actors.log_manager import LogManager
@@ -36,8 +37,9 @@ from actors.messages import (
     Subscribe,
     VoteGranted,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
-from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript
+from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript, counts
 from storage.entry import EntryType, LogEntry
 from storage.errors import StorageError
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
@@ -57,13 +59,18 @@ def data(index: int, term: int, payload: bytes = b"x") -> LogEntry:
 
 
 class RecordingLog(MemoryLogStorage):
+    """Records each append (one per group commit); each takes `fsync_seconds` of `clock`."""
+
     def __init__(self, transcript: Transcript) -> None:
         super().__init__()
         self.transcript = transcript
         self.appends = 0
+        self.clock = ManualClock()
+        self.fsync_seconds = 0.0
 
     def append_entries(self, entries: Sequence[LogEntry]) -> None:
         super().append_entries(entries)
+        self.clock.advance(self.fsync_seconds)
         self.appends += 1
         self.transcript.entries.append(("fsync", [e.index for e in entries]))
 
@@ -92,6 +99,7 @@ class Fixture:
         self.node = RecordingMailbox("node", self.transcript)
         self.ballot = RecordingMailbox("ballot_box", self.transcript)
         self.fsm = RecordingMailbox("fsm_caller", self.transcript)
+        self.metrics = RaftMetrics(clock=self.storage.clock.now)
         self.lm = LogManager(
             ME,
             self.log_view,
@@ -101,6 +109,7 @@ class Fixture:
             self.ballot,
             self.fsm,
             raft_options or RaftOptions(),
+            metrics=self.metrics,
         )
         self.harness = ActorHarness(self.lm)
 
@@ -389,3 +398,38 @@ def test_a_failed_log_manager_neither_becomes_leader_nor_accepts_proposals() -> 
     with pytest.raises(NodeFailedError) as info:
         future.get(timeout=1)
     assert info.value.outcome_unknown is False  # refused before anything was appended
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_each_group_commit_observes_the_time_of_its_append_and_fsync() -> None:
+    f = Fixture()
+    f.storage.fsync_seconds = 0.003
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1)]), 1))
+    f.storage.fsync_seconds = 0.2
+    f.send(FollowerAppend(append_req(1, 1, 1, [data(2, 1), data(3, 1)]), 1))
+    sample = f.metrics.fsync_seconds.sample()
+    assert sample.count == 2 == f.storage.appends and sample.sum == pytest.approx(0.203)
+    bounds = f.metrics.fsync_seconds.bounds
+    assert sample.buckets[bounds.index(0.0025)] == 0
+    assert sample.buckets[bounds.index(0.005)] == 1
+    assert sample.buckets[bounds.index(0.25)] == 2
+    f.send(FollowerAppend(append_req(1, 3, 1, []), 1))  # a heartbeat: nothing to write
+    assert f.metrics.fsync_seconds.sample().count == 2
+
+
+def test_leader_proposals_are_counted_appended_or_by_why_they_were_refused() -> None:
+    f = Fixture(raft_options=RaftOptions(max_pending_entries=3))
+    f.send(BecomeLeader(1, CONF))  # the no-op is not a proposal
+    f.send(AppendLeaderEntries(1, (b"a", b"b"), (pykka.ThreadingFuture(), pykka.ThreadingFuture())))
+    f.send(AppendLeaderEntries(1, (b"c",), (pykka.ThreadingFuture(),)))  # 4 in flight > 3
+    f.send(AppendLeaderEntries(2, (b"d",), (pykka.ThreadingFuture(),)))  # not this term
+    f.send(EnterError("Node: bug"))
+    f.send(AppendLeaderEntries(1, (b"e",), (pykka.ThreadingFuture(),)))
+    assert counts(f.metrics.proposals) == {
+        "appended": 2,
+        "overloaded": 1,
+        "not_leader": 1,
+        "failed": 1,
+    }

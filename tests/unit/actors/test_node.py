@@ -35,9 +35,10 @@ from actors.messages import (
     Unsubscribe,
     VoteGranted,
 )
+from actors.metrics import RaftMetrics
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
-from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport
+from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, counts
 from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryLogStorage
 from transport.rpc import (
@@ -80,6 +81,7 @@ class Fixture:
         self.lm = RecordingMailbox("log_manager")
         self.transport = RecordingTransport(A)
         self.replicators = Replicators()
+        self.metrics = RaftMetrics()
         raft = raft_options or RaftOptions(election_timeout=TIMEOUT, initial_election_advance=False)
         options = NodeOptions(A, Configuration.of(peers), raft)
         self.node = Node(
@@ -93,6 +95,7 @@ class Fixture:
             clock=self.clock,
             rng=random.Random(7),
             on_error=self.errors.append,
+            metrics=self.metrics,
         )
         self.harness = ActorHarness(self.node, self.clock)
 
@@ -411,3 +414,57 @@ def test_at_start_a_leader_heard_in_time_means_no_campaign() -> None:
     f.lm.clear()
     f.harness.advance(TIMEOUT - 0.01)  # the usual timeout runs from that contact
     assert not [m for m in f.lm.told if isinstance(m, RequestVotes)]
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_a_won_campaign_counts_a_pre_vote_an_election_and_a_leader(f: Fixture) -> None:
+    f.elect()
+    assert counts(f.metrics.pre_votes) == {"started": 1, "won": 1, "lost": 0}
+    assert counts(f.metrics.elections) == {"started": 1, "won": 1, "lost": 0}
+    assert f.metrics.leader_changes.value() == 1
+
+
+def test_a_vote_that_times_out_is_a_lost_election(f: Fixture) -> None:
+    f.harness.advance(FULL_TIMEOUT)
+    f.send(RequestVoteResponse(0, True, True, B, 1))
+    f.harness.advance(FULL_TIMEOUT)
+    assert f.node.role is Role.FOLLOWER
+    assert counts(f.metrics.elections) == {"started": 1, "won": 0, "lost": 1}
+    assert f.metrics.leader_changes.value() == 0
+
+
+def test_a_pre_vote_ended_by_a_leader_is_lost_and_each_terms_leader_counted_once(
+    f: Fixture,
+) -> None:
+    f.harness.advance(FULL_TIMEOUT)  # a pre-vote for term 1 starts
+    for seq in (1, 2, 3):  # then B's heartbeats of term 1
+        f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, seq))
+    assert counts(f.metrics.pre_votes) == {"started": 1, "won": 0, "lost": 1}
+    assert f.metrics.leader_changes.value() == 1
+    f.send(AppendEntriesRequest(2, C, 0, 0, (), 0, 4))  # C leads term 2
+    f.send(AppendEntriesRequest(2, C, 0, 0, (), 0, 5))
+    assert f.metrics.leader_changes.value() == 2
+
+
+def test_proposals_refused_at_the_door_are_counted_by_outcome() -> None:
+    f = Fixture(
+        raft_options=RaftOptions(
+            election_timeout=TIMEOUT, max_command_bytes=10, initial_election_advance=False
+        )
+    )
+    f.send(Apply((b"x", b"y"), (pykka.ThreadingFuture(), pykka.ThreadingFuture())))
+    f.send(Apply((b"x" * 11,), (pykka.ThreadingFuture(),)))
+    f.elect()
+    f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))  # to the LogManager: counted there
+    f.send(FatalError("FSMCaller", "boom"))
+    f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))
+    f.harness.stop()
+    f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))
+    assert counts(f.metrics.proposals) == {
+        "not_leader": 2,
+        "too_large": 1,
+        "failed": 1,
+        "stopped": 1,
+    }
