@@ -51,6 +51,7 @@ from actors.messages import (
     PeerContact,
     Unblock,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.progress import BackOff, Placement, Progress, ReplicatorState
 from actors.snapshot_transfer import SnapshotTransfer, Throttle
@@ -85,6 +86,7 @@ class Replicator(RaftActor):
         clock: Clock,
         raft_options: RaftOptions,
         snapshots: SnapshotStore | None = None,
+        metrics: RaftMetrics | None = None,
     ) -> None:
         super().__init__(supervisor=node)
         self.peer_id = peer_id
@@ -115,6 +117,11 @@ class Replicator(RaftActor):
         self._heartbeat_timer: TimerHandle | None = None
         self._block_gen = 0
         self._block_timer: TimerHandle | None = None
+        # This actor's own cells (actors/metrics.py): written on this thread only, retired at
+        # shutdown (a Replicator lives for one term; its counts stay in the series).
+        metrics = metrics or RaftMetrics()
+        self._batch_entries = metrics.append_entries_entries.cell()
+        self._batch_bytes = metrics.append_entries_bytes.cell()
 
     def __str__(self) -> str:
         flags = f" {self.transfer}" if self.transfer is not None else ""
@@ -131,6 +138,8 @@ class Replicator(RaftActor):
     def shutdown(self) -> None:
         self._cancel_timers()
         self._end_transfer()
+        self._batch_entries.retire()
+        self._batch_bytes.retire()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -337,6 +346,9 @@ class Replicator(RaftActor):
             log.exception("replicator %s: send failed", self.peer_id)
             self._block(f"send failed: {exc}")
             return False
+        if entries:
+            self._batch_entries.observe(len(entries))
+            self._batch_bytes.observe(sum([len(entry.data) for entry in entries]))
         return True
 
     # -- sending a snapshot ------------------------------------------------------------------

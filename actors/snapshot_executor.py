@@ -50,6 +50,7 @@ from actors.messages import (
     SnapshotTick,
     TakeSnapshot,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.rejections import Rejections
 from storage.base import SnapshotStore
@@ -68,6 +69,7 @@ class _Download:
 
     request: InstallSnapshotRequest  # its first chunk: names the snapshot, term and leader
     writer: SnapshotWriter
+    started_at: float  # the metrics clock when the first chunk arrived
     installing: bool = False
     answer: InstallSnapshotRequest | None = None
     node_term: int = 0
@@ -105,6 +107,7 @@ class SnapshotExecutor(RaftActor):
         clock: Clock,
         raft_options: RaftOptions,
         rejections: Rejections | None = None,
+        metrics: RaftMetrics | None = None,
     ) -> None:
         super().__init__(supervisor=node)
         self.peer_id = peer_id
@@ -122,6 +125,12 @@ class SnapshotExecutor(RaftActor):
         self._tick_gen = 0
         self._tick_timer: TimerHandle | None = None
         self._failed = False
+        # This actor's own cells (actors/metrics.py): written on this thread only. Saves and
+        # loads are counted by the FSMCaller, which starts and ends them.
+        metrics = metrics or RaftMetrics()
+        self._clock = metrics.clock
+        self._installs = metrics.snapshots.cells(("install", "ok"), ("install", "failed"))
+        self._install_seconds = metrics.snapshot_seconds.cell("install")
 
     def __str__(self) -> str:
         download = self.download
@@ -225,7 +234,7 @@ class SnapshotExecutor(RaftActor):
             meta, expected_size=req.size, expected_checksum=req.checksum
         )
         log.info("%s: receiving %s from %s", self.peer_id, _name(req), req.leader_id)
-        self.download = _Download(req, writer)
+        self.download = _Download(req, writer, self._clock())
         return self.download
 
     def _receive(self, download: _Download, req: InstallSnapshotRequest, term: int) -> None:
@@ -236,6 +245,7 @@ class SnapshotExecutor(RaftActor):
             return
         if held + len(req.data) > req.size or (req.done and held + len(req.data) != req.size):
             self.rejections.refuse("snapshot_chunk_out_of_range", req.leader_id)
+            self._installs["install", "failed"].inc()
             self._drop_download()
             self._answer(req, term, False, 0)
             return
@@ -251,6 +261,7 @@ class SnapshotExecutor(RaftActor):
             return
         except StorageError as exc:  # e.g. the checksum does not match: start again
             log.error("%s: %s not installed: %s", self.peer_id, _name(req), exc)
+            self._installs["install", "failed"].inc()
             self.snapshots.abort(writer)
             self.download = None
             self._answer(req, term, False, 0)
@@ -267,8 +278,10 @@ class SnapshotExecutor(RaftActor):
             return
         self.download = None
         answer = download.answer or download.request
+        self._installs["install", "ok" if msg.error is None else "failed"].inc()
         if msg.error is None:
             self.installs += 1
+            self._install_seconds.observe(self._clock() - download.started_at)
         self._answer(answer, download.node_term, msg.error is None, answer.size, done=True)
 
     def _answer(

@@ -13,6 +13,7 @@ import pytest
 from actors.clock import ManualClock
 from actors.log_view import LogView
 from actors.messages import Grant, HigherTermSeen, LogAppended, PeerContact
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.replicator import Replicator, ReplicatorState
 from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport
@@ -47,10 +48,11 @@ class Rep:
         self.transport = RecordingTransport(LEADER)
         self.ballot_box = RecordingMailbox("ballot_box")
         self.node = RecordingMailbox("node")
+        self.metrics = RaftMetrics()
         opts = {"max_inflight": 3, "max_entries_per_request": 2, **options}
         self.actor = Replicator(
             PEER, LEADER, TERM, next_index, self.log_view, self.transport, self.ballot_box,
-            self.node, self.clock, RaftOptions(**opts),
+            self.node, self.clock, RaftOptions(**opts), metrics=self.metrics,
         )  # fmt: skip
         self.harness = ActorHarness(self.actor, self.clock)
 
@@ -389,3 +391,31 @@ def test_a_conflicting_term_the_leader_also_has_resumes_after_its_last_entry_of_
     # Probe at 6 (term 4 vs the follower's 2) -> the leader's last entry of term 2 is 4 -> probe
     # at 4, which matches.
     assert probes_until_match(leader, follower, hints=True) == 2
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_each_append_entries_with_entries_observes_its_size_in_entries_and_bytes() -> None:
+    rep = Rep([1] * 5, next_index=1, size=100)
+    rep.send(ok(*rep.sent()))  # the probe: no entries, not observed
+    batches = rep.sent()
+    assert spans(batches) == [(2, 0, 2), (3, 2, 2), (4, 4, 1)]
+    rep.send(*map(ok, batches))
+    rep.harness.advance(HEARTBEAT)
+    assert spans(rep.sent()) == [(5, 5, 0)]  # a heartbeat: not observed either
+    entries = rep.metrics.append_entries_entries.sample()
+    assert entries.count == 3 and entries.sum == 5
+    assert entries.buckets[:3] == (1, 3, 3)  # le 1, le 2, le 4
+    sizes = rep.metrics.append_entries_bytes.sample()
+    assert sizes.count == 3 and sizes.sum == 500
+    assert sizes.buckets[:2] == (0, 3)  # le 64, le 256
+
+
+def test_a_stopped_replicator_retires_its_cells_and_its_counts_stay() -> None:
+    """One Replicator per follower per term: a new term's does not pile up cells."""
+    rep = Rep([1] * 2, next_index=1)
+    rep.send(ok(*rep.sent()))
+    rep.harness.stop()
+    family = rep.metrics.append_entries_entries
+    assert family.sample().count == 1 and family._live == {(): []}

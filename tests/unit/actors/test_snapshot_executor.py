@@ -25,6 +25,7 @@ from actors.messages import (
     SnapshotTick,
     TakeSnapshot,
 )
+from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.snapshot_executor import SnapshotExecutor
 from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript
@@ -87,9 +88,10 @@ class Exe:
         self.node = RecordingMailbox("node", self.transcript)
         self.lm = RecordingMailbox("log_manager", self.transcript)
         self.fsm = RecordingMailbox("fsm", self.transcript)
+        self.metrics = RaftMetrics(clock=self.clock.now)
         self.actor = SnapshotExecutor(
             ME, self.snapshots, self.log_view, self.transport, self.node, self.lm, self.fsm,
-            self.clock, RaftOptions(**options),
+            self.clock, RaftOptions(**options), metrics=self.metrics,
         )  # fmt: skip
         self.harness = ActorHarness(self.actor, self.clock)
 
@@ -298,6 +300,7 @@ def test_final_chunk_commits_installs_the_log_and_answers_only_once_loaded() -> 
     exe = Exe()
     exe.install(chunk(0, 1), chunk(256, 2), chunk(512, 3))
     exe.answers()
+    exe.harness.advance(0.25)
     exe.install(chunk(768, 4))
     meta = meta_of()
     assert exe.snapshots.latest() == meta
@@ -309,6 +312,9 @@ def test_final_chunk_commits_installs_the_log_and_answers_only_once_loaded() -> 
     assert exe.answers() == [(4, True, 1024, True)]
     assert str(exe.actor) == "idle saves=0 installs=1"
     assert exe.fsm.told == [] and exe.node.told == []
+    assert exe.metrics.snapshots.value("install", "ok") == 1
+    timed = exe.metrics.snapshot_seconds.sample("install")  # from the first chunk to loaded
+    assert (timed.count, timed.sum) == (1, 0.25)
 
 
 def test_the_final_answer_carries_the_seq_of_the_latest_final_chunk() -> None:
@@ -332,6 +338,8 @@ def test_snapshot_loaded_of_another_snapshot_is_not_an_answer() -> None:
     exe.harness.send(SnapshotLoaded(meta_of(), error="on_snapshot_load raised"))
     assert exe.answers() == [(4, False, 1024, True)]  # failed to load: not installed
     assert exe.actor.installs == 0
+    assert exe.metrics.snapshots.value("install", "failed") == 1
+    assert exe.metrics.snapshot_seconds.sample("install").count == 0
 
 
 def test_another_stream_during_the_install_is_refused() -> None:
@@ -357,6 +365,7 @@ def test_a_checksum_mismatch_is_refused_and_nothing_is_committed() -> None:
     assert exe.snapshots.latest() is None
     assert exe.lm.told == []
     assert exe.actor.download is None
+    assert exe.metrics.snapshots.value("install", "failed") == 1
     # The leader starts again, with the right checksum this time.
     exe.install(chunk(0, 5))
     assert exe.answers() == [(5, True, 256, False)]
@@ -443,6 +452,7 @@ def test_a_chunk_beyond_the_size_is_refused_and_the_download_dropped() -> None:
     exe.install(too_long)
     assert exe.answers() == [(3, False, 0, False)]
     assert exe.refused() == {"snapshot_chunk_out_of_range": 1}
+    assert exe.metrics.snapshots.value("install", "failed") == 1
     assert is_aborted(writer) and exe.actor.download is None
     assert exe.snapshots.latest() is None
 
