@@ -38,6 +38,7 @@ from actors.clock import Clock, RealClock
 from actors.errors import NodeStoppedError, OptionsError
 from actors.futures import fail, fail_all
 from actors.messages import Apply, FatalError, GetStatus, TakeSnapshot
+from actors.metrics import RaftMetrics
 from actors.options import FRAME_HEADROOM, NodeOptions
 from actors.state_machine import StateMachine
 from actors.status import NodeStatus
@@ -89,6 +90,7 @@ class RaftNode:
         rng: random.Random | None = None,
         on_error: Callable[[str], None] | None = None,
         snapshot_storage: SnapshotStore | None = None,
+        metrics: RaftMetrics | None = None,
     ) -> RaftNode:
         """Start the actors of one peer over the given storage and transport, then begin
         receiving. The storages become owned by the node (closed by `stop`). `on_error` is
@@ -96,7 +98,8 @@ class RaftNode:
         OptionsError when a command of max_command_bytes would not fit the transport's frame.
         With `snapshot_storage` (storage.snapshot_storage.SnapshotStorage) and a state machine
         that implements on_snapshot_save/on_snapshot_load, the node loads its newest snapshot,
-        snapshots by the options' policy and compacts its log (see actors.options)."""
+        snapshots by the options' policy and compacts its log (see actors.options). The actors
+        count into `metrics` (a new actors.metrics.RaftMetrics if None; see `metrics`)."""
         if options.raft.max_command_bytes + FRAME_HEADROOM > transport.max_frame_size:
             raise OptionsError(
                 f"max_command_bytes {options.raft.max_command_bytes} does not fit the "
@@ -116,6 +119,7 @@ class RaftNode:
             threads.stop,
             on_error,
             snapshot_storage,
+            metrics,
         )
         self = cls(options, actors, transport, own_clock, threads)
         try:
@@ -129,6 +133,12 @@ class RaftNode:
         """The transport stopped working by itself: a deaf peer must not look healthy."""
         with contextlib.suppress(pykka.ActorDeadError):
             self._node.tell(FatalError("transport", reason))
+
+    @property
+    def metrics(self) -> RaftMetrics:
+        """The peer's hot-path metrics (actors/metrics.py), read from any thread (e.g. by
+        /metrics); the embedding service may register families of its own in it."""
+        return self._actors.metrics
 
     def set_client_handler(self, handler: ClientHandler | None) -> None:
         """Where ClientRequest/StatusRequest from the network go (the KV service sets this)."""

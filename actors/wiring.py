@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -22,6 +22,7 @@ from actors.fsm_caller import FSMCaller
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.mailbox import Mailbox, MailboxSlot
+from actors.metrics import RaftMetrics
 from actors.node import Node
 from actors.options import NodeOptions
 from actors.replicator import Replicator
@@ -89,6 +90,7 @@ class PeerActors:
     replicators: Replicators
     snapshot_executor: Mailbox | None = None  # None: snapshots are off
     snapshots: SnapshotStore | None = None
+    metrics: RaftMetrics = field(default_factory=RaftMetrics)  # what the actors count
 
     def in_stop_order(self) -> list[Mailbox]:
         """The Node first (no new work; it stops the Replicators), then the LogManager (it
@@ -122,13 +124,16 @@ def assemble_peer(
     stop: StopActor,
     on_error: Callable[[str], None] | None = None,
     snapshot_storage: SnapshotStore | None = None,
+    metrics: RaftMetrics | None = None,
 ) -> PeerActors:
     """Start one peer's actors. Mutual references go through slots, bound before the Node (the
     only actor that starts work on its own, from a timer) is started. `on_error(reason)` is
     called once, on the Node's thread, when the peer enters ERROR. With a `snapshot_storage`
-    (and a state machine that supports snapshots) the peer snapshots and compacts its log."""
+    (and a state machine that supports snapshots) the peer snapshots and compacts its log.
+    Every actor counts into `metrics` (a new RaftMetrics if None)."""
     raft = options.raft
     peer_id = options.peer_id
+    metrics = metrics or RaftMetrics()
     snapshots = snapshot_storage if state_machine.supports_snapshots() else None
     if snapshot_storage is not None and snapshots is None:
         log.warning("%s: the state machine cannot snapshot; snapshots are off", peer_id)
@@ -152,16 +157,34 @@ def assemble_peer(
             clock,
             raft,
             snapshots,
+            metrics=metrics,
         )
 
     fsm_ref = spawn(
-        FSMCaller, state_machine, log_view, node, raft, options.initial_conf, snapshots, executor
+        FSMCaller,
+        state_machine,
+        log_view,
+        node,
+        raft,
+        options.initial_conf,
+        snapshots,
+        executor,
+        metrics=metrics,
     )
     fsm.bind(fsm_ref)
     bb_ref = spawn(BallotBox, fsm, log_manager, node)
     ballot_box.bind(bb_ref)
     lm_ref = spawn(
-        LogManager, peer_id, log_view, meta_storage, transport, node, ballot_box, fsm, raft
+        LogManager,
+        peer_id,
+        log_view,
+        meta_storage,
+        transport,
+        node,
+        ballot_box,
+        fsm,
+        raft,
+        metrics=metrics,
     )
     log_manager.bind(lm_ref)
     executor_ref = None
@@ -177,6 +200,7 @@ def assemble_peer(
             fsm,
             clock,
             raft,
+            metrics=metrics,
         )
         executor.bind(executor_ref)
     replicators = Replicators(build_replicator, stop)
@@ -193,6 +217,7 @@ def assemble_peer(
         rng=rng,
         on_error=on_error,
         snapshot_executor=executor,
+        metrics=metrics,
     )
     node.bind(node_ref)
     return PeerActors(
@@ -205,6 +230,7 @@ def assemble_peer(
         replicators,
         executor_ref,
         snapshots,
+        metrics,
     )
 
 
