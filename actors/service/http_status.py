@@ -4,8 +4,10 @@
     server.close()
 
 - `/metrics`: the Prometheus text format, written by prometheus_client from a registry of this
-  peer's own. Its collector reads the node's status when scraped (`RaftNode.status`) and the
-  process's figures from psutil, so the Raft hot path pays nothing for it.
+  peer's own. Its collector reads, when scraped, the node's status (`RaftNode.status`), the
+  counters and histograms the actors keep (`RaftNode.metrics`, actors/metrics.py: a hot path
+  pays an increment or a bisect for them, never a call into prometheus_client) and the
+  process's figures from psutil.
 - `/health`: 200 and a small JSON body when the peer is serving (leader or follower, not in
   ERROR) and knows a leader; 503 otherwise. What load balancers and Kubernetes probes call.
 - `/status`: the same JSON as `launcher.py client status` prints for this peer.
@@ -29,9 +31,16 @@ from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
+from actors.metrics import Counter, Histogram, Metrics
 from actors.raft_node import RaftNode
 from actors.service.offline import disk_bytes
 from actors.status import NodeStatus
@@ -68,6 +77,7 @@ class RaftCollector:
         yield up
         if status is not None:
             yield from self._raft(status)
+        yield from hot_path(self.node.metrics)
         yield from self._process()
 
     def _raft(self, status: NodeStatus) -> Iterator[Metric]:
@@ -144,6 +154,23 @@ class RaftCollector:
             )
             family.add_metric([], disk_bytes(self.data_dir))
             yield family
+
+
+def hot_path(metrics: Metrics) -> Iterator[Metric]:
+    """The actors' counters and histograms as Prometheus families (counters get `_total`)."""
+    for family in metrics.families():
+        name = f"{PREFIX}_{family.name}"
+        if isinstance(family, Counter):
+            counter = CounterMetricFamily(name, family.doc, labels=family.labels)
+            for sample in family.samples():
+                counter.add_metric(sample.labels, sample.value)
+            yield counter
+        elif isinstance(family, Histogram):
+            histogram = HistogramMetricFamily(name, family.doc, labels=family.labels)
+            bounds = [*map(floatToGoString, family.bounds), "+Inf"]  # as prometheus_client does
+            for h in family.samples():
+                histogram.add_metric(h.labels, list(zip(bounds, h.buckets, strict=True)), h.sum)
+            yield histogram
 
 
 class StatusHTTPServer:

@@ -8,6 +8,10 @@ which makes them linearizable (a faster read path, ReadIndex, comes later).
 
 Answers keep "definitely not applied" apart from "may have been applied" all the way to the
 client (`_answer`): only a command that never reached the log gets a definite refusal.
+
+Every answer is counted in the node's metrics, `client_requests{op, status}`: op is put, get,
+delete, cas (`invalid` for a command that does not decode), status or admin; status is the
+ClientStatus answered (ok, not_leader, error, unknown, overloaded).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from actors.errors import (
     RaftError,
 )
 from actors.futures import CompletionFuture
+from actors.metrics import CounterCell
 from actors.raft_node import RaftNode
 from actors.service.errors import InvalidCommandError
 from actors.service.kv_store import STALE
@@ -49,6 +54,15 @@ from transport.rpc import (
 )
 
 log = logging.getLogger(__name__)
+
+STATUS_NAMES = {
+    ClientStatus.OK: "ok",
+    ClientStatus.NOT_LEADER: "not_leader",
+    ClientStatus.ERROR: "error",
+    ClientStatus.UNKNOWN: "unknown",
+    ClientStatus.OVERLOADED: "overloaded",
+}
+INVALID_OP = "invalid"  # the op label of a command that does not decode
 
 
 def snapshot_json(peer_id: str, meta: Any) -> dict[str, Any]:
@@ -75,6 +89,13 @@ class KVServer:
         # copy: retries must not pile entries into the log faster than it drains. Its keys are
         # bounded by the node's max_pending_entries, since every proposal's future completes.
         self._inflight: dict[tuple[str, int], list[ClientRequest]] = {}
+        self._requests = node.metrics.counter(
+            "client_requests", "Client requests answered, by operation and status", ["op", "status"]
+        )
+        # Answers are settled on several threads; this lock makes their counting one writer
+        # (actors/metrics.py). Cells are made on first use: (op, status) pairs are few.
+        self._count_lock = threading.Lock()
+        self._counts: dict[tuple[str, str], CounterCell] = {}
         node.set_client_handler(self.on_client_message)
 
     def on_client_message(self, message: RpcMessage) -> None:
@@ -89,7 +110,7 @@ class KVServer:
         try:
             command = decode_command(req.command)
         except DecodeError as exc:
-            self._reply(req, ClientStatus.ERROR, message=f"bad command: {exc}")
+            self._reply(req, INVALID_OP, ClientStatus.ERROR, message=f"bad command: {exc}")
             return
         key = None if command.is_read else (req.client_id, req.seq)
         if key is not None:
@@ -107,7 +128,7 @@ class KVServer:
                     waiters = self._inflight.pop(key, waiters)
             status, fields = self._answer(result, error)
             for waiter in waiters:
-                self._reply(waiter, status, **fields)
+                self._reply(waiter, command.op, status, **fields)
 
         try:
             logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
@@ -139,15 +160,25 @@ class KVServer:
         log.error("%s: command failed unexpectedly", self.peer_id, exc_info=error)
         return ClientStatus.UNKNOWN, {"message": f"{type(error).__name__}: {error}"}
 
+    def _count(self, op: str, status: int) -> None:
+        key = (op, STATUS_NAMES.get(status, str(status)))
+        with self._count_lock:
+            cell = self._counts.get(key)
+            if cell is None:
+                cell = self._counts[key] = self._requests.cell(*key)
+            cell.inc()
+
     def _reply(
         self,
         req: ClientRequest,
+        op: str,
         status: int,
         *,
         result: bytes = b"",
         leader_hint: str = "",
         message: str = "",
     ) -> None:
+        self._count(op, status)
         self.transport.send(
             req.client_id,
             ClientResponse(req.request_id, status, result, leader_hint, message, self.peer_id),
@@ -157,6 +188,7 @@ class KVServer:
         """Operator requests about this peer itself (they never go through the log)."""
 
         def reply(status: int, result: dict[str, Any] | None = None, message: str = "") -> None:
+            self._count("admin", status)
             body = msgpack.packb(result) if result is not None else b""
             response = ClientResponse(req.request_id, status, body, "", message, self.peer_id)
             self.transport.send(req.client_id, response)
@@ -177,6 +209,7 @@ class KVServer:
 
     def _on_status(self, req: StatusRequest) -> None:
         def done(status: Any, error: BaseException | None) -> None:
+            self._count("status", ClientStatus.OK if error is None else ClientStatus.ERROR)
             body = status.to_json() if error is None else {"id": self.peer_id, "error": str(error)}
             self.transport.send(req.client_id, StatusResponse(req.request_id, self.peer_id, body))
 

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.metrics import RaftMetrics
 from actors.service.http_status import StatusHTTPServer, is_healthy
 from actors.status import NodeStatus
 
@@ -42,6 +43,7 @@ def status(**changes: Any) -> NodeStatus:
 class StubNode:
     def __init__(self, answer: NodeStatus | Exception) -> None:
         self.answer = answer
+        self.metrics = RaftMetrics()
 
     def status(self, timeout: float = 5.0) -> NodeStatus:
         if isinstance(self.answer, Exception):
@@ -96,10 +98,51 @@ def test_metrics_are_the_status_in_prometheus_names(make_server: Any) -> None:
 
 
 def test_a_node_that_does_not_answer_is_down_in_the_metrics(make_server: Any) -> None:
-    got = samples(make_server(TimeoutError("busy")))
+    server = make_server(TimeoutError("busy"))
+    server.node.metrics.proposals.cell("appended").inc(2)
+    got = samples(server)
     assert got[("pykka_raft_up", ())] == 0.0
     assert ("pykka_raft_term", ()) not in got
     assert got[("pykka_raft_process_threads", ())] >= 1  # the process figures still come
+    assert got[("pykka_raft_proposals_total", (("outcome", "appended"),))] == 2  # and these
+
+
+def test_the_actors_counters_and_histograms_are_prometheus_families(make_server: Any) -> None:
+    server = make_server(status())
+    metrics: RaftMetrics = server.node.metrics
+    fsync = metrics.fsync_seconds.cell()
+    for seconds in (0.003, 0.004, 0.2):
+        fsync.observe(seconds)
+    metrics.proposals.cells("appended", "not_leader")["appended"].inc(5)
+    metrics.snapshots.cell("save", "ok").inc()
+    metrics.snapshot_seconds.cell("save").observe(2.0)
+    metrics.append_entries_bytes.cell().observe(5000)
+    requests = metrics.counter("client_requests", "by op and status", ["op", "status"])
+    requests.cell("put", "ok").inc(3)
+
+    text = generate_latest(server.registry).decode()
+    kinds = {f.name: f.type for f in text_string_to_metric_families(text)}
+    got = samples(server)
+    for name in ("fsync_seconds", "apply_seconds", "snapshot_seconds"):
+        assert kinds[f"pykka_raft_{name}"] == "histogram", name
+    for name in ("proposals", "elections", "snapshots", "client_requests"):
+        assert kinds[f"pykka_raft_{name}"] == "counter", name
+    fsync_le = {
+        le: got[("pykka_raft_fsync_seconds_bucket", (("le", le),))]
+        for le in ("0.0025", "0.005", "0.25", "+Inf")
+    }
+    assert fsync_le == {"0.0025": 0, "0.005": 2, "0.25": 3, "+Inf": 3}
+    assert got[("pykka_raft_fsync_seconds_count", ())] == 3
+    assert got[("pykka_raft_fsync_seconds_sum", ())] == pytest.approx(0.207)
+    assert got[("pykka_raft_proposals_total", (("outcome", "appended"),))] == 5
+    assert got[("pykka_raft_proposals_total", (("outcome", "not_leader"),))] == 0
+    save = (("operation", "save"), ("outcome", "ok"))
+    assert got[("pykka_raft_snapshots_total", save)] == 1
+    assert got[("pykka_raft_snapshot_seconds_sum", (("operation", "save"),))] == 2.0
+    assert got[("pykka_raft_snapshot_seconds_bucket", (("le", "5.0"), ("operation", "save")))] == 1
+    assert got[("pykka_raft_append_entries_batch_bytes_bucket", (("le", "16384.0"),))] == 1
+    assert got[("pykka_raft_client_requests_total", (("op", "put"), ("status", "ok")))] == 3
+    assert "pykka_raft_leader_changes_total" in text  # no writer yet: no sample, but described
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ tells the client, and retried writes that join the proposal already in flight.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pykka
@@ -19,7 +20,8 @@ from actors.errors import (
     RaftError,
 )
 from actors.futures import complete, fail
-from actors.service.kv_server import KVServer
+from actors.metrics import Counter, Metrics
+from actors.service.kv_server import STATUS_NAMES, KVServer
 from actors.testing import RecordingTransport
 from storage.snapshot_storage import SnapshotMeta
 from transport.kv_protocol import (
@@ -31,7 +33,13 @@ from transport.kv_protocol import (
     encode_command,
     encode_result,
 )
-from transport.rpc import AdminRequest, ClientRequest, ClientResponse, ClientStatus
+from transport.rpc import (
+    AdminRequest,
+    ClientRequest,
+    ClientResponse,
+    ClientStatus,
+    StatusRequest,
+)
 
 ME = "a:1"
 
@@ -42,7 +50,9 @@ class StubNode:
     def __init__(self) -> None:
         self.proposals: list[tuple[bytes, pykka.Future[Any]]] = []
         self.snapshots: list[pykka.Future[Any]] = []
+        self.statuses: list[pykka.Future[Any]] = []
         self.handler: Any = None
+        self.metrics = Metrics()
 
     def set_client_handler(self, handler: Any) -> None:
         self.handler = handler
@@ -56,6 +66,17 @@ class StubNode:
     def snapshot(self, reply: pykka.Future[Any]) -> pykka.Future[Any]:
         self.snapshots.append(reply)
         return reply
+
+    def status_async(self, reply: pykka.Future[Any]) -> None:
+        self.statuses.append(reply)
+
+
+def answered(node: StubNode) -> dict[tuple[str, ...], int]:
+    """The client_requests counts: {(op, status): answers}, leaving out the zeros."""
+    [family] = node.metrics.families()
+    assert isinstance(family, Counter) and family.name == "client_requests"
+    assert family.labels == ("op", "status")
+    return {s.labels: s.value for s in family.samples() if s.value}
 
 
 @pytest.fixture
@@ -121,6 +142,7 @@ def test_definite_and_unknown_outcomes_stay_apart_through_to_the_client(
     [(to, answer)] = transport.take()
     assert to == "client-1" and isinstance(answer, ClientResponse)
     assert answer.status == status
+    assert answered(node) == {("put", STATUS_NAMES[status]): 1}
 
 
 def test_a_successful_write_returns_the_encoded_result(
@@ -186,3 +208,28 @@ def test_an_unknown_admin_operation_is_refused_and_does_nothing(
     ((_, response),) = transport.take()
     assert response.status == ClientStatus.ERROR and "unknown admin operation" in response.message
     assert node.snapshots == [] and node.proposals == []
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_every_answer_is_counted_by_operation_and_status(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+) -> None:
+    kv, node, _ = server
+    for request_id in (1, 2):  # a write and its retry, joined: two answers
+        kv.on_client_message(request(request_id))
+    kv.on_client_message(request(3, seq=0, op=GET))
+    kv.on_client_message(ClientRequest("client-1", 4, 5, b"\xc1"))  # does not decode
+    kv.on_client_message(StatusRequest("client-1", 5))
+    kv.on_client_message(AdminRequest("admin-1", 6, "format-the-disk"))
+    complete(node.proposals[0][1], None)
+    fail(node.proposals[1][1], OverloadedError("busy"))
+    complete(node.statuses[0], SimpleNamespace(to_json=lambda: {"id": ME}))
+    assert answered(node) == {
+        ("put", "ok"): 2,
+        ("get", "overloaded"): 1,
+        ("invalid", "error"): 1,
+        ("status", "ok"): 1,
+        ("admin", "error"): 1,
+    }
