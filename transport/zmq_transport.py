@@ -26,8 +26,15 @@ tolerates loss, and a down or slow peer never stalls the others.
 
 Inbound, the I/O thread drains every frame the ROUTER has per wake-up, decodes and validates it
 (transport.codec), checks that the message's `sender` is the routing id it arrived with, and
-calls `deliver(message)` on the I/O thread. A frame failing any check is counted, logged
-(rate-limited, first per source) and dropped (docs/DESIGN.md, principle 6).
+calls `deliver(message)` on the I/O thread. A frame failing any check is counted (by reason),
+logged (rate-limited, first per source) and dropped (docs/DESIGN.md, principle 6).
+
+With `security` (transport.security.PeerSecurity, `--keys DIR`) every connection is CurveZMQ:
+the ROUTER is a CURVE server whose ZAP handler accepts only the directory's keys and labels
+each connection with the key's holder; the DEALERs authenticate with this peer's key and check
+each remote peer's. Every inbound message must then also pass `PeerSecurity.authorize` for the
+label of the connection it came over (a client key cannot speak as a peer). Handshakes that
+fail (no CURVE, an unknown key) are counted from the ROUTER's monitor socket.
 """
 
 from __future__ import annotations
@@ -39,15 +46,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from transport.base import Deliver, Failure
 from transport.codec import DEFAULT_MAX_FRAME_SIZE, decode, encode
 from transport.errors import BindError, DecodeError, EncodeError, TransportError
-from transport.rpc import RpcMessage
+from transport.rpc import AdminRequest, ClientResponse, ClientStatus, RpcMessage
+from transport.security import KeyDirectoryError, PeerSecurity
 
 __all__ = ["TransportStats", "ZmqTransport", "peer_address"]
 
@@ -85,6 +94,25 @@ class TransportStats:
     bad_frames: int  # frames dropped as invalid: undecodable, wrong shape or spoofed sender
     dropped_sends: int  # frames dropped on the way out: queue full, HWM, unreachable, stopped
     deliver_errors: int  # exceptions raised by the deliver callback (logged, then ignored)
+    bad_frames_by_reason: dict[str, int] = field(default_factory=dict)  # BAD_* -> count
+    refused_connections: dict[str, int] = field(default_factory=dict)  # REFUSED_* -> count
+
+
+# Reasons a frame is dropped as bad (TransportStats.bad_frames_by_reason, a metric's label).
+BAD_MALFORMED: Final = "malformed"  # not one frame, or not a valid message
+BAD_SPOOFED: Final = "spoofed_sender"  # `sender` is not the routing id it came with
+BAD_UNAUTHORIZED: Final = "unauthorized"  # the connection's key may not send this (keys only)
+BAD_ON_DEALER: Final = "on_dealer"  # something arrived on a DEALER, where nothing should
+
+# Why a connection was refused in its handshake (keys only; from the ROUTER's monitor).
+REFUSED_NO_CURVE: Final = "no_curve"  # the other side does not speak CURVE (no keys)
+REFUSED_BAD_KEY: Final = "bad_key"  # a key this cluster does not know (ZAP refused it)
+REFUSED_OTHER: Final = "other"
+_REFUSALS: Final[dict[int, str]] = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): REFUSED_NO_CURVE,
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): REFUSED_BAD_KEY,
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): REFUSED_OTHER,
+}
 
 
 class _Waker:
@@ -218,6 +246,7 @@ class ZmqTransport:
         reconnect_ivl_ms: int = 100,
         reconnect_ivl_max_ms: int = 2000,
         context: zmq.Context[Any] | None = None,
+        security: PeerSecurity | None = None,
     ) -> None:
         if not local_id:
             raise ValueError("local_id must not be empty")
@@ -233,6 +262,7 @@ class ZmqTransport:
         self._reconnect_ivl_max_ms = reconnect_ivl_max_ms
         self._context = context
         self._owns_context = context is None
+        self._security = security
 
         self._lock = threading.Lock()  # guards _peers, _state, _dropped_early
         self._peers: dict[str, str] = {}  # wanted peers: id -> address (the I/O thread follows)
@@ -265,6 +295,8 @@ class ZmqTransport:
         self._frames_out = 0
         self._delivered = 0
         self._bad_frames = 0
+        self._bad_by_reason: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
         self._dropped_io = 0
         self._deliver_errors = 0
         self._deliver_error_logged = -float("inf")
@@ -310,6 +342,8 @@ class ZmqTransport:
             bad_frames=self._bad_frames,
             dropped_sends=self._dropped_io + dropped_early,
             deliver_errors=self._deliver_errors,
+            bad_frames_by_reason=dict(self._bad_by_reason),
+            refused_connections=dict(self._refused),
         )
 
     # ---- membership -------------------------------------------------------------------------
@@ -458,7 +492,18 @@ class _IoLoop:
         self.context = context
         self.waker = waker
         self.deliver = deliver
-        self.router = self._make_router()
+        self.security = transport._security
+        # The ZAP handler must be up before the ROUTER accepts anything: libzmq lets every
+        # CURVE client in when no handler is bound.
+        self.authenticator = (
+            self.security.start_authenticator(context) if self.security is not None else None
+        )
+        self.monitor: zmq.Socket[Any] | None = None
+        try:
+            self.router = self._make_router()
+        except BaseException:
+            self._stop_authenticator()
+            raise
         # Peer id -> (address, DEALER), and the reverse map for poll results.
         self.dealers: dict[str, tuple[str, zmq.Socket[Any]]] = {}
         self.dealer_ids: dict[zmq.Socket[Any], str] = {}
@@ -470,6 +515,13 @@ class _IoLoop:
         self.poller.register(self.router, zmq.POLLIN)
         self.wake_fd = waker.fileno()
         self.poller.register(self.wake_fd, zmq.POLLIN)
+        if self.monitor is not None:
+            self.poller.register(self.monitor, zmq.POLLIN)
+
+    def _stop_authenticator(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
     def _make_router(self) -> zmq.Socket[Any]:
         t = self.t
@@ -483,20 +535,28 @@ class _IoLoop:
             # Heartbeats reap connections of peers/clients that vanished without a FIN/RST.
             router.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
             router.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+            if self.security is not None:
+                self.security.configure_server(router)
+                events = sum(_REFUSALS)
+                self.monitor = router.get_monitor_socket(events)
             try:
                 router.bind(t._bind)
             except zmq.ZMQError as exc:
                 raise BindError(t._bind, exc.strerror) from exc
             t._bound_endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         except BaseException:
+            if self.monitor is not None:
+                self.monitor.close(linger=0)
             router.close(linger=0)
             raise
         return router
 
-    def _make_dealer(self, address: str) -> zmq.Socket[Any]:
+    def _make_dealer(self, peer_id: str, address: str) -> zmq.Socket[Any]:
         t = self.t
         dealer = self.context.socket(zmq.DEALER)
         try:
+            if self.security is not None:
+                self.security.configure_client(dealer, peer_id)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.ROUTING_ID, t._identity)
             dealer.setsockopt(zmq.SNDHWM, t._send_hwm)
@@ -518,7 +578,11 @@ class _IoLoop:
             dealer.close(linger=0)
         self.dealers.clear()
         self.dealer_ids.clear()
+        if self.monitor is not None:
+            self.router.disable_monitor()
+            self.monitor.close(linger=0)
         self.router.close(linger=0)
+        self._stop_authenticator()
 
     def run(self) -> None:
         """Poll; per wake-up apply peer changes, receive everything the ROUTER has (up to a
@@ -535,6 +599,8 @@ class _IoLoop:
                     readable = True
                 elif item == wake_fd:
                     waker.clear()  # before draining the queue: see _Waker
+                elif item is self.monitor:
+                    self._count_refusals()
                 else:
                     self._discard_inbound(item)
             if readable:
@@ -558,8 +624,8 @@ class _IoLoop:
             current[1].close(linger=0)
         if address is not None:
             try:
-                dealer = self._make_dealer(address)
-            except zmq.ZMQError as exc:
+                dealer = self._make_dealer(peer_id, address)
+            except (zmq.ZMQError, KeyDirectoryError) as exc:
                 log.error("%s: cannot connect to %s at %s: %s", t._local_id, peer_id, address, exc)
                 return
             self.dealers[peer_id] = (address, dealer)
@@ -575,7 +641,25 @@ class _IoLoop:
             except zmq.Again:
                 return
             self.t._frames_in += 1
-            self._bad(peer_id.encode(), "unexpected frame on the DEALER to this peer")
+            self._bad(
+                peer_id.encode(), BAD_ON_DEALER, "unexpected frame on the DEALER to this peer"
+            )
+
+    def _count_refusals(self) -> None:
+        """Count (and log, rate-limited) the handshakes the ROUTER's monitor reports failed."""
+        assert self.monitor is not None
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reason = _REFUSALS.get(event["event"])
+            if reason is None:
+                continue
+            refused = self.t._refused
+            refused[reason] = refused.get(reason, 0) + 1
+            # The monitor names only our own endpoint, so the log is rate-limited per reason.
+            self.t._bad_log.report(f"handshake:{reason}".encode(), "refused a connection")
 
     def _receive(self) -> None:
         """Drain up to _INBOUND_BATCH messages from the ROUTER; validate and deliver each."""
@@ -583,26 +667,39 @@ class _IoLoop:
         recv_multipart = self.router.recv_multipart
         deliver = self.deliver
         max_frame_size = t._max_frame_size
+        security = self.security
+        user = ""
         for _ in range(_INBOUND_BATCH):
             try:
-                parts = recv_multipart(zmq.NOBLOCK)
+                if security is None:
+                    parts = recv_multipart(zmq.NOBLOCK)
+                else:  # zero-copy frames carry the connection's User-Id (its key's holder)
+                    frames = recv_multipart(zmq.NOBLOCK, copy=False)
+                    user = str(frames[-1].get("User-Id"))
+                    parts = [f.bytes for f in frames]
             except zmq.Again:
                 return
             t._frames_in += 1
             # Invariant: a ROUTER message is [routing id, *frames sent by the peer].
             if len(parts) != 2:
-                self._bad(parts[0], f"expected 1 frame, got {len(parts) - 1}")
+                self._bad(parts[0], BAD_MALFORMED, f"expected 1 frame, got {len(parts) - 1}")
                 continue
             source, frame = parts
             try:
                 message = decode(frame, max_frame_size)
             except DecodeError as exc:
-                self._bad(source, str(exc))
+                self._bad(source, BAD_MALFORMED, str(exc))
                 continue
             sender = message.sender
             if sender.encode("utf-8", "replace") != source:
-                self._bad(source, f"{type(message).__name__} claims to come from {sender!r}")
+                why = f"{type(message).__name__} claims to come from {sender!r}"
+                self._bad(source, BAD_SPOOFED, why)
                 continue
+            if security is not None:
+                refusal = security.authorize(user, message)
+                if refusal is not None:
+                    self._unauthorized(source, message, refusal)
+                    continue
             t._delivered += 1
             try:
                 deliver(message)
@@ -625,9 +722,21 @@ class _IoLoop:
                 t._deliver_errors,
             )
 
-    def _bad(self, source: bytes, reason: str) -> None:
-        self.t._bad_frames += 1
-        self.t._bad_log.report(source, reason)
+    def _bad(self, source: bytes, kind: str, reason: str) -> None:
+        t = self.t
+        t._bad_frames += 1
+        t._bad_by_reason[kind] = t._bad_by_reason.get(kind, 0) + 1
+        t._bad_log.report(source, reason)
+
+    def _unauthorized(self, source: bytes, message: RpcMessage, reason: str) -> None:
+        """Drop a message its connection's key may not send. An admin request from a client
+        key is answered with a definite error, so the operator learns why at once."""
+        self._bad(source, BAD_UNAUTHORIZED, reason)
+        if isinstance(message, AdminRequest):
+            refusal = ClientResponse(
+                message.request_id, ClientStatus.ERROR, message=reason, peer_id=self.t._local_id
+            )
+            self.t._queue.append((message.client_id, encode(refusal)))
 
     def _send_queued(self) -> bool:
         """Send up to _OUTBOUND_BATCH queued frames; True if frames remain queued."""

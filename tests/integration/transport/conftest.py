@@ -216,18 +216,24 @@ def local() -> Iterator[Callable[..., ZmqTransport]]:
 
 
 @pytest.fixture
-def raw_dealer() -> Iterator[Callable[[str, bytes], zmq.Socket[Any]]]:
-    """Factory of raw DEALER sockets with a given routing id, connected to an endpoint; the
-    fixture keeps them referenced (a socket garbage-collected unclosed warns) and closes them
-    and their context at teardown."""
+def raw_dealer() -> Iterator[Callable[..., zmq.Socket[Any]]]:
+    """Factory of raw DEALER sockets with a given routing id, connected to an endpoint (after
+    `configure(socket)`, if given: e.g. CURVE keys); the fixture keeps them referenced (a socket
+    garbage-collected unclosed warns) and closes them and their context at teardown."""
     context: zmq.Context[Any] = zmq.Context()
     sockets: list[zmq.Socket[Any]] = []
 
-    def make(endpoint: str, routing_id: bytes) -> zmq.Socket[Any]:
+    def make(
+        endpoint: str,
+        routing_id: bytes,
+        configure: Callable[[zmq.Socket[Any]], None] | None = None,
+    ) -> zmq.Socket[Any]:
         dealer = context.socket(zmq.DEALER)
         sockets.append(dealer)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.ROUTING_ID, routing_id)
+        if configure is not None:
+            configure(dealer)
         dealer.connect(endpoint)
         return dealer
 
