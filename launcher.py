@@ -6,6 +6,11 @@
     python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
                                             | cas KEY EXPECTED NEW | status
     python launcher.py admin [--peers ...] members | snapshot [H:P]
+    python launcher.py keygen DIR [--peers H:P,...] [--clients NAMES] [--admins NAMES]
+
+`--keys DIR` (run, client, admin) turns on CurveZMQ: every connection encrypted and
+authenticated with the keys `keygen` made (see transport/security.py). Without it anyone who can
+reach a peer's port can use the cluster: never expose such a cluster beyond a trusted network.
 
 Without --self, `run` starts one OS process per peer on this machine (each is `run --self`),
 supervises them (a peer that dies is reported and restarted after a back-off), says who leads,
@@ -39,6 +44,13 @@ from actors.service.peer import PeerConfig, PeerFailedError, PeerStartError
 from actors.service.peer import run_peer as serve_peer
 from transport.client import AdminClient, ClientTimeout, KVClient, KVError
 from transport.peers import parse_peer, parse_peers
+from transport.security import (
+    ADMIN_ROLE,
+    CLIENT_ROLE,
+    KeyDirectoryError,
+    PeerSecurity,
+    generate_keys,
+)
 
 DEFAULT_PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 DEFAULT_DATA_DIR = "./raft-data"
@@ -123,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="never fsync the log (benchmarks only: a power failure loses acknowledged data)",
     )
     run.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
+    _keys_flag(run)
 
     client = commands.add_parser("client", help="send one operation to the service")
     client.add_argument("--peers", default=DEFAULT_PEERS, help="comma-separated HOST:PORT list")
@@ -139,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("new", nargs="?")
     cas.add_argument("--if-absent", action="store_true", help="swap only if KEY is absent")
     ops.add_parser("status", help="print one JSON object per peer")
+    _keys_flag(client)
 
     admin = commands.add_parser("admin", help="operate the cluster (prints JSON)")
     admin.add_argument("--peers", default=DEFAULT_PEERS, help="comma-separated HOST:PORT list")
@@ -147,13 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     admin_ops.add_parser("members", help="the leader and the voters")
     snapshot = admin_ops.add_parser("snapshot", help="take a snapshot now (default: the leader)")
     snapshot.add_argument("peer", nargs="?", metavar="H:P", help="the peer to snapshot")
+    _keys_flag(admin)
 
+    keygen = commands.add_parser("keygen", help="create the CurveZMQ keys of a cluster")
+    keygen.add_argument("dir", metavar="DIR", help="the key directory (created if missing)")
+    keygen.add_argument(
+        "--peers", default=DEFAULT_PEERS, help="the peers to make keys for (HOST:PORT list)"
+    )
+    keygen.add_argument(
+        "--clients", default=CLIENT_ROLE, help=f"comma-separated client key names ({CLIENT_ROLE})"
+    )
+    keygen.add_argument(
+        "--admins", default=ADMIN_ROLE, help=f"comma-separated admin key names ({ADMIN_ROLE})"
+    )
     return parser
+
+
+def _keys_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        type=Path,
+        help="encrypt and authenticate with the CurveZMQ keys in DIR (made by `keygen DIR`)",
+    )
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
-    if not argv or argv[0] not in ("run", "client", "admin", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "client", "admin", "keygen", "-h", "--help"):
         argv.insert(0, "run")  # `run` is the default command
     return build_parser().parse_args(argv)
 
@@ -220,6 +255,7 @@ def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerC
         snapshot_log_margin=args.snapshot_log_margin,
         snapshot_throttle_bytes=args.snapshot_throttle_bytes,
         http=http,
+        keys=args.keys,
     )
 
 
@@ -361,6 +397,13 @@ def run_service(args: argparse.Namespace) -> int:
             raise UsageError(f"--self: {error}") from None
         if args.self_id not in peers:
             raise UsageError(f"--self {args.self_id} is not among --peers {','.join(peers)}")
+    if args.keys is not None:
+        for peer in [args.self_id] if args.self_id is not None else peers:
+            try:
+                PeerSecurity(args.keys, peer).check_peers(peers)
+            except KeyDirectoryError as error:
+                raise UsageError(f"--keys: {error}") from None
+    if args.self_id is not None:
         _setup_logging(args.log_level, args.self_id)
         return run_peer(args, peers)
     _setup_logging(args.log_level, "launcher")
@@ -379,7 +422,7 @@ def run_client(args: argparse.Namespace) -> int:
             raise UsageError("cas takes KEY EXPECTED NEW, or --if-absent KEY NEW")
         expected, new = (None, args.expected) if args.if_absent else (args.expected, args.new)
     try:
-        with KVClient(peers, timeout=args.timeout) as client:
+        with KVClient(peers, timeout=args.timeout, keys=args.keys) as client:
             if args.op == "put":
                 client.put(args.key, args.value)
                 print("OK")
@@ -400,6 +443,8 @@ def run_client(args: argparse.Namespace) -> int:
     except ClientTimeout as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_TIMEOUT
+    except KeyDirectoryError as error:
+        raise UsageError(f"--keys: {error}") from None
     except KVError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -416,15 +461,34 @@ def run_admin(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UsageError(f"snapshot: {error}") from None
     try:
-        with AdminClient(peers, timeout=args.timeout) as admin:
+        with AdminClient(peers, timeout=args.timeout, keys=args.keys) as admin:
             result = admin.members() if args.op == "members" else admin.snapshot(args.peer)
     except ClientTimeout as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_TIMEOUT
+    except KeyDirectoryError as error:
+        raise UsageError(f"--keys: {error}") from None
     except KVError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(result, sort_keys=True))
+    return EXIT_OK
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    """Create the missing keys (existing ones are kept) and print what was done, as JSON."""
+    peers = _peers(args.peers)
+    names = [
+        [n.strip() for n in text.split(",") if n.strip()] for text in (args.clients, args.admins)
+    ]
+    try:
+        done = generate_keys(args.dir, peers, clients=names[0], admins=names[1])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        print(f"error: cannot write keys in {args.dir}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps({"dir": str(args.dir), **done}, sort_keys=True))
     return EXIT_OK
 
 
@@ -435,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_client(args)
         if args.command == "admin":
             return run_admin(args)
+        if args.command == "keygen":
+            return run_keygen(args)
         return run_service(args)
     except UsageError as error:
         print(f"launcher.py: error: {error}", file=sys.stderr)

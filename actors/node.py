@@ -74,7 +74,7 @@ from actors.messages import (
 from actors.metrics import RaftMetrics
 from actors.options import NodeOptions
 from actors.rejections import Rejections
-from actors.status import NodeStatus
+from actors.status import NodeStatus, transport_refusals
 from transport.base import Transport
 from transport.rpc import (
     MAX_TERM,
@@ -604,6 +604,7 @@ class Node(RaftActor):
             replicators=dict(sorted(self._peer_state.items())) if self.role is Role.LEADER else {},
             followers=self._followers() if self.role is Role.LEADER else {},
             rejected=self.rejections.as_dict(),
+            transport=transport_refusals(self.transport),
         )
         if msg.reply is not None:
             complete(msg.reply, status)

@@ -30,14 +30,16 @@ class NodeStatus:
     # leader: follower -> {"match_index", "lag" (entries behind), "last_contact_s"}
     followers: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)  # untrusted input refused, by reason
+    # What the transport refused: {"bad_frames": {reason: n}, "refused_connections": {...}}
+    transport: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def is_leader(self) -> bool:
         return self.role == "leader"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-like dict; `error`, `replicators`, `followers` and `rejected` appear only when
-        they say something."""
+        """A JSON-like dict; `error`, `replicators`, `followers`, `rejected` and `transport`
+        appear only when they say something."""
         out: dict[str, Any] = {
             "id": self.id,
             "role": self.role,
@@ -61,4 +63,17 @@ class NodeStatus:
             out["followers"] = {peer: dict(info) for peer, info in self.followers.items()}
         if self.rejected:
             out["rejected"] = dict(self.rejected)
+        if self.transport:
+            out["transport"] = {kind: dict(counts) for kind, counts in self.transport.items()}
         return out
+
+
+def transport_refusals(transport: object) -> dict[str, dict[str, int]]:
+    """NodeStatus.transport from a transport that counts what it refuses (ZmqTransport's
+    `stats`); {} for one that does not (the memory transport of tests)."""
+    stats = getattr(transport, "stats", None)
+    found = {
+        "bad_frames": getattr(stats, "bad_frames_by_reason", None),
+        "refused_connections": getattr(stats, "refused_connections", None),
+    }
+    return {kind: dict(counts) for kind, counts in found.items() if counts}

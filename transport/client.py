@@ -18,6 +18,11 @@ Exactly-once writes: the client has a random id and numbers its writes; a retrie
 its sequence number, and the state machine answers a duplicate from its session instead of
 applying it twice (Raft dissertation §6.3).
 
+Security: with `keys=DIR` (a directory made by `launcher.py keygen`) every connection is
+CurveZMQ, encrypted and authenticated both ways: the client proves it holds a key the cluster
+knows (a KVClient uses a client key, an AdminClient an admin key) and checks each peer's. A
+cluster run with `--keys` refuses clients without one (they see ClientTimeout).
+
 Thread-safety: a KVClient is safe to share between threads, but it serialises their requests
 (one in flight per client, which the exactly-once sessions require). For parallel requests,
 use one client per thread.
@@ -31,7 +36,8 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Self
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import zmq
 
@@ -58,6 +64,7 @@ from transport.rpc import (
     StatusRequest,
     StatusResponse,
 )
+from transport.security import ADMINS, CLIENTS, ClientSecurity
 
 _NO_LEADER_PAUSE = 0.05  # after every peer said "no leader" (an election is on): wait a little
 _OVERLOAD_BACKOFF = (0.005, 0.5)  # first and longest wait after OVERLOADED (doubling, jittered)
@@ -77,6 +84,9 @@ class CommandError(KVError):
 
 
 class KVClient:
+    KEY_KINDS: ClassVar[tuple[str, ...]] = (CLIENTS, ADMINS)
+    """Where in a key directory this class looks for its own secret key, in order."""
+
     def __init__(
         self,
         peers: Sequence[str],
@@ -84,6 +94,7 @@ class KVClient:
         *,
         attempt_timeout: float | None = None,
         context: zmq.Context[Any] | None = None,
+        keys: Path | str | None = None,
     ) -> None:
         if not peers:
             raise ValueError("KVClient needs at least one peer")
@@ -92,6 +103,10 @@ class KVClient:
         for peer in peers:
             parse_peer(peer)  # a clear ValueError for a malformed address
         self.peers = list(peers)
+        # Raises KeyDirectoryError (a clear message) for a missing or incomplete directory.
+        self._security = ClientSecurity(keys, self.KEY_KINDS) if keys is not None else None
+        if self._security is not None:
+            self._security.check_peers(self.peers)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout or min(1.0, timeout)
         self.client_id = f"client-{uuid.uuid4().hex}"
@@ -219,6 +234,8 @@ class KVClient:
             sock.setsockopt(zmq.SNDHWM, 1000)
             sock.setsockopt(zmq.RECONNECT_IVL, 50)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self._security is not None:
+                self._security.configure_client(sock, peer)
             sock.connect(f"tcp://{host}:{port}")
             self._sockets[peer] = sock
         return sock
@@ -281,7 +298,10 @@ class AdminClient(KVClient):
 
     Errors as KVClient's: CommandError for a definite refusal (e.g. snapshots are off there),
     ClientTimeout when no answer came in time. (Membership changes and leadership transfer
-    arrive with their own issue.)"""
+    arrive with their own issue.) With `keys=DIR` it uses an admin key (admins/), which a
+    cluster run with `--keys` requires for admin operations."""
+
+    KEY_KINDS = (ADMINS, CLIENTS)
 
     def members(self) -> dict[str, Any]:
         """The configuration as the leader reports it (from any peer, if none leads)."""

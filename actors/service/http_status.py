@@ -111,6 +111,15 @@ class RaftCollector:
         for reason, count in sorted(status.rejected.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        refusals = {
+            "bad_frames": "Frames the transport dropped as bad, by reason",
+            "refused_connections": "Connections refused in their handshake (--keys), by reason",
+        }
+        for kind, doc in refusals.items():
+            family = CounterMetricFamily(f"{PREFIX}_{kind}", doc, labels=["reason"])
+            for reason, count in sorted(status.transport.get(kind, {}).items()):
+                family.add_metric([reason], count)
+            yield family
         lag = GaugeMetricFamily(
             f"{PREFIX}_follower_lag_entries",
             "Leader only: entries a follower is behind the leader's log",

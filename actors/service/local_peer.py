@@ -45,6 +45,8 @@ def peer_command(
     command += ["--snapshot-throttle-bytes", str(config.snapshot_throttle_bytes)]
     if config.http is not None:
         command += ["--http", config.http]
+    if config.keys is not None:
+        command += ["--keys", str(config.keys)]
     command += ["--log-level", log_level]
     if supervisor_pid is not None:
         # The peer stops by itself once this process is gone: no orphan outlives its starter.

@@ -31,6 +31,7 @@ from storage.meta_storage import FileMetaStorage
 from storage.snapshot_storage import SnapshotStorage
 from transport.errors import BindError
 from transport.peers import parse_peer
+from transport.security import KeyDirectoryError, PeerSecurity
 from transport.zmq_transport import ZmqTransport, peer_address
 
 READY_MARK = " serving (pid "
@@ -68,6 +69,7 @@ class PeerConfig:
     snapshot_log_margin: int = RaftOptions.snapshot_log_margin
     snapshot_throttle_bytes: int = 0  # per follower, bytes/s; 0 = unthrottled
     http: str | None = None  # H:P of the operators' HTTP server (/metrics, /health, ...)
+    keys: Path | None = None  # CurveZMQ key directory (transport.security); None: plaintext
 
     @property
     def peer_dir(self) -> Path:
@@ -111,7 +113,16 @@ def run_peer(
         snapshots = SnapshotStorage(peer_dir / "snapshot", sync=config.fsync)
     except (StorageError, OSError) as error:
         raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
-    transport = ZmqTransport(config.peer_id, peer_address(config.peer_id), config.peers)
+    try:
+        security = None
+        if config.keys is not None:
+            security = PeerSecurity(config.keys, config.peer_id)
+            security.check_peers(list(config.peers))
+    except KeyDirectoryError as error:
+        raise PeerStartError(f"cannot use keys: {error}") from error
+    transport = ZmqTransport(
+        config.peer_id, peer_address(config.peer_id), config.peers, security=security
+    )
     failure: list[str] = []
 
     def on_error(reason: str) -> None:  # on the Node's thread: only record and wake

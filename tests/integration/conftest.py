@@ -17,6 +17,7 @@ from actors.service.peer import PeerConfig
 from actors.wait import wait_until
 from transport.client import KVClient
 from transport.peers import free_ports
+from transport.security import generate_keys
 
 __all__ = ["ELECTION_TIMEOUT_MS", "LAUNCHER", "WAIT", "ServiceCluster", "free_ports", "wait_until"]
 
@@ -32,11 +33,14 @@ class ServiceCluster:
             PeerConfig(p, tuple(self.ids), data_dir, ELECTION_TIMEOUT_MS, **config)
             for p in self.ids
         ]
+        if config.get("keys") is not None:
+            generate_keys(config["keys"], self.ids)
         self.peers = {
             c.peer_id: LocalPeer(c, log_path=data_dir / "logs" / f"{c.peer_dir.name}.log")
             for c in configs
         }
         self.clients: list[KVClient] = []
+        self.keys = config.get("keys")  # the CurveZMQ key directory, if the cluster has one
 
     def start(self) -> None:
         for peer in self.peers.values():
@@ -45,12 +49,17 @@ class ServiceCluster:
             peer.wait_ready()
 
     def client(self, timeout: float = 10.0) -> KVClient:
-        client = KVClient(self.ids, timeout=timeout, attempt_timeout=0.5)
+        client = KVClient(self.ids, timeout=timeout, attempt_timeout=0.5, keys=self.keys)
         self.clients.append(client)
         return client
 
+    def contact_flags(self) -> list[str]:
+        """What `launcher.py client` and `admin` need to reach this cluster."""
+        keys = ["--keys", str(self.keys)] if self.keys is not None else []
+        return ["--peers", ",".join(self.ids), *keys]
+
     def statuses(self) -> list[dict[str, Any]]:
-        with KVClient(self.ids, timeout=1.0, attempt_timeout=0.5) as client:
+        with KVClient(self.ids, timeout=1.0, attempt_timeout=0.5, keys=self.keys) as client:
             return client.status()
 
     def leader(self, among: list[str] | None = None) -> str:
@@ -74,11 +83,30 @@ class ServiceCluster:
             peer.kill()  # SIGKILL ends even a SIGSTOPped process
 
 
+KEYED_MODULES = frozenset({"test_service", "test_snapshots", "test_http"})
+"""Test modules whose `service` clusters run twice: plain, and with CurveZMQ keys (each cluster
+with a key directory of its own, its clients with the keys), so that the authenticated path
+passes the same tests."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "service" in metafunc.fixturenames and module in KEYED_MODULES:
+        metafunc.parametrize("service_security", ["plain", "keys"])
+
+
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[[int], ServiceCluster]]:
+def service_security() -> str:
+    return "plain"
+
+
+@pytest.fixture
+def service(tmp_path: Path, service_security: str) -> Iterator[Callable[[int], ServiceCluster]]:
     clusters: list[ServiceCluster] = []
 
     def make(size: int = 3, **config: Any) -> ServiceCluster:
+        if service_security == "keys":
+            config.setdefault("keys", tmp_path / f"keys{len(clusters)}")
         cluster = ServiceCluster(size, tmp_path / f"data{len(clusters)}", **config)
         clusters.append(cluster)
         cluster.start()

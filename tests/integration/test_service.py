@@ -80,7 +80,7 @@ def test_kill9_all_peers_mid_load_loses_no_acknowledged_write(service: MakeServi
     stop = threading.Event()
 
     def load() -> None:
-        with KVClient(cluster.ids, timeout=2.0, attempt_timeout=0.5) as writer:
+        with KVClient(cluster.ids, timeout=2.0, attempt_timeout=0.5, keys=cluster.keys) as writer:
             n = 0
             while not stop.is_set():
                 try:
@@ -149,7 +149,7 @@ def test_garbage_on_the_peer_port_leaves_it_serving(service: MakeService) -> Non
     finally:
         dealer.close()
         context.term()
-    only_target = KVClient([target], timeout=5.0)
+    only_target = KVClient([target], timeout=5.0, keys=cluster.keys)
     try:
         assert only_target.status()[0]["id"] == target  # it still answers
     finally:

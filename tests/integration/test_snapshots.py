@@ -89,7 +89,7 @@ def test_a_follower_whose_data_is_deleted_rejoins_through_install_snapshot(
 
 
 def admin(cluster: ServiceCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, LAUNCHER, "admin", "--peers", ",".join(cluster.ids), *args]
+    command = [sys.executable, LAUNCHER, "admin", *cluster.contact_flags(), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
