@@ -297,7 +297,7 @@ def supervise(args: argparse.Namespace, peers: list[str]) -> int:
                     return EXIT_FAILURE
             if now >= next_status:
                 next_status = now + 1.0
-                leader = _report_leader(peers, leader)
+                leader = _report_leader(peers, leader, args.keys)
             stop.wait(SUPERVISOR_TICK)
     finally:
         _stop_children([child.peer for child in children])
@@ -336,6 +336,9 @@ def _tend(child: _Child, now: float) -> str | None:
 def _port_problem(peer: str) -> str | None:
     host, port = parse_peer(peer)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As ZeroMQ binds: connections of a cluster just stopped (TIME_WAIT) do not make the
+        # port unavailable, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -343,8 +346,10 @@ def _port_problem(peer: str) -> str | None:
     return None
 
 
-def _report_leader(peers: list[str], known: tuple[str, int] | None) -> tuple[str, int] | None:
-    with KVClient(peers, timeout=0.5) as client:
+def _report_leader(
+    peers: list[str], known: tuple[str, int] | None, keys: Path | None
+) -> tuple[str, int] | None:
+    with KVClient(peers, timeout=0.5, keys=keys) as client:
         statuses = client.status()
     leaders = [(s["id"], s["term"]) for s in statuses if s.get("role") == "leader"]
     if not leaders:

@@ -108,6 +108,11 @@ BAD_ON_DEALER: Final = "on_dealer"  # something arrived on a DEALER, where nothi
 REFUSED_NO_CURVE: Final = "no_curve"  # the other side does not speak CURVE (no keys)
 REFUSED_BAD_KEY: Final = "bad_key"  # a key this cluster does not know (ZAP refused it)
 REFUSED_OTHER: Final = "other"
+_REFUSAL_TEXT: Final = {
+    REFUSED_NO_CURVE: "the other side has no CURVE key (a client or peer run without --keys?)",
+    REFUSED_BAD_KEY: "a key that is not in this cluster's key directory",
+    REFUSED_OTHER: "the handshake failed",
+}
 _REFUSALS: Final[dict[int, str]] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): REFUSED_NO_CURVE,
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): REFUSED_BAD_KEY,
@@ -190,7 +195,7 @@ class _BadFrameLog:
         self._window_start = -float("inf")
         self._window_lines = 0
 
-    def report(self, source: bytes, reason: str) -> None:
+    def report(self, source: bytes, reason: str, what: str = "dropped bad frame from") -> None:
         now = self._clock()
         state = self._sources.get(source)
         if state is not None and now - state[0] < self._interval:
@@ -212,8 +217,9 @@ class _BadFrameLog:
             self._sources.clear()
         self._sources[source] = [now, 0]
         log.warning(
-            "%s: dropped bad frame from %r: %s%s",
+            "%s: %s %r: %s%s",
             self._local_id,
+            what,
             source[:64],
             reason,
             f" ({suppressed} more since last logged)" if suppressed else "",
@@ -659,7 +665,7 @@ class _IoLoop:
             refused = self.t._refused
             refused[reason] = refused.get(reason, 0) + 1
             # The monitor names only our own endpoint, so the log is rate-limited per reason.
-            self.t._bad_log.report(f"handshake:{reason}".encode(), "refused a connection")
+            self.t._bad_log.report(reason.encode(), _REFUSAL_TEXT[reason], "refused connections:")
 
     def _receive(self) -> None:
         """Drain up to _INBOUND_BATCH messages from the ROUTER; validate and deliver each."""

@@ -6,10 +6,15 @@ condition with a deadline (a peer's readiness line, a status predicate), never a
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from actors.service.local_peer import LAUNCHER, LocalPeer
@@ -19,7 +24,15 @@ from transport.client import KVClient
 from transport.peers import free_ports
 from transport.security import generate_keys
 
-__all__ = ["ELECTION_TIMEOUT_MS", "LAUNCHER", "WAIT", "ServiceCluster", "free_ports", "wait_until"]
+__all__ = [
+    "ELECTION_TIMEOUT_MS",
+    "LAUNCHER",
+    "WAIT",
+    "ServiceCluster",
+    "Supervisor",
+    "free_ports",
+    "wait_until",
+]
 
 ELECTION_TIMEOUT_MS = 300
 WAIT = 20.0  # generous deadline for a condition; a healthy run takes a small fraction of it
@@ -81,6 +94,68 @@ class ServiceCluster:
             client.close()
         for peer in self.peers.values():
             peer.kill()  # SIGKILL ends even a SIGSTOPped process
+
+
+class Supervisor:
+    """`python launcher.py` (the cluster form) as a process whose output a test waits on."""
+
+    def __init__(
+        self, peers: list[str], data_dir: Path, *args: str, cwd: Path | None = None
+    ) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                LAUNCHER,
+                "--peers",
+                ",".join(peers),
+                "--data-dir",
+                str(data_dir),
+                "--election-timeout-ms",
+                "300",
+                "--log-level",
+                "WARNING",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line)
+
+    def expect(self, text: str, timeout: float = 30.0) -> str:
+        def found() -> str | None:
+            while True:
+                try:
+                    line = self.lines.get_nowait()
+                except queue.Empty:
+                    return None
+                self.seen.append(line)
+                if text in line:
+                    return line
+
+        line: str = wait_until(found, f"{text!r} from the supervisor (saw {self.seen})", timeout)
+        return line
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            for child in self.children():
+                child.kill()
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._pump.join(timeout=10)
 
 
 KEYED_MODULES = frozenset({"test_service", "test_snapshots", "test_http"})

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import queue
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import psutil
@@ -14,65 +10,9 @@ import pytest
 
 from transport.client import KVClient
 
-from .conftest import LAUNCHER, WAIT, free_ports, wait_until
+from .conftest import WAIT, Supervisor, free_ports, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class Supervisor:
-    def __init__(self, peers: list[str], data_dir: Path) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                LAUNCHER,
-                "--peers",
-                ",".join(peers),
-                "--data-dir",
-                str(data_dir),
-                "--election-timeout-ms",
-                "300",
-                "--log-level",
-                "WARNING",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            for line in self.process.stdout:
-                self.lines.put(line)
-
-    def expect(self, text: str, timeout: float = 30.0) -> str:
-        def found() -> str | None:
-            while True:
-                try:
-                    line = self.lines.get_nowait()
-                except queue.Empty:
-                    return None
-                self.seen.append(line)
-                if text in line:
-                    return line
-
-        line: str = wait_until(found, f"{text!r} from the supervisor (saw {self.seen})", timeout)
-        return line
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            for child in self.children():
-                child.kill()
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._pump.join(timeout=10)
 
 
 def test_supervisor_restarts_a_crashed_peer_and_stops_all_on_sigterm(tmp_path: Path) -> None:
