@@ -100,14 +100,17 @@ class Cluster:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-def _put_worker(args: tuple[list[str], int, int, int, int, int]) -> tuple[int, float, float]:
-    """One load process: `threads` threads with a KVClient each, putting keys n for every n in
-    range(total) with n % stride == offset (the thread's share). Returns (puts, seconds, CPU s)."""
-    peers, total, keys, first_slot, threads, stride = args
+def _put_worker(
+    args: tuple[list[str], int, int, int, int, int, Path | None],
+) -> tuple[int, float, float]:
+    """One load process: `threads` threads with a KVClient each (CurveZMQ with `key_dir`, if
+    given), putting keys n for every n in range(total) with n % stride == offset (the thread's
+    share). Returns (puts, seconds, CPU s)."""
+    peers, total, keys, first_slot, threads, stride, key_dir = args
     done = [0] * threads
 
     def run(slot: int, index: int) -> None:
-        with KVClient(peers, timeout=30.0) as client:
+        with KVClient(peers, timeout=30.0, keys=key_dir) as client:
             for n in range(slot, total, stride):
                 client.put(f"k{n % keys}", VALUE)
                 done[index] += 1
@@ -121,10 +124,12 @@ def _put_worker(args: tuple[list[str], int, int, int, int, int]) -> tuple[int, f
     return sum(done), time.monotonic() - started, time.process_time() - cpu
 
 
-def load(peers: list[str], total: int, keys: int, procs: int, threads: int) -> float:
+def load(
+    peers: list[str], total: int, keys: int, procs: int, threads: int, key_dir: Path | None = None
+) -> float:
     """`total` puts over `keys` keys from procs x threads KVClients; returns puts/s."""
     stride = procs * threads
-    jobs = [(peers, total, keys, p * threads, threads, stride) for p in range(procs)]
+    jobs = [(peers, total, keys, p * threads, threads, stride, key_dir) for p in range(procs)]
     started = time.monotonic()
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         results = pool.map(_put_worker, jobs)
