@@ -96,8 +96,10 @@ class PeerContact:
     peer_id: str
     term: int
     last_response_at: float
-    state: str
+    state: str  # the replicator described, for status
     match_index: int = 0  # the last index the follower is known to hold
+    replication: str = "probe"  # its ReplicatorState, lower case: probe, replicate, snapshot
+    inflight: int = 0  # AppendEntries sent to it and not answered yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,8 +158,7 @@ class Node(RaftActor):
         self._votes: set[str] = set()
         self._lease_gen = 0
         self._peer_contact: dict[str, float] = {}
-        self._peer_state: dict[str, str] = {}
-        self._peer_match: dict[str, int] = {}
+        self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
         self._replicating: set[str] = set()
 
     def __str__(self) -> str:
@@ -411,8 +410,7 @@ class Node(RaftActor):
         self._election_gen += 1
         now = self.clock.now()
         self._peer_contact = dict.fromkeys(self._others, now)
-        self._peer_state = {}
-        self._peer_match = {}
+        self._peer_report = {}
         self.log_manager.tell(BecomeLeader(self.term, self.conf))
         self._arm_lease_check()
 
@@ -485,8 +483,7 @@ class Node(RaftActor):
             self._peer_contact[msg.peer_id] = max(
                 self._peer_contact[msg.peer_id], msg.last_response_at
             )
-            self._peer_state[msg.peer_id] = msg.state
-            self._peer_match[msg.peer_id] = msg.match_index
+            self._peer_report[msg.peer_id] = msg
 
     @handles(LeaseCheck)
     def on_lease_check(self, msg: LeaseCheck) -> None:
@@ -573,16 +570,21 @@ class Node(RaftActor):
 
     def _followers(self) -> dict[str, dict[str, Any]]:
         """The leader's view of each follower: its match index, how far behind the leader's
-        log it is, and how long since it last answered (seconds)."""
+        log it is, how long since it last answered (seconds), its replication state (probe,
+        replicate, snapshot) and the AppendEntries in flight to it."""
         now, last = self.clock.now(), self.log_view.last_index
-        return {
-            peer: {
-                "match_index": self._peer_match.get(peer, 0),
-                "lag": max(0, last - self._peer_match.get(peer, 0)),
+        followers = {}
+        for peer in self._others:
+            report = self._peer_report.get(peer)
+            match = report.match_index if report is not None else 0
+            followers[peer] = {
+                "match_index": match,
+                "lag": max(0, last - match),
                 "last_contact_s": round(max(0.0, now - self._peer_contact.get(peer, now)), 3),
+                "state": report.replication if report is not None else "probe",
+                "inflight": report.inflight if report is not None else 0,
             }
-            for peer in self._others
-        }
+        return followers
 
     @handles(GetStatus)
     def on_get_status(self, msg: GetStatus) -> NodeStatus:
@@ -601,7 +603,11 @@ class Node(RaftActor):
             pid=os.getpid(),
             conf=sorted(self.conf.all_peers()),
             error=self.error,
-            replicators=dict(sorted(self._peer_state.items())) if self.role is Role.LEADER else {},
+            replicators=(
+                {p: r.state for p, r in sorted(self._peer_report.items())}
+                if self.role is Role.LEADER
+                else {}
+            ),
             followers=self._followers() if self.role is Role.LEADER else {},
             rejected=self.rejections.as_dict(),
             transport=transport_refusals(self.transport),

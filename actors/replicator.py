@@ -192,6 +192,8 @@ class Replicator(RaftActor):
                     self.last_response_at,
                     str(self),
                     self.progress.match_index,
+                    self.progress.state.value.lower(),
+                    len(self.progress.inflight),
                 )
             )
         now, timeout = self.clock.now(), self.raft_options.replicator_rpc_timeout

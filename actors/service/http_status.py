@@ -51,6 +51,7 @@ PREFIX = "pykka_raft"
 ROLES = ("follower", "candidate", "leader", "error", "shutdown")
 STATUS_TIMEOUT = 2.0  # seconds a request waits for the node's status
 SERVING_ROLES = frozenset({"leader", "follower"})
+REPLICATION_STATES = ("probe", "replicate", "snapshot")
 
 
 def is_healthy(status: NodeStatus) -> bool:
@@ -130,11 +131,26 @@ class RaftCollector:
             "Leader only: seconds since a follower last answered",
             labels=["peer"],
         )
+        inflight = GaugeMetricFamily(
+            f"{PREFIX}_follower_inflight_requests",
+            "Leader only: AppendEntries sent to a follower and not answered yet",
+            labels=["peer"],
+        )
+        state = GaugeMetricFamily(
+            f"{PREFIX}_follower_state",
+            "Leader only: 1 for the replication state a follower is in",
+            labels=["peer", "state"],
+        )
         for peer, info in sorted(status.followers.items()):
             lag.add_metric([peer], info["lag"])
             contact.add_metric([peer], info["last_contact_s"])
+            inflight.add_metric([peer], info.get("inflight", 0))
+            for name in REPLICATION_STATES:
+                state.add_metric([peer, name], 1.0 if info.get("state") == name else 0.0)
         yield lag
         yield contact
+        yield inflight
+        yield state
 
     def _process(self) -> Iterator[Metric]:
         process = self.process

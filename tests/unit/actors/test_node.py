@@ -274,10 +274,18 @@ def test_a_leaders_status_has_each_followers_match_lag_and_last_contact(f: Fixtu
     f.elect()
     last = f.node.log_view.last_index
     f.harness.advance(0.2)
-    f.send(PeerContact(B, 1, f.clock.now() - 0.05, "REPLICATE", match_index=last))
+    contact = PeerContact(B, 1, f.clock.now() - 0.05, "REPLICATE", last, "replicate", 3)
+    f.send(contact)
     followers = f.send(GetStatus()).followers
-    assert followers[B] == {"match_index": last, "lag": 0, "last_contact_s": 0.05}
+    assert followers[B] == {
+        "match_index": last,
+        "lag": 0,
+        "last_contact_s": 0.05,
+        "state": "replicate",
+        "inflight": 3,
+    }
     assert followers[C]["match_index"] == 0 and followers[C]["lag"] == last
+    assert (followers[C]["state"], followers[C]["inflight"]) == ("probe", 0)
     assert followers[C]["last_contact_s"] == pytest.approx(0.2)  # since it became leader
 
 

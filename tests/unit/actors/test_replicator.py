@@ -323,7 +323,7 @@ def test_peer_contact_about_once_per_heartbeat() -> None:
     rep.send(ok(*rep.sent()))
     rep.harness.advance(0.05)  # the tick at 0.1
     assert rep.node.take() == [
-        PeerContact(PEER, TERM, 0.05, "REPLICATE next=3 match=2 inflight=0", match_index=2)
+        PeerContact(PEER, TERM, 0.05, "REPLICATE next=3 match=2 inflight=0", 2, "replicate", 0)
     ]
     rep.harness.advance(0.15)  # the 0.2 tick sends a heartbeat, nobody answers it
     assert rep.node.take() == []

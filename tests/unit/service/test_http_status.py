@@ -32,7 +32,13 @@ def status(**changes: Any) -> NodeStatus:
         "snapshot_term": 6,
         "followers": {
             "b:2": {"match_index": 125, "lag": 0, "last_contact_s": 0.05},
-            "c:3": {"match_index": 90, "lag": 35, "last_contact_s": 2.5},
+            "c:3": {
+                "match_index": 90,
+                "lag": 35,
+                "last_contact_s": 2.5,
+                "state": "snapshot",
+                "inflight": 2,
+            },
         },
         "rejected": {"append_entries_from_non_member": 3},
     }
@@ -89,6 +95,9 @@ def test_metrics_are_the_status_in_prometheus_names(make_server: Any) -> None:
         assert got[(f"pykka_raft_{name}", ())] == value, name
     assert got[("pykka_raft_follower_lag_entries", (("peer", "c:3"),))] == 35
     assert got[("pykka_raft_follower_last_contact_seconds", (("peer", "c:3"),))] == 2.5
+    assert got[("pykka_raft_follower_inflight_requests", (("peer", "c:3"),))] == 2
+    in_state = [k[1][1][1] for k, v in got.items() if k[0] == "pykka_raft_follower_state" and v]
+    assert in_state == ["snapshot"]
     reason = (("reason", "append_entries_from_non_member"),)
     assert got[("pykka_raft_rejected_messages_total", reason)] == 3
     assert got[("pykka_raft_process_resident_memory_bytes", ())] > 1_000_000
