@@ -43,6 +43,7 @@ from actors.service.local_peer import STOP_GRACE, LocalPeer
 from actors.service.peer import PeerConfig, PeerFailedError, PeerStartError
 from actors.service.peer import run_peer as serve_peer
 from transport.client import AdminClient, ClientTimeout, KVClient, KVError
+from transport.kv_protocol import CONSISTENCIES, LINEARIZABLE
 from transport.peers import parse_peer, parse_peers
 from transport.security import (
     ADMIN_ROLE,
@@ -144,7 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     put = ops.add_parser("put", help="set KEY to VALUE")
     put.add_argument("key")
     put.add_argument("value")
-    ops.add_parser("get", help="print KEY's value, or (nil)").add_argument("key")
+    get = ops.add_parser("get", help="print KEY's value, or (nil)")
+    get.add_argument("key")
+    get.add_argument(
+        "--consistency",
+        choices=CONSISTENCIES,
+        default=LINEARIZABLE,
+        help="linearizable (default: a heartbeat round on the leader), lease (the leader's "
+        "lease, assuming bounded clock drift) or serializable (any peer's state; may be stale)",
+    )
     ops.add_parser("delete", help="delete KEY; prints whether it existed").add_argument("key")
     cas = ops.add_parser("cas", help="set KEY to NEW if it holds EXPECTED; prints true/false")
     cas.add_argument("key")
@@ -432,7 +441,7 @@ def run_client(args: argparse.Namespace) -> int:
                 client.put(args.key, args.value)
                 print("OK")
             elif args.op == "get":
-                value = client.get(args.key)
+                value = client.get(args.key, args.consistency)
                 print("(nil)" if value is None else value)
             elif args.op == "delete":
                 print(json.dumps(client.delete(args.key)))

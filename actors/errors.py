@@ -40,6 +40,15 @@ class NotLeaderError(RaftError):
     outcome_label = "not_leader"
 
 
+class LeadershipUnconfirmedError(NotLeaderError):
+    """A read's heartbeat round got no quorum in time: this peer may no longer lead. Nothing
+    was read; retry (here or elsewhere)."""
+
+    def __init__(self, peer_id: str) -> None:
+        RaftError.__init__(self, f"{peer_id} could not confirm its leadership in time")
+        self.leader_hint = None
+
+
 class LeadershipLostError(RaftError):
     """The leader stepped down before the command committed: its outcome is unknown."""
 

@@ -20,6 +20,11 @@ actor's thread, one at a time. It reads committed entries from the thread-safe `
   entered ERROR for another reason) does the same.
 - On stop, every pending future fails with NodeStoppedError, outcome unknown.
 
+Reads (ReadAt, from RaftNode.read): served by `on_read` once the read's index is applied, in
+index order, after the batch that reaches it; at once for index 0 (a serializable read). A
+LeaderStop fails the reads still waiting (they may wait for an entry of the lost term that
+never commits; a read is retryable), as do ERROR and stop.
+
 Snapshots (when the node has a snapshot storage and the state machine supports them):
 - At start the newest snapshot is loaded (`on_snapshot_load`) and applying resumes after it.
 - Every `snapshot_threshold` applied entries (or on TakeSnapshot: RaftNode.snapshot, the
@@ -34,6 +39,8 @@ Snapshots (when the node has a snapshot storage and the state machine supports t
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +49,13 @@ import pykka
 
 from actors.base import RaftActor, handles
 from actors.configuration import Configuration
-from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError, RaftError
+from actors.errors import (
+    LeadershipLostError,
+    NodeFailedError,
+    NodeStoppedError,
+    NotLeaderError,
+    RaftError,
+)
 from actors.futures import complete, fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
@@ -54,6 +67,7 @@ from actors.messages import (
     LeaderStart,
     LeaderStop,
     LoadSnapshot,
+    ReadAt,
     RegisterPending,
     SaveSnapshot,
     SnapshotDone,
@@ -105,6 +119,9 @@ class FSMCaller(RaftActor):
         self._next_auto = 0  # applied index at which the threshold next triggers a save
         # Futures of DATA entries not yet applied, by index. Invariant: every key > applied_index.
         self.pending: dict[int, pykka.Future[Any]] = {}
+        # Reads waiting for their index to be applied: a heap of (index, arrival, query, reply).
+        self.reads: list[tuple[int, int, bytes, pykka.Future[Any]]] = []
+        self._arrivals = itertools.count()
         self.leader_term = 0  # 0 = not leader
         self.leader_first_index = 0
         self.leader_started = False  # on_leader_start was called for leader_term
@@ -167,6 +184,32 @@ class FSMCaller(RaftActor):
             self._queue_apply()
         if self._snapshot_due():
             self._save_snapshot()
+        self._serve_reads()
+
+    @handles(ReadAt)
+    def on_read_at(self, msg: ReadAt) -> None:
+        if self.error is not None:
+            fail(msg.reply, self._failed_error())
+            return
+        heapq.heappush(self.reads, (msg.index, next(self._arrivals), msg.query, msg.reply))
+        self._serve_reads()
+
+    def _serve_reads(self) -> None:
+        """Answer every waiting read whose index is applied (index order)."""
+        reads = self.reads
+        while reads and reads[0][0] <= self.applied_index and self.error is None:
+            _, _, query, reply = heapq.heappop(reads)
+            try:
+                result = self.state_machine.on_read(query)
+            except Exception as exc:
+                fail(reply, RaftError(f"on_read raised {type(exc).__name__}: {exc}"))
+                self._enter_error(exc, "on_read")
+                return
+            complete(reply, result)
+
+    def _fail_reads(self, error: RaftError) -> None:
+        reads, self.reads = self.reads, []
+        fail_all([reply for *_, reply in reads], error)
 
     @handles(RegisterPending)
     def on_register_pending(self, msg: RegisterPending) -> None:
@@ -204,6 +247,7 @@ class FSMCaller(RaftActor):
         if self.leader_term and msg.term < self.leader_term:
             return  # about an earlier term; this term's futures are still good
         self._fail_pending(LeadershipLostError(f"leadership of term {msg.term} lost"))
+        self._fail_reads(NotLeaderError(None))
         self._leader_stopped()
 
     @handles(GetApplied)
@@ -274,6 +318,7 @@ class FSMCaller(RaftActor):
         self.committed_index = max(self.committed_index, meta.last_index)
         if self.executor is not None:
             self.executor.tell(SnapshotLoaded(meta))
+        self._serve_reads()
         self._queue_apply()
 
     def _snapshot_due(self) -> bool:
@@ -338,6 +383,7 @@ class FSMCaller(RaftActor):
         except Exception:
             log.exception("fsm: on_shutdown raised")
         self._fail_pending(NodeStoppedError("node stopped", outcome_unknown=True))
+        self._fail_reads(NodeStoppedError("node stopped"))
         stopped = NodeStoppedError("node stopped before the snapshot finished")
         fail_all(self._save_replies + self._next_replies, stopped)
 
@@ -457,6 +503,7 @@ class FSMCaller(RaftActor):
     def _stop_applying(self, reason: str, exc: BaseException) -> None:
         self.error = reason
         self._fail_pending(self._failed_error())
+        self._fail_reads(NodeFailedError(f"node in ERROR: {reason}"))
         fail_all(self._save_replies + self._next_replies, self._failed_error())
         self._save_replies, self._next_replies = [], []
         try:

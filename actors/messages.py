@@ -71,6 +71,41 @@ class LeaseCheck(Timer):
     __slots__ = ()
 
 
+class ReadRoundTimeout(Timer):
+    """Leader: the read round numbered `generation` is overdue (actors/read_only.py)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """RaftNode -> Node: a linearizable read. `reply` completes with the index to read at once
+    it is applied (actors/read_only.py), or fails (NotLeaderError, ReadTimeoutError). With
+    `lease`, a leader whose lease holds answers at once, without a heartbeat round."""
+
+    reply: pykka.Future[Any]
+    lease: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmLeadership:
+    """Node -> Replicator: send the follower a request now, and acknowledge read round `round`
+    once it has answered one sent from now on."""
+
+    term: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipAck:
+    """Replicator -> Node: `peer_id` answered, in `term`, a request sent after read round
+    `round` began."""
+
+    peer_id: str
+    term: int
+    round: int
+
+
 @dataclass(frozen=True, slots=True)
 class VoteGranted:
     """LogManager -> Node: the vote for `candidate_id` in `term` is durable and was sent."""
@@ -100,6 +135,7 @@ class PeerContact:
     match_index: int = 0  # the last index the follower is known to hold
     replication: str = "probe"  # its ReplicatorState, lower case: probe, replicate, snapshot
     inflight: int = 0  # AppendEntries sent to it and not answered yet
+    acked_sent_at: float = -float("inf")  # send time of the newest request it answered (lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +358,16 @@ class ApplyCommitted:
 @dataclass(frozen=True, slots=True)
 class GetApplied:
     """Asked (edges only: tests, tools): returns the FSMCaller's applied index."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAt:
+    """A read of the state machine (`StateMachine.on_read(query)`) once `index` is applied;
+    `reply` completes with its result. Index 0: at once (serializable)."""
+
+    index: int
+    query: bytes
+    reply: pykka.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)

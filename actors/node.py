@@ -11,7 +11,13 @@ only with a quorum of pre-votes does it increment its term and ask for real vote
 a pre-vote while it still hears from a live leader, so a partitioned peer that rejoins cannot
 depose a healthy leader. At start the first timeout is short (two heartbeats plus the random
 part: `initial_election_advance`), so a restarted cluster elects at once. A leader that has
-not heard from a quorum within its lease steps down (check-quorum).
+not heard from a quorum within its lease steps down (check-quorum), and a voter that heard from
+a live leader within the election timeout grants no vote, pre-vote or real one (the
+dissertation's §4.2.3): what makes leases safe.
+
+Reads (actors/read_only.py): ReadIndex gets the leader's read index after a heartbeat round
+has confirmed its leadership (or at once while its lease holds, when asked for a lease read);
+the caller then reads once that index is applied.
 
 Untrusted input (docs/DESIGN.md, principle 6): only a voter of the configuration may lead or
 vote here. AppendEntries from a non-member and vote traffic from strangers are refused and
@@ -40,6 +46,7 @@ from actors.clock import Clock
 from actors.configuration import Configuration
 from actors.errors import (
     CommandTooLargeError,
+    LeadershipUnconfirmedError,
     NodeFailedError,
     NodeStoppedError,
     NotLeaderError,
@@ -53,6 +60,7 @@ from actors.messages import (
     Apply,
     BecomeLeader,
     CheckVote,
+    ConfirmLeadership,
     ElectionTimeout,
     EnterError,
     FatalError,
@@ -61,9 +69,12 @@ from actors.messages import (
     GetStatus,
     HigherTermSeen,
     LeaderLogReady,
+    LeadershipAck,
     LeaseCheck,
     PeerContact,
     PersistTermVote,
+    ReadIndex,
+    ReadRoundTimeout,
     RequestVotes,
     StepDown,
     Subscribe,
@@ -73,6 +84,7 @@ from actors.messages import (
 )
 from actors.metrics import RaftMetrics
 from actors.options import NodeOptions
+from actors.read_only import ReadOnly
 from actors.rejections import Rejections
 from actors.status import NodeStatus, transport_refusals
 from transport.base import Transport
@@ -159,7 +171,8 @@ class Node(RaftActor):
         self._lease_gen = 0
         self._peer_contact: dict[str, float] = {}
         self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
-        self._replicating: set[str] = set()
+        self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
+        self._reads = ReadOnly(self.peer_id, self.conf)  # leader: this term's read rounds
 
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
@@ -180,6 +193,7 @@ class Node(RaftActor):
 
     def shutdown(self) -> None:
         self._stop_replicators()
+        self._fail_reads(NodeStoppedError(f"node {self.peer_id} is stopped"))
         self.role = Role.SHUTDOWN
         self._invalidate_timers()
 
@@ -199,15 +213,70 @@ class Node(RaftActor):
         if self.role is Role.LEADER:
             self.log_manager.tell(AppendLeaderEntries(self.term, commands, futures))
             return
-        error: RaftError
-        if self.role is Role.ERROR:
-            error = NodeFailedError(f"node {self.peer_id} is in ERROR: {self.error}")
-        elif self.role is Role.SHUTDOWN:
-            error = NodeStoppedError(f"node {self.peer_id} is stopped")
-        else:
-            error = NotLeaderError(self.leader_id)
+        error = self._not_leading()
         self._refused[error.outcome_label].inc(len(futures))
         fail_all(futures, error)
+
+    def _not_leading(self) -> RaftError:
+        """Why a command or a read is refused here, when this peer does not lead."""
+        if self.role is Role.ERROR:
+            return NodeFailedError(f"node {self.peer_id} is in ERROR: {self.error}")
+        if self.role is Role.SHUTDOWN:
+            return NodeStoppedError(f"node {self.peer_id} is stopped")
+        return NotLeaderError(self.leader_id)
+
+    # -- linearizable reads (actors/read_only.py) --------------------------------------------
+
+    @handles(ReadIndex)
+    def on_read_index(self, msg: ReadIndex) -> None:
+        if self.role is not Role.LEADER:
+            fail(msg.reply, self._not_leading())
+            return
+        committed, now = self.log_view.committed_index, self.clock.now()
+        if msg.lease and self._reads.lease_valid(now, self.raft_options.lease_timeout):
+            complete(msg.reply, self._reads.read_index(committed))
+            return
+        self._reads.add(committed, msg.reply)
+        self._start_read_round()
+
+    def _start_read_round(self) -> None:
+        started = self._reads.start_round(self.clock.now())
+        if started is None:
+            return
+        confirmed = self._reads.confirmed_alone()
+        if confirmed is not None:
+            self._serve_reads(confirmed)
+            return
+        for mailbox in self._replicating.values():
+            mailbox.tell(ConfirmLeadership(self.term, started.number))
+        # As long as a replicator waits for an answer before it gives up on the follower.
+        delay = self.raft_options.replicator_rpc_timeout
+        self.tell_later(self.clock, delay, ReadRoundTimeout(started.number))
+
+    def _serve_reads(self, reads: list[tuple[int, Any]]) -> None:
+        for index, reply in reads:
+            complete(reply, index)
+        self._start_read_round()  # the reads that arrived meanwhile
+
+    @handles(LeadershipAck)
+    def on_leadership_ack(self, msg: LeadershipAck) -> None:
+        if self.role is Role.LEADER and msg.term == self.term:
+            confirmed = self._reads.acknowledge(msg.peer_id, msg.round)
+            if confirmed is not None:
+                self._serve_reads(confirmed)
+
+    @handles(ReadRoundTimeout)
+    def on_read_round_timeout(self, msg: ReadRoundTimeout) -> None:
+        if self.role is not Role.LEADER:
+            return
+        expired = self._reads.expire(msg.generation)
+        if expired:
+            error = LeadershipUnconfirmedError(self.peer_id)
+            fail_all(expired, error)
+            self._start_read_round()
+
+    def _fail_reads(self, error: RaftError) -> None:
+        fail_all(self._reads.drain(), error)
 
     def _without_oversized(self, msg: Apply) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
         """Refuse, definitely, every command too large to ever travel in one message (it would
@@ -350,6 +419,9 @@ class Node(RaftActor):
                 self._refuse_vote(req)
             else:
                 self.log_manager.tell(CheckVote(req, self.term))
+        elif self._has_live_leader():
+            # Not even for a higher term (§4.2.3): this is what makes the leader's lease safe.
+            self._refuse_vote(req)
         else:
             if req.term > self.term:
                 self._become_follower(req.term, None)
@@ -411,12 +483,14 @@ class Node(RaftActor):
         now = self.clock.now()
         self._peer_contact = dict.fromkeys(self._others, now)
         self._peer_report = {}
+        self._reads = ReadOnly(self.peer_id, self.conf)
         self.log_manager.tell(BecomeLeader(self.term, self.conf))
         self._arm_lease_check()
 
     def _stop_leading(self) -> None:
         log.info("%s: stepping down as leader of term %d", self.peer_id, self.term)
         self._stop_replicators()
+        self._fail_reads(NotLeaderError(None))
         self._lease_gen += 1
         self.log_manager.tell(StepDown(self.term))
 
@@ -432,8 +506,10 @@ class Node(RaftActor):
             return
         for peer in self._others:
             mailbox = self.replicators.start(peer, self.term, msg.first_index)
-            self._replicating.add(peer)
+            self._replicating[peer] = mailbox
             self.log_manager.tell(Subscribe(peer, mailbox))
+        self._reads.term_first_index = msg.first_index
+        self._start_read_round()  # reads that arrived before the term began
 
     @handles(HigherTermSeen)
     def on_higher_term_seen(self, msg: HigherTermSeen) -> None:
@@ -484,6 +560,7 @@ class Node(RaftActor):
                 self._peer_contact[msg.peer_id], msg.last_response_at
             )
             self._peer_report[msg.peer_id] = msg
+            self._reads.acked(msg.peer_id, msg.acked_sent_at)
 
     @handles(LeaseCheck)
     def on_lease_check(self, msg: LeaseCheck) -> None:

@@ -156,6 +156,12 @@ class Progress(Generic[R]):
 
     # -- responses, in the order the requests were sent ---------------------------------------
 
+    def sent_at(self, seq: int) -> float | None:
+        """When request `seq` was sent, if it is in flight (seqs in flight are consecutive)."""
+        if not self.inflight or not (self.inflight[0].seq <= seq <= self.inflight[-1].seq):
+            return None
+        return self.inflight[seq - self.inflight[0].seq].sent_at
+
     def place(self, seq: int) -> Placement:
         """Where the response to `seq` stands (seqs in flight are consecutive)."""
         if not self.inflight or not (self.inflight[0].seq <= seq <= self.inflight[-1].seq):

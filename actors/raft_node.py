@@ -36,10 +36,11 @@ import pykka
 
 from actors.clock import Clock, RealClock
 from actors.errors import NodeStoppedError, OptionsError
-from actors.futures import fail, fail_all
-from actors.messages import Apply, FatalError, GetStatus, TakeSnapshot
+from actors.futures import CompletionFuture, fail, fail_all
+from actors.messages import Apply, FatalError, GetStatus, ReadAt, ReadIndex, TakeSnapshot
 from actors.metrics import RaftMetrics
 from actors.options import FRAME_HEADROOM, NodeOptions
+from actors.read_only import CONSISTENCIES, LEASE, LINEARIZABLE, SERIALIZABLE
 from actors.state_machine import StateMachine
 from actors.status import NodeStatus
 from actors.wait import wait_until
@@ -170,6 +171,46 @@ class RaftNode:
                 return list(futures)
         fail_all(futures, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
         return list(futures)
+
+    def read(
+        self,
+        query: bytes,
+        consistency: str = LINEARIZABLE,
+        reply: pykka.Future[Any] | None = None,
+    ) -> pykka.Future[Any]:
+        """Read the state machine without the log (`StateMachine.on_read(query)`); the future
+        (`reply`, if given) completes with its result. `consistency`:
+        - "linearizable" (the default): on the leader, after a heartbeat round confirmed its
+          leadership and its read index is applied (ReadIndex, actors/read_only.py);
+        - "lease": on the leader, at once while its lease holds (a clock assumption, see
+          actors/read_only.py), else as "linearizable";
+        - "serializable": this peer's state as it is, leader or not; may be stale.
+        Fails with NotLeaderError (retry at the hint) when this peer cannot serve it."""
+        if consistency not in CONSISTENCIES:
+            raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
+        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        fsm_caller = self._actors.fsm_caller
+
+        def at_index(index: int, error: BaseException | None) -> None:
+            # On the Node's thread: only a tell.
+            if error is not None:
+                fail(future, error)
+            else:
+                self._tell(fsm_caller, ReadAt(index, query, future), future)
+
+        if consistency == SERIALIZABLE:
+            self._tell(fsm_caller, ReadAt(0, query, future), future)
+        else:
+            self._tell(
+                self._node, ReadIndex(CompletionFuture(at_index), consistency == LEASE), future
+            )
+        return future
+
+    def _tell(self, mailbox: Any, message: Any, future: pykka.Future[Any]) -> None:
+        try:
+            mailbox.tell(message)
+        except pykka.ActorDeadError:
+            fail(future, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
 
     def snapshot(self, reply: pykka.Future[Any] | None = None) -> pykka.Future[Any]:
         """Take a snapshot now (between two applied batches). The future (`reply`, if given,

@@ -28,6 +28,11 @@ echo it with `req_term`. A response whose seq is no longer in flight belongs to 
 was reset and is ignored. Heartbeats are empty AppendEntries sent through the same pipeline,
 so their responses are ordered with the rest.
 
+Read rounds (actors/read_only.py): ConfirmLeadership asks for a request now; the first answer
+(in this term, success or not) to a request sent after it - a later seq - is acknowledged to
+the Node (LeadershipAck). Seqs, not clocks, order "after", so the rule needs no time at all.
+For leases, PeerContact carries the send time of the newest request the follower answered.
+
 Runs on its own pykka thread (or a test's thread through ActorHarness). Timer callbacks only
 tell this actor a message carrying a generation; a stale generation is ignored.
 """
@@ -44,9 +49,11 @@ from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
     ChunkTick,
+    ConfirmLeadership,
     Grant,
     HeartbeatTick,
     HigherTermSeen,
+    LeadershipAck,
     LogAppended,
     PeerContact,
     Unblock,
@@ -111,6 +118,9 @@ class Replicator(RaftActor):
         self.blocked = False  # waiting out an RPC error; nothing is sent
         self.stopped = False  # a higher term was seen: this term is over, nothing is sent
         self._seqs = itertools.count(1)
+        self._last_seq = 0  # the seq of the newest request sent
+        self._confirm: tuple[int, int] | None = None  # read round, acked by a seq above this
+        self.acked_sent_at = -float("inf")  # send time of the newest request answered (lease)
         self.last_response_at = 0.0
         self._responded = False  # a response arrived since the last PeerContact
         self._heartbeat_gen = 0
@@ -159,6 +169,7 @@ class Replicator(RaftActor):
             return
         self.last_response_at = self.clock.now()
         self._responded = True
+        self._confirmed_by(resp.seq)
         placement = self.progress.place(resp.seq)
         if placement is Placement.STALE:
             log.debug("replicator %s: seq %d not in flight (%s)", self.peer_id, resp.seq, self)
@@ -173,6 +184,7 @@ class Replicator(RaftActor):
         while (early := self.progress.pop_held()) is not None:
             self._handle_in_order(early)
         self._send_more()
+        self._send_for_round()
 
     @handles(LogAppended)
     def on_log_appended(self, msg: LogAppended) -> None:
@@ -194,6 +206,7 @@ class Replicator(RaftActor):
                     self.progress.match_index,
                     self.progress.state.value.lower(),
                     len(self.progress.inflight),
+                    self.acked_sent_at,
                 )
             )
         now, timeout = self.clock.now(), self.raft_options.replicator_rpc_timeout
@@ -209,6 +222,41 @@ class Replicator(RaftActor):
                 self._send_probe()
         elif not self._send_more() and not self.progress.inflight:
             self._send(())  # heartbeat: idle pipeline, nothing new
+
+    @handles(ConfirmLeadership)
+    def on_confirm_leadership(self, msg: ConfirmLeadership) -> None:
+        if msg.term != self.term or self.stopped:
+            return
+        self._confirm = (msg.round, self._last_seq)
+        self._send_for_round()
+
+    def _send_for_round(self) -> None:
+        """A read round waits: have a request sent after it in flight, now rather than at the
+        next heartbeat (if nothing allows one now, the next request that goes out serves)."""
+        if self._confirm is None or self._last_seq > self._confirm[1]:
+            return  # no round, or its request is out already
+        if self.blocked or self.stopped or self.transfer is not None:
+            return
+        if self.progress.state is ReplicatorState.PROBE:
+            self._send_probe()  # only when no probe is in flight
+        elif not self._send_more() and not self.progress.inflight:
+            # A heartbeat, only into an empty pipeline (as at a tick): behind requests in
+            # flight it would claim entries the follower may not have yet. Otherwise the next
+            # request sent (new entries, or this heartbeat once the pipeline drains) serves.
+            self._send(())
+
+    def _confirmed_by(self, seq: int) -> None:
+        """The follower answered request `seq` in this term."""
+        sent_at = self.progress.sent_at(seq)
+        if sent_at is not None and sent_at > self.acked_sent_at:
+            self.acked_sent_at = sent_at
+        if self._confirm is not None and seq > self._confirm[1]:
+            self.node.tell(LeadershipAck(self.peer_id, self.term, self._confirm[0]))
+            self._confirm = None
+
+    def _next_seq(self) -> int:
+        self._last_seq = next(self._seqs)
+        return self._last_seq
 
     @handles(Unblock)
     def on_unblock(self, msg: Unblock) -> None:
@@ -331,7 +379,7 @@ class Replicator(RaftActor):
             # SOFAJRaft's fillCommonFields case: the entry before next_index was compacted away.
             self._start_transfer()
             return False
-        seq = next(self._seqs)
+        seq = self._next_seq()
         request = AppendEntriesRequest(
             term=self.term,
             leader_id=self.leader_id,
@@ -402,7 +450,7 @@ class Replicator(RaftActor):
             self._send_chunk(transfer, offset, data)
 
     def _send_chunk(self, transfer: SnapshotTransfer, offset: int, data: bytes) -> None:
-        meta, seq = transfer.meta, next(self._seqs)
+        meta, seq = transfer.meta, self._next_seq()
         done = transfer.sent(seq, offset, len(data), self.clock.now())
         request = InstallSnapshotRequest(
             term=self.term,
@@ -422,7 +470,7 @@ class Replicator(RaftActor):
     def _heartbeat_at_zero(self) -> AppendEntriesRequest:
         """An empty AppendEntries at index 0: every log matches there and it moves no commit
         index, so it only says "I lead" and asks for an answer (outside the pipeline)."""
-        return AppendEntriesRequest(self.term, self.leader_id, 0, 0, (), 0, next(self._seqs))
+        return AppendEntriesRequest(self.term, self.leader_id, 0, 0, (), 0, self._next_seq())
 
     def _heartbeat_during_transfer(self, now: float, timeout: float) -> None:
         """A heartbeat at index 0, and a resend of chunks overdue; if the follower has not

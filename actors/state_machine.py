@@ -33,6 +33,13 @@ class StateMachine:
         into ERROR: it stops applying and serving rather than diverge."""
         raise NotImplementedError
 
+    def on_read(self, query: bytes) -> Any:
+        """Answer a read (`RaftNode.read`) from the current state, without changing it. Called
+        on the FSMCaller's thread between two `on_apply` batches, once the read's index is
+        applied. Raising puts the node into ERROR, as for `on_apply`. The default refuses:
+        such a state machine is read only through the log (apply a read command)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement on_read")
+
     def on_snapshot_save(self, writer: SnapshotWriter) -> Callable[[], None] | None:
         """Save the state as of the last applied command (`writer.meta.last_index`) into
         `writer`, a binary file (write). Called on the FSMCaller's thread between two

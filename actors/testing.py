@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgpack
+import pykka
 
 from actors.base import RaftActor
 from actors.clock import ManualClock
@@ -75,6 +76,17 @@ class RecordingMailbox:
         return f"RecordingMailbox({self.name!r}, {len(self.told)} told)"
 
 
+def is_pending(future: pykka.Future[Any]) -> bool:
+    """Whether `future` has neither a result nor an exception yet (it never waits)."""
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return True
+    except Exception:
+        return False
+    return False
+
+
 class RecordingTransport:
     """A Transport that records what was sent, for actor unit tests."""
 
@@ -122,6 +134,8 @@ class RecordingStateMachine(StateMachine):
     thread can `wait_until(..., condition=sm.changed)` (share one condition across peers to
     wait on a whole cluster). `fail_at` makes on_apply raise on a batch holding that index;
     `short_results` makes it return one result too few (both put the node into ERROR).
+    `on_read(query)` answers (query, the last applied index): what state a read saw; a query
+    of b"boom" raises.
 
     Snapshots: its state is `applied` itself (msgpack), so a peer that installed a snapshot
     still shows the whole applied history, and histories compare across peers. `loaded` lists
@@ -161,6 +175,12 @@ class RecordingStateMachine(StateMachine):
             self.batches.append(indexes)
             self.changed.notify_all()
         return indexes[:-1] if self.short_results else indexes
+
+    def on_read(self, query: bytes) -> Any:
+        if query == b"boom":
+            raise RuntimeError("on_read failed, as the test asked")
+        with self.changed:
+            return (query, self.applied[-1][0] if self.applied else 0)
 
     def on_snapshot_save(self, writer: Any) -> Callable[[], None]:
         with self.changed:

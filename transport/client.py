@@ -46,8 +46,10 @@ from transport.errors import DecodeError, TransportError
 from transport.kv_protocol import (
     ADMIN_SNAPSHOT,
     CAS,
+    CONSISTENCIES,
     DELETE,
     GET,
+    LINEARIZABLE,
     PUT,
     KVCommand,
     decode_admin_result,
@@ -124,8 +126,15 @@ class KVClient:
     def put(self, key: str, value: str) -> None:
         self._call(KVCommand(PUT, key, value))
 
-    def get(self, key: str) -> str | None:
-        value: str | None = self._call(KVCommand(GET, key))
+    def get(self, key: str, consistency: str = LINEARIZABLE) -> str | None:
+        """`consistency`: "linearizable" (the default: the leader confirms its leadership
+        with a heartbeat round, then answers), "lease" (the leader answers at once while its
+        lease holds: it assumes bounded clock drift), or "serializable" (the peer asked
+        answers from its own state, leader or not: it may be stale)."""
+        if consistency not in CONSISTENCIES:
+            raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
+        arg = None if consistency == LINEARIZABLE else consistency
+        value: str | None = self._call(KVCommand(GET, key, arg))
         return value
 
     def delete(self, key: str) -> bool:

@@ -17,6 +17,9 @@ from transport.errors import DecodeError
 
 PUT, GET, DELETE, CAS = "put", "get", "delete", "cas"
 OPS = frozenset((PUT, GET, DELETE, CAS))
+# A get's consistency, carried in its arg1 (None: linearizable, the default).
+LINEARIZABLE, LEASE, SERIALIZABLE = "linearizable", "lease", "serializable"
+CONSISTENCIES = (LINEARIZABLE, LEASE, SERIALIZABLE)
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 
@@ -26,7 +29,8 @@ ADMIN_SNAPSHOT = "snapshot"  # -> {"peer", "index", "term", "bytes"} of the snap
 
 @dataclass(frozen=True, slots=True)
 class KVCommand:
-    """put(key, arg1); get(key); delete(key); cas(key, expected=arg1, new=arg2)."""
+    """put(key, arg1); get(key, consistency=arg1); delete(key); cas(key, expected=arg1,
+    new=arg2)."""
 
     op: str
     key: str
@@ -36,6 +40,11 @@ class KVCommand:
     @property
     def is_read(self) -> bool:
         return self.op == GET
+
+    @property
+    def consistency(self) -> str:
+        """A get's consistency (see CONSISTENCIES)."""
+        return self.arg1 or LINEARIZABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,4 +123,6 @@ def _command(fields: list[Any]) -> KVCommand:
         raise DecodeError("put needs a value")
     if op == CAS and arg2 is None:
         raise DecodeError("cas needs a new value")
+    if op == GET and (arg1 not in (None, *CONSISTENCIES) or arg2 is not None):
+        raise DecodeError(f"a get's consistency is one of {', '.join(CONSISTENCIES)}")
     return KVCommand(op, key, arg1, arg2)

@@ -131,8 +131,11 @@ class KVServer:
                 self._reply(waiter, command.op, status, **fields)
 
         try:
-            logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
-            self.node.apply_batch([logged], [CompletionFuture(done)])
+            if command.is_read:  # never through the log (actors/read_only.py)
+                self.node.read(req.command, command.consistency, CompletionFuture(done))
+            else:
+                logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
+                self.node.apply_batch([logged], [CompletionFuture(done)])
         except Exception as exc:  # never leave a waiter behind (this runs on the I/O thread)
             done(None, exc)
 

@@ -33,7 +33,7 @@ from actors.service.errors import InvalidCommandError
 from actors.state_machine import Command, StateMachine
 from storage.snapshot_storage import SnapshotReader, SnapshotWriter
 from transport.errors import DecodeError
-from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_logged
+from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_command, decode_logged
 
 
 @dataclass(slots=True)
@@ -86,6 +86,16 @@ class KVStateMachine(StateMachine):
         self.sessions[logged.client_id] = _Session(logged.seq, result, entry.index)
         self.sessions.move_to_end(logged.client_id)
         return result
+
+    def on_read(self, query: bytes) -> Any:
+        """A get served without the log (RaftNode.read): `query` is the client's command."""
+        try:
+            command = decode_command(query)
+        except DecodeError as exc:
+            return InvalidCommandError(str(exc))
+        if command.op != GET:
+            return InvalidCommandError(f"{command.op} is not a read")
+        return self.data.get(command.key)
 
     def _write(self, command: KVCommand) -> Any:
         key = command.key

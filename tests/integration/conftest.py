@@ -158,7 +158,7 @@ class Supervisor:
         self._pump.join(timeout=10)
 
 
-KEYED_MODULES = frozenset({"test_service", "test_snapshots", "test_http"})
+KEYED_MODULES = frozenset({"test_service", "test_snapshots", "test_http", "test_reads"})
 """Test modules whose `service` clusters run twice: plain, and with CurveZMQ keys (each cluster
 with a key directory of its own, its clients with the keys), so that the authenticated path
 passes the same tests."""

@@ -7,6 +7,7 @@ exactly: `python -m tests.sim replay --seed N`.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ class Outcome:
     leaders: int = 0
     snapshots_saved: int = 0
     snapshots_installed: int = 0
+    reads: int = 0  # reads answered, each checked against the linearizable order
     trace: list[str] | None = None
 
 
@@ -97,7 +99,50 @@ def run_scenario(
             except RaftError:
                 continue  # refused, or outcome unknown: nothing to hold the cluster to
             acked.append((index, command))
+            complete_at.append((sim.steps, index))
         pending[:] = still
+        check_reads()
+
+    # Reads (actors/read_only.py): the state is the applied log prefix, so a read answering
+    # "applied through j" is linearizable iff j is at least every index known complete when it
+    # was invoked: every acknowledged write's, and what every read answered before then.
+    # Steps order events: completed at a step before another was invoked = happened before.
+    reads: list[tuple[pykka.Future[Any], int, str, bool]] = []  # (future, step, peer, lease)
+    complete_at: list[tuple[int, int]] = []  # (step completed, index) of writes and reads
+    read_rng = random.Random(seed ^ 0x5EAD)  # reads do not shift the faults' random choices
+    answered = 0
+
+    def read() -> None:
+        alive = sim.alive()
+        if sim.time < fault_seconds and alive:
+            # Mostly a peer that believes it leads, deposed or not; sometimes any peer.
+            leaders = [p for p in alive if sim.peers[p].node.role is Role.LEADER]
+            target = read_rng.choice(leaders if leaders and read_rng.random() < 0.8 else alive)
+            lease = read_rng.random() < 0.5
+            reads.append((sim.read(target, b"r", lease), sim.steps, target, lease))
+            sim.schedule(read_rng.uniform(0.005, 0.05), read, "read")
+
+    def check_reads() -> None:
+        nonlocal answered
+        still = []
+        for future, invoked, peer, lease in reads:
+            try:
+                _, index = future.get(timeout=0)
+            except pykka.Timeout:
+                still.append((future, invoked, peer, lease))
+                continue
+            except RaftError:
+                continue  # refused: a read changes nothing
+            floor = max((i for step, i in complete_at if step < invoked), default=0)
+            if index < floor:
+                kind = "lease" if lease else "read-index"
+                raise AssertionError(
+                    f"seed {seed}: stale {kind} read on {peer} (invoked at step {invoked}): "
+                    f"applied through {index}, but {floor} had completed before"
+                )
+            complete_at.append((sim.steps, index))
+            answered += 1
+        reads[:] = still
 
     def proposals() -> None:
         if sim.time < fault_seconds:
@@ -119,6 +164,7 @@ def run_scenario(
             sim.schedule(rng.uniform(0.2, 1.2), faults, f"fault {kind}")
 
     sim.schedule(0.0, proposals, "client")
+    sim.schedule(0.0, read, "read")
     sim.schedule(rng.uniform(0.5, 1.5), faults, "fault")
     while sim.time < fault_seconds:
         sim.step()
@@ -162,6 +208,7 @@ def run_scenario(
     outcome.steps = sim.steps
     outcome.virtual_seconds = sim.time
     outcome.proposed = counter
+    outcome.reads = answered
     outcome.acknowledged = len(acked)
     outcome.leaders = len(sim.checker.leader_of_term)
     outcome.snapshots_saved = sim.delivered["SnapshotSaved"]

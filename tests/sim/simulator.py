@@ -29,8 +29,9 @@ import pykka
 from actors.base import RaftActor
 from actors.configuration import Configuration
 from actors.fsm_caller import FSMCaller
+from actors.futures import CompletionFuture
 from actors.log_manager import LogManager
-from actors.messages import Apply, Flush, TakeSnapshot
+from actors.messages import Apply, Flush, ReadAt, ReadIndex, TakeSnapshot
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
 from actors.snapshot_executor import SnapshotExecutor
@@ -331,6 +332,24 @@ class Simulation:
         return future
 
     # -- clients -----------------------------------------------------------------------------
+
+    def read(self, peer_id: str, query: bytes, lease: bool) -> pykka.Future[Any]:
+        """A linearizable (or lease) read submitted to `peer_id`, as RaftNode.read does: the
+        Node's read index, then the FSMCaller's on_read once that index is applied. The
+        future completes with RecordingStateMachine.on_read's (query, applied index)."""
+        future: pykka.Future[Any] = pykka.ThreadingFuture()
+        actors = self.peers[peer_id].actors
+        assert actors is not None
+        fsm_caller = actors.fsm_caller
+
+        def at_index(index: int, error: BaseException | None) -> None:
+            if error is not None:
+                future.set_exception((type(error), error, None))
+            else:
+                fsm_caller.tell(ReadAt(index, query, future))
+
+        self.peers[peer_id].node.self_mailbox.tell(ReadIndex(CompletionFuture(at_index), lease))
+        return future
 
     def propose(self, peer_id: str, command: bytes) -> pykka.Future[Any]:
         """A client command submitted to `peer_id`'s node, as RaftNode.apply does."""

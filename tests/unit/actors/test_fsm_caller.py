@@ -9,7 +9,13 @@ import pykka
 import pytest
 
 from actors.clock import ManualClock
-from actors.errors import LeadershipLostError, NodeFailedError, NodeStoppedError
+from actors.errors import (
+    LeadershipLostError,
+    NodeFailedError,
+    NodeStoppedError,
+    NotLeaderError,
+    RaftError,
+)
 from actors.fsm_caller import FSMCaller
 from actors.log_view import LogView
 from actors.messages import (
@@ -19,12 +25,19 @@ from actors.messages import (
     GetApplied,
     LeaderStart,
     LeaderStop,
+    ReadAt,
     RegisterPending,
 )
 from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.state_machine import Command
-from actors.testing import ActorHarness, RecordingMailbox, RecordingStateMachine, counts
+from actors.testing import (
+    ActorHarness,
+    RecordingMailbox,
+    RecordingStateMachine,
+    counts,
+    is_pending,
+)
 from storage.entry import EntryType, LogEntry
 from storage.errors import CorruptLogError
 from storage.memory import MemoryLogStorage
@@ -71,16 +84,6 @@ def futures(n: int) -> tuple[pykka.Future[Any], ...]:
 
 def result(future: pykka.Future[Any]) -> Any:
     return future.get(timeout=0)
-
-
-def is_pending(future: pykka.Future[Any]) -> bool:
-    try:
-        future.get(timeout=0)
-    except pykka.Timeout:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 def test_applies_in_order_in_batches_and_completes_the_right_futures() -> None:
@@ -356,3 +359,48 @@ def test_the_futures_of_appended_commands_are_counted_by_how_they_ended() -> Non
     stopping.send(RegisterPending(1, futures(2)))
     stopping.harness.stop()
     assert stopping.metrics.proposals_completed.value("stopped") == 2
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def read_at(fsm: Fsm, index: int, query: bytes = b"q") -> pykka.Future[Any]:
+    reply: pykka.Future[Any] = pykka.ThreadingFuture()
+    fsm.send(ReadAt(index, query, reply))
+    return reply
+
+
+def test_a_read_waits_until_its_index_is_applied_and_reads_in_index_order() -> None:
+    fsm = Fsm([N, D, D, D, D])
+    fsm.send(Commit(2))
+    later, sooner = read_at(fsm, 4, b"later"), read_at(fsm, 3, b"sooner")
+    now = read_at(fsm, 2, b"now")
+    assert result(now) == (b"now", 2)
+    assert is_pending(sooner) and is_pending(later)
+    fsm.send(Commit(5))
+    assert (result(sooner), result(later)) == ((b"sooner", 5), (b"later", 5))
+
+
+def test_a_serializable_read_is_served_at_once() -> None:
+    fsm = Fsm([N, D, D])
+    assert result(read_at(fsm, 0)) == (b"q", 0)  # nothing applied, nothing waited for
+
+
+def test_losing_leadership_fails_the_reads_still_waiting() -> None:
+    fsm = Fsm([N, D, D])
+    fsm.send(LeaderStart(1, 1))
+    waiting = read_at(fsm, 3)
+    fsm.send(LeaderStop(1))
+    with pytest.raises(NotLeaderError):
+        result(waiting)
+
+
+def test_a_raising_on_read_puts_the_node_in_error() -> None:
+    fsm = Fsm([N, D])
+    fsm.send(Commit(2))
+    with pytest.raises(RaftError, match="on_read raised"):
+        result(read_at(fsm, 1, b"boom"))
+    assert fsm.actor.error is not None
+    assert [type(m) for m in fsm.node.told] == [FatalError]
+    with pytest.raises(NodeFailedError):
+        result(read_at(fsm, 0))

@@ -14,21 +14,29 @@ import pytest
 
 from actors.clock import ManualClock
 from actors.configuration import Configuration
-from actors.errors import CommandTooLargeError, NodeFailedError, NotLeaderError
+from actors.errors import (
+    CommandTooLargeError,
+    LeadershipUnconfirmedError,
+    NodeFailedError,
+    NotLeaderError,
+)
 from actors.log_view import LogView
 from actors.messages import (
     AppendLeaderEntries,
     Apply,
     BecomeLeader,
     CheckVote,
+    ConfirmLeadership,
     EnterError,
     FatalError,
     FollowerAppend,
     GetStatus,
     HigherTermSeen,
     LeaderLogReady,
+    LeadershipAck,
     PeerContact,
     PersistTermVote,
+    ReadIndex,
     RequestVotes,
     StepDown,
     Subscribe,
@@ -38,7 +46,13 @@ from actors.messages import (
 from actors.metrics import RaftMetrics
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
-from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, counts
+from actors.testing import (
+    ActorHarness,
+    RecordingMailbox,
+    RecordingTransport,
+    counts,
+    is_pending,
+)
 from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryLogStorage
 from transport.rpc import (
@@ -476,3 +490,75 @@ def test_proposals_refused_at_the_door_are_counted_by_outcome() -> None:
         "failed": 1,
         "stopped": 1,
     }
+
+
+# -- reads (actors/read_only.py) ---------------------------------------------------------------
+
+
+def test_a_real_vote_is_refused_too_while_a_live_leader_is_heard(f: Fixture) -> None:
+    """§4.2.3: not even a higher term moves a voter that heard from its leader within the
+    election timeout; without this a lease could overlap a new leader."""
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    f.lm.clear()
+    f.send(RequestVoteRequest(2, C, 99, 1, pre_vote=False))
+    assert f.transport.take() == [(C, RequestVoteResponse(1, False, False, A, 2))]
+    assert f.lm.told == [] and f.node.term == 1
+
+
+def read(f: Fixture, lease: bool = False) -> pykka.Future[Any]:
+    reply: pykka.Future[Any] = pykka.ThreadingFuture()
+    f.send(ReadIndex(reply, lease))
+    return reply
+
+
+def test_a_follower_refuses_reads_with_the_leaders_id(f: Fixture) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    with pytest.raises(NotLeaderError) as refused:
+        read(f).get(timeout=0)
+    assert refused.value.leader_hint == B
+
+
+def test_a_leader_answers_reads_after_a_quorum_confirms_one_round(f: Fixture) -> None:
+    f.elect()  # its term's first entry is at 1
+    f.node.log_view.committed_index = 7
+    first, second = read(f), read(f)
+    confirms = {p: m.of_type(ConfirmLeadership) for p, m in f.replicators.mailboxes.items()}
+    assert confirms == {B: [ConfirmLeadership(1, 1)], C: [ConfirmLeadership(1, 1)]}
+    assert is_pending(first)
+    f.send(LeadershipAck(C, 1, 1))
+    assert first.get(timeout=0) == 7
+    # The second arrived during round 1: it shares round 2, which starts now.
+    assert is_pending(second)
+    assert f.replicators.mailboxes[B].of_type(ConfirmLeadership)[-1] == ConfirmLeadership(1, 2)
+    f.send(LeadershipAck(B, 1, 2))
+    assert second.get(timeout=0) == 7
+
+
+def test_a_round_without_a_quorum_in_time_fails_its_reads(f: Fixture) -> None:
+    f.elect()
+    reply = read(f)
+    f.harness.advance(TIMEOUT / 2 + 0.01)  # the replicators' RPC timeout
+    assert f.node.role is Role.LEADER
+    with pytest.raises(LeadershipUnconfirmedError):
+        reply.get(timeout=0)
+
+
+def test_stepping_down_fails_the_reads_waiting(f: Fixture) -> None:
+    f.elect()
+    reply = read(f)
+    f.send(RequestVoteResponse(5, False, False, B, 1))  # a higher term: step down
+    assert f.node.role is Role.FOLLOWER
+    with pytest.raises(NotLeaderError):
+        reply.get(timeout=0)
+
+
+def test_a_lease_read_is_served_at_once_while_the_lease_holds_and_not_after(f: Fixture) -> None:
+    f.elect()
+    f.node.log_view.committed_index = 3
+    f.send(PeerContact(B, 1, f.clock.now(), "REPLICATE", 3, "replicate", 0, f.clock.now()))
+    assert read(f, lease=True).get(timeout=0) == 3  # no round
+    assert all(not m.of_type(ConfirmLeadership) for m in f.replicators.mailboxes.values())
+    f.clock.advance(0.9 * TIMEOUT)  # the lease (election timeout x 0.9) is over
+    late = read(f, lease=True)
+    assert is_pending(late)  # it fell back to a read-index round
+    assert f.replicators.mailboxes[B].of_type(ConfirmLeadership) == [ConfirmLeadership(1, 1)]

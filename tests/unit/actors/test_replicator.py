@@ -12,7 +12,14 @@ import pytest
 
 from actors.clock import ManualClock
 from actors.log_view import LogView
-from actors.messages import Grant, HigherTermSeen, LogAppended, PeerContact
+from actors.messages import (
+    ConfirmLeadership,
+    Grant,
+    HigherTermSeen,
+    LeadershipAck,
+    LogAppended,
+    PeerContact,
+)
 from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from actors.replicator import Replicator, ReplicatorState
@@ -323,7 +330,7 @@ def test_peer_contact_about_once_per_heartbeat() -> None:
     rep.send(ok(*rep.sent()))
     rep.harness.advance(0.05)  # the tick at 0.1
     assert rep.node.take() == [
-        PeerContact(PEER, TERM, 0.05, "REPLICATE next=3 match=2 inflight=0", 2, "replicate", 0)
+        PeerContact(PEER, TERM, 0.05, "REPLICATE next=3 match=2 inflight=0", 2, "replicate", 0, 0.0)
     ]
     rep.harness.advance(0.15)  # the 0.2 tick sends a heartbeat, nobody answers it
     assert rep.node.take() == []
@@ -419,3 +426,41 @@ def test_a_stopped_replicator_retires_its_cells_and_its_counts_stay() -> None:
     rep.harness.stop()
     family = rep.metrics.append_entries_entries
     assert family.sample().count == 1 and family._live == {(): []}
+
+
+# -- read rounds ------------------------------------------------------------------------------
+
+
+def test_a_read_round_is_acknowledged_only_by_an_answer_to_a_later_request() -> None:
+    """The answer to a request sent before ConfirmLeadership proves nothing about now; the
+    heartbeat sent for the round does."""
+    rep = Rep([1, 1], next_index=3)
+    [probe] = rep.sent()
+    rep.send(ConfirmLeadership(TERM, 7))
+    assert rep.sent() == []  # a probe is in flight: the next request goes when it can
+    rep.send(ok(probe))
+    assert rep.node.take(LeadershipAck) == []  # sent before the round
+    [beat] = rep.sent()  # REPLICATE now: heartbeat for the round at once
+    rep.send(ConfirmLeadership(TERM, 8))
+    # Not behind `beat`: a heartbeat claims the follower holds everything sent before it.
+    assert rep.sent() == []
+    rep.send(ok(beat))
+    assert rep.node.take(LeadershipAck) == []  # round 8 began after `beat` was sent
+    [beat_8] = rep.sent()  # the pipeline is empty: now
+    rep.send(ok(beat_8))
+    assert rep.node.take(LeadershipAck) == [LeadershipAck(PEER, TERM, 8)]
+
+
+def test_a_read_round_sends_a_heartbeat_at_once_and_reports_its_send_time() -> None:
+    rep = Rep([1, 1], next_index=3)
+    rep.send(ok(*rep.sent()))
+    rep.harness.advance(0.03)
+    rep.send(ConfirmLeadership(TERM, 1))
+    [beat] = rep.sent()
+    assert beat.entries == () and beat.seq == 2
+    rep.harness.advance(0.01)
+    rep.send(ok(beat))
+    assert rep.node.take(LeadershipAck) == [LeadershipAck(PEER, TERM, 1)]
+    assert rep.actor.acked_sent_at == pytest.approx(0.03)  # the lease runs from the send
+    rep.send(ConfirmLeadership(TERM - 1, 2))  # another term's round: nothing
+    assert rep.sent() == []

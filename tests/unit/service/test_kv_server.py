@@ -27,9 +27,12 @@ from storage.snapshot_storage import SnapshotMeta
 from transport.kv_protocol import (
     ADMIN_SNAPSHOT,
     GET,
+    LINEARIZABLE,
     PUT,
+    SERIALIZABLE,
     KVCommand,
     decode_admin_result,
+    decode_result,
     encode_command,
     encode_result,
 )
@@ -51,6 +54,7 @@ class StubNode:
         self.proposals: list[tuple[bytes, pykka.Future[Any]]] = []
         self.snapshots: list[pykka.Future[Any]] = []
         self.statuses: list[pykka.Future[Any]] = []
+        self.reads: list[tuple[bytes, str, pykka.Future[Any]]] = []
         self.handler: Any = None
         self.metrics = Metrics()
 
@@ -62,6 +66,10 @@ class StubNode:
     ) -> list[pykka.Future[Any]]:
         self.proposals.extend(zip(commands, futures, strict=True))
         return list(futures)
+
+    def read(self, query: bytes, consistency: str, reply: pykka.Future[Any]) -> Any:
+        self.reads.append((query, consistency, reply))
+        return reply
 
     def snapshot(self, reply: pykka.Future[Any]) -> pykka.Future[Any]:
         self.snapshots.append(reply)
@@ -85,8 +93,8 @@ def server() -> tuple[KVServer, StubNode, RecordingTransport]:
     return KVServer(node, transport), node, transport  # type: ignore[arg-type]
 
 
-def request(request_id: int, seq: int = 1, op: str = PUT) -> ClientRequest:
-    command = KVCommand(op, "k", "v" if op == PUT else None)
+def request(request_id: int, seq: int = 1, op: str = PUT, arg1: str | None = None) -> ClientRequest:
+    command = KVCommand(op, "k", "v" if op == PUT else arg1)
     return ClientRequest("client-1", request_id, seq, encode_command(command))
 
 
@@ -105,15 +113,23 @@ def test_a_retry_of_a_write_in_flight_joins_it_instead_of_proposing_a_copy(
     assert len(node.proposals) == 2
 
 
-def test_reads_and_distinct_writes_are_each_proposed(
+def test_distinct_writes_are_each_proposed_and_reads_never_are(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
-    kv, node, _ = server
+    kv, node, transport = server
     kv.on_client_message(request(1, seq=0, op=GET))
-    kv.on_client_message(request(2, seq=0, op=GET))
+    kv.on_client_message(request(2, seq=0, op=GET, arg1=SERIALIZABLE))
     kv.on_client_message(request(3, seq=1))
     kv.on_client_message(request(4, seq=2))
-    assert len(node.proposals) == 4
+    assert len(node.proposals) == 2
+    assert [consistency for _, consistency, _ in node.reads] == [LINEARIZABLE, SERIALIZABLE]
+    complete(node.reads[1][2], "v")
+    [(_, reply)] = transport.sent
+    assert (reply.request_id, reply.status, decode_result(reply.result)) == (
+        2,
+        ClientStatus.OK,
+        "v",
+    )
 
 
 @pytest.mark.parametrize(
@@ -149,7 +165,7 @@ def test_a_successful_write_returns_the_encoded_result(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(request(7, op=GET, seq=0))
+    kv.on_client_message(request(7))
     complete(node.proposals[0][1], "v")
     [(_, answer)] = transport.take()
     assert (answer.request_id, answer.status, answer.result) == (7, 0, encode_result("v"))
@@ -224,11 +240,11 @@ def test_every_answer_is_counted_by_operation_and_status(
     kv.on_client_message(StatusRequest("client-1", 5))
     kv.on_client_message(AdminRequest("admin-1", 6, "format-the-disk"))
     complete(node.proposals[0][1], None)
-    fail(node.proposals[1][1], OverloadedError("busy"))
+    fail(node.reads[0][2], NotLeaderError("b:2"))
     complete(node.statuses[0], SimpleNamespace(to_json=lambda: {"id": ME}))
     assert answered(node) == {
         ("put", "ok"): 2,
-        ("get", "overloaded"): 1,
+        ("get", "not_leader"): 1,
         ("invalid", "error"): 1,
         ("status", "ok"): 1,
         ("admin", "error"): 1,

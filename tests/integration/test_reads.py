@@ -1,0 +1,97 @@
+"""Reads without the log, through real peer processes: each consistency through the client and
+the CLI, serializable reads on a follower, and a leader cut off from its followers refusing
+linearizable reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.conftest import LAUNCHER, WAIT, ServiceCluster, wait_until
+from transport.client import ClientTimeout, KVClient
+
+pytestmark = pytest.mark.integration
+
+MakeService = Callable[..., ServiceCluster]
+CONSISTENCIES = ("linearizable", "lease", "serializable")
+
+
+@pytest.mark.parametrize("consistency", CONSISTENCIES)
+def test_each_consistency_reads_the_acknowledged_value(
+    service: MakeService, consistency: str
+) -> None:
+    cluster = service(3)
+    client = cluster.client()
+    for n in range(20):
+        client.put("k", f"v{n}")
+        # Asked of the leader (the client's peer after the put), every level sees the write.
+        assert client.get("k", consistency) == f"v{n}"
+    assert client.get("absent", consistency) is None
+    leader = cluster.leader()
+    applied = {s["id"]: s["applied_index"] for s in cluster.statuses()}
+    # Reads are not in the log: 20 puts (and the term's first entry) are all it holds.
+    assert cluster.statuses()[cluster.ids.index(leader)]["last_log_index"] <= 21 + 1
+    assert max(applied.values()) <= 22
+
+
+def test_the_cli_reads_with_each_consistency(service: MakeService) -> None:
+    cluster = service(3)
+    cluster.client().put("greeting", "hello")
+    for consistency in CONSISTENCIES:
+        done = subprocess.run(
+            [
+                sys.executable,
+                LAUNCHER,
+                "client",
+                *cluster.contact_flags(),
+                "get",
+                "greeting",
+                "--consistency",
+                consistency,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "hello"), done.stderr
+    wrong = subprocess.run(
+        [sys.executable, LAUNCHER, "client", "get", "k", "--consistency", "eventual"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+
+
+def test_a_follower_serves_serializable_reads_from_its_own_state(service: MakeService) -> None:
+    cluster = service(3)
+    cluster.client().put("k", "v")
+    follower = next(p for p in cluster.ids if p != cluster.leader())
+    with KVClient([follower], timeout=5.0, attempt_timeout=0.5, keys=cluster.keys) as local:
+        # It may lag a moment behind the leader (serializable), never invent a value.
+        assert wait_until(lambda: local.get("k", "serializable") == "v", "the follower", WAIT)
+        with pytest.raises(ValueError, match="consistency must be one of"):
+            local.get("k", "eventual")
+
+
+def test_a_leader_without_its_followers_refuses_linearizable_reads(service: MakeService) -> None:
+    """With both followers stopped (SIGSTOP), the leader cannot confirm its leadership: a
+    linearizable read gets no answer rather than a possibly stale one."""
+    cluster = service(3)
+    cluster.client().put("k", "v")
+    leader = cluster.leader()
+    followers = [p for p in cluster.ids if p != leader]
+    for peer in followers:
+        cluster.peers[peer].pause()
+    try:
+        with KVClient([leader], timeout=1.5, attempt_timeout=0.5, keys=cluster.keys) as alone:
+            with pytest.raises(ClientTimeout):
+                alone.get("k")
+            assert alone.get("k", "serializable") == "v"  # its own state: allowed, maybe stale
+    finally:
+        for peer in followers:
+            cluster.peers[peer].resume()
+    assert cluster.client().get("k") == "v"
