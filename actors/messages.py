@@ -77,6 +77,12 @@ class ReadRoundTimeout(Timer):
     __slots__ = ()
 
 
+class FollowerReadTimeout(Timer):
+    """Follower: the ReadIndexRequest numbered `generation` got no answer in time."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ReadIndex:
     """RaftNode -> Node: a linearizable read. `reply` completes with the index to read at once

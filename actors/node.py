@@ -17,7 +17,9 @@ dissertation's §4.2.3): what makes leases safe.
 
 Reads (actors/read_only.py): ReadIndex gets the leader's read index after a heartbeat round
 has confirmed its leadership (or at once while its lease holds, when asked for a lease read);
-the caller then reads once that index is applied.
+the caller then reads once that index is applied. A follower asks its leader for the index
+(ReadIndexRequest, one at a time for a batch of reads) and its reads wait until it has applied
+it there: linearizable reads spread over every peer.
 
 Untrusted input (docs/DESIGN.md, principle 6): only a voter of the configuration may lead or
 vote here. AppendEntries from a non-member and vote traffic from strangers are refused and
@@ -52,7 +54,7 @@ from actors.errors import (
     NotLeaderError,
     RaftError,
 )
-from actors.futures import complete, fail, fail_all
+from actors.futures import CompletionFuture, complete, fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
@@ -66,6 +68,7 @@ from actors.messages import (
     FatalError,
     FollowerAppend,
     FollowerInstall,
+    FollowerReadTimeout,
     GetStatus,
     HigherTermSeen,
     LeaderLogReady,
@@ -84,7 +87,7 @@ from actors.messages import (
 )
 from actors.metrics import RaftMetrics
 from actors.options import NodeOptions
-from actors.read_only import ReadOnly
+from actors.read_only import FollowerReads, ReadOnly
 from actors.rejections import Rejections
 from actors.status import NodeStatus, transport_refusals
 from transport.base import Transport
@@ -94,6 +97,8 @@ from transport.rpc import (
     AppendEntriesResponse,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
     RequestVoteRequest,
     RequestVoteResponse,
 )
@@ -173,6 +178,7 @@ class Node(RaftActor):
         self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
         self._reads = ReadOnly(self.peer_id, self.conf)  # leader: this term's read rounds
+        self._follower_reads = FollowerReads()  # follower: reads waiting for a read index
 
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
@@ -229,6 +235,10 @@ class Node(RaftActor):
 
     @handles(ReadIndex)
     def on_read_index(self, msg: ReadIndex) -> None:
+        if self.role is Role.FOLLOWER and self.leader_id is not None:
+            self._follower_reads.add(msg.reply)  # a lease read too: the leader's round
+            self._ask_leader_for_read_index()
+            return
         if self.role is not Role.LEADER:
             fail(msg.reply, self._not_leading())
             return
@@ -276,7 +286,58 @@ class Node(RaftActor):
             self._start_read_round()
 
     def _fail_reads(self, error: RaftError) -> None:
-        fail_all(self._reads.drain(), error)
+        fail_all(self._reads.drain() + self._follower_reads.drain(), error)
+
+    # as follower: ask the leader
+
+    def _ask_leader_for_read_index(self) -> None:
+        request_id = self._follower_reads.start()
+        if request_id is None or self.leader_id is None:
+            return
+        self.transport.send(self.leader_id, ReadIndexRequest(self.term, self.peer_id, request_id))
+        delay = self.raft_options.replicator_rpc_timeout
+        self.tell_later(self.clock, delay, FollowerReadTimeout(request_id))
+
+    @handles(ReadIndexResponse)
+    def handle_read_index_response(self, resp: ReadIndexResponse) -> None:
+        if resp.peer_id not in self.conf.all_peers():
+            self.rejections.refuse("read_index_from_non_member", resp.peer_id)
+            return
+        reads = self._follower_reads.answered(resp.request_id)
+        if resp.success:
+            for reply in reads:
+                complete(reply, resp.read_index)
+        else:
+            fail_all(
+                reads, NotLeaderError(self.leader_id if self.leader_id != resp.peer_id else None)
+            )
+        self._ask_leader_for_read_index()
+
+    @handles(FollowerReadTimeout)
+    def on_follower_read_timeout(self, msg: FollowerReadTimeout) -> None:
+        reads = self._follower_reads.answered(msg.generation)
+        if reads:
+            fail_all(reads, LeadershipUnconfirmedError(self.leader_id or "the leader"))
+            self._ask_leader_for_read_index()
+
+    # as leader: answer a follower
+
+    @handles(ReadIndexRequest)
+    def handle_read_index_request(self, req: ReadIndexRequest) -> None:
+        if req.peer_id not in self.conf.all_peers() or req.peer_id == self.peer_id:
+            self.rejections.refuse("read_index_from_non_member", req.peer_id)
+            return
+
+        def answer(index: int, error: BaseException | None) -> None:  # on this thread
+            ok = error is None
+            response = ReadIndexResponse(self.term, self.peer_id, req.request_id, ok, index or 0)
+            self.transport.send(req.peer_id, response)
+
+        if self.role is not Role.LEADER:
+            answer(0, self._not_leading())
+            return
+        self._reads.add(self.log_view.committed_index, CompletionFuture(answer))
+        self._start_read_round()
 
     def _without_oversized(self, msg: Apply) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
         """Refuse, definitely, every command too large to ever travel in one message (it would
@@ -484,6 +545,7 @@ class Node(RaftActor):
         self._peer_contact = dict.fromkeys(self._others, now)
         self._peer_report = {}
         self._reads = ReadOnly(self.peer_id, self.conf)
+        fail_all(self._follower_reads.drain(), NotLeaderError(None))  # retried, here now
         self.log_manager.tell(BecomeLeader(self.term, self.conf))
         self._arm_lease_check()
 
@@ -535,6 +597,7 @@ class Node(RaftActor):
             self.role = Role.ERROR
         self.leader_id = None
         self._invalidate_timers()
+        self._fail_reads(NodeFailedError(f"node {self.peer_id} is in ERROR: {reason}"))
         self.log_manager.tell(EnterError(reason))
         if self.on_error is not None:
             try:

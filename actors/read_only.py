@@ -146,3 +146,38 @@ class ReadOnly:
 
     def lease_valid(self, now: float, lease_timeout: float) -> bool:
         return self.ready and now < self.lease_start(now) + lease_timeout
+
+
+class FollowerReads:
+    """A follower's linearizable reads: it asks the leader for a read index (ReadIndexRequest)
+    for all the reads waiting, one request at a time, and each read then waits until the
+    follower has applied that index. Reads that arrive while a request is out share the next
+    one. Pure: the Node sends, times and answers."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Any] = []
+        self.outstanding: tuple[int, list[Any]] | None = None  # (request id, its reads)
+        self._ids = 0
+
+    def add(self, waiter: Any) -> None:
+        self.waiting.append(waiter)
+
+    def start(self) -> int | None:
+        """The id of a request to send now for the waiting reads, if none is out."""
+        if self.outstanding is not None or not self.waiting:
+            return None
+        self._ids += 1
+        self.outstanding, self.waiting = (self._ids, self.waiting), []
+        return self._ids
+
+    def answered(self, request_id: int) -> list[Any]:
+        """The reads of request `request_id` (answered or timed out); [] for a stale id."""
+        if self.outstanding is None or self.outstanding[0] != request_id:
+            return []
+        reads, self.outstanding = self.outstanding[1], None
+        return reads
+
+    def drain(self) -> list[Any]:
+        reads = self.waiting + (self.outstanding[1] if self.outstanding is not None else [])
+        self.waiting, self.outstanding = [], None
+        return reads

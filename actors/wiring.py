@@ -37,6 +37,8 @@ from transport.rpc import (
     ClientRequest,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
     RequestVoteRequest,
     RequestVoteResponse,
     RpcMessage,
@@ -49,7 +51,14 @@ Spawn = Callable[..., Mailbox]
 StopActor = Callable[[Mailbox], None]
 ClientHandler = Callable[[RpcMessage], None]
 
-_TO_NODE = (AppendEntriesRequest, InstallSnapshotRequest, RequestVoteRequest, RequestVoteResponse)
+_TO_NODE = (
+    AppendEntriesRequest,
+    InstallSnapshotRequest,
+    RequestVoteRequest,
+    RequestVoteResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
+)
 _TO_REPLICATOR = (AppendEntriesResponse, InstallSnapshotResponse)
 _FROM_CLIENTS = (ClientRequest, StatusRequest, AdminRequest)
 

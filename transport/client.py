@@ -97,7 +97,12 @@ class KVClient:
         attempt_timeout: float | None = None,
         context: zmq.Context[Any] | None = None,
         keys: Path | str | None = None,
+        read_from: str = "leader",
     ) -> None:
+        """`read_from`: "leader" sends every request to the leader; "any" spreads gets over
+        every peer (round robin) - each still linearizable (a follower asks the leader for a
+        read index and answers from its own state once it has applied it) unless the get
+        asks for less."""
         if not peers:
             raise ValueError("KVClient needs at least one peer")
         if timeout <= 0:
@@ -105,6 +110,9 @@ class KVClient:
         for peer in peers:
             parse_peer(peer)  # a clear ValueError for a malformed address
         self.peers = list(peers)
+        if read_from not in ("leader", "any"):
+            raise ValueError('read_from must be "leader" or "any"')
+        self.read_from = read_from
         # Raises KeyDirectoryError (a clear message) for a missing or incomplete directory.
         self._security = ClientSecurity(keys, self.KEY_KINDS) if keys is not None else None
         if self._security is not None:
@@ -120,6 +128,7 @@ class KVClient:
         self._lock = threading.Lock()
         self._closed = False
         self._rng = random.Random()
+        self._next_read = self._rng.randrange(len(self.peers))  # read_from="any": round robin
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -190,7 +199,11 @@ class KVClient:
                 self._seq += 1  # kept across retries: that is what makes them idempotent
             seq = 0 if command.is_read else self._seq
             deadline = time.monotonic() + self.timeout
+            spread = command.is_read and self.read_from == "any"
             peer = self._leader or self.peers[0]
+            if spread:
+                peer = self.peers[self._next_read % len(self.peers)]
+                self._next_read += 1
             refusals = 0
             backoff = _OVERLOAD_BACKOFF[0]
             while time.monotonic() < deadline:
@@ -205,7 +218,8 @@ class KVClient:
                     self._leader = None  # silent, down, or lost leadership: ask someone else
                     peer = self._next_peer(peer)
                 elif reply.status == ClientStatus.OK:
-                    self._leader = peer
+                    if not spread:
+                        self._leader = peer
                     return decode_result(reply.result)
                 elif reply.status == ClientStatus.NOT_LEADER:
                     hint = reply.leader_hint

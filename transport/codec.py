@@ -95,6 +95,8 @@ MESSAGE_TAGS: Final[Mapping[type, int]] = MappingProxyType(
         rpc.InstallSnapshotRequest: 15,
         rpc.InstallSnapshotResponse: 16,
         rpc.AdminRequest: 17,
+        rpc.ReadIndexRequest: 18,
+        rpc.ReadIndexResponse: 19,
     }
 )
 

@@ -137,6 +137,36 @@ class InstallSnapshotResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    """Follower -> leader: the read index for the follower's waiting reads (one request
+    serves a batch of them); answered once a heartbeat round confirmed the leadership."""
+
+    term: int  # the follower's current term
+    peer_id: str
+    request_id: int
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexResponse:
+    """Leader -> follower: `success` with the index to read at once the follower has applied
+    it; not `success` when the peer asked cannot confirm that it leads."""
+
+    term: int
+    peer_id: str
+    request_id: int
+    success: bool
+    read_index: int
+
+    @property
+    def sender(self) -> str:
+        return self.peer_id
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRequest:
     """A client command. (client_id, seq) lets the state machine de-duplicate retried writes
     (Raft dissertation §6.3); request_id correlates the reply on the client's connection."""
@@ -219,6 +249,8 @@ RpcMessage = (
     | AppendEntriesResponse
     | InstallSnapshotRequest
     | InstallSnapshotResponse
+    | ReadIndexRequest
+    | ReadIndexResponse
     | ClientRequest
     | ClientResponse
     | AdminRequest

@@ -95,3 +95,27 @@ def test_a_leader_without_its_followers_refuses_linearizable_reads(service: Make
         for peer in followers:
             cluster.peers[peer].resume()
     assert cluster.client().get("k") == "v"
+
+
+def test_linearizable_reads_on_followers_see_every_acknowledged_write(
+    service: MakeService,
+) -> None:
+    """A follower asks the leader for a read index and answers once it has applied it: right
+    after a write is acknowledged, a follower's linearizable read returns it (a serializable
+    one could still miss it), and read_from="any" spreads reads over every peer."""
+    cluster = service(3)
+    writer = cluster.client()
+    writer.put("k", "v0")
+    leader = cluster.leader()
+    follower = next(p for p in cluster.ids if p != leader)
+    on_follower = KVClient([follower], timeout=5.0, attempt_timeout=0.5, keys=cluster.keys)
+    spread = KVClient(cluster.ids, timeout=5.0, attempt_timeout=0.5, keys=cluster.keys,
+                      read_from="any")  # fmt: skip
+    with on_follower, spread:
+        for n in range(30):
+            writer.put("k", f"v{n}")
+            assert on_follower.get("k") == f"v{n}"
+            assert spread.get("k") == f"v{n}"
+            assert spread.get("k", "lease") == f"v{n}"
+    with pytest.raises(ValueError, match="read_from"):
+        KVClient(cluster.ids, read_from="nearest")

@@ -318,12 +318,31 @@ def wipe_one(sim: Simulation) -> None:
         return
     term = max(sim.peers[p].node.term for p in leaders)
     candidates = [p for p in sim.ids if p not in leaders and sim.peers[p].meta.term < term]
+    # Nor one whose loss leaves a quorum that lacks a committed entry: that quorum (the empty
+    # peer among them) could elect a leader without it (seed 38 of the reads change did).
+    lacking = {p for p in sim.ids if not _holds_committed(sim, p)}
+    majority = len(sim.ids) // 2 + 1
+    candidates = [p for p in candidates if len(lacking | {p}) < majority]
     if not candidates:
         return
     victim = sim.rng.choice(candidates)
     sim.crash(victim)
     sim.wipe(victim)
     sim.start(victim)
+
+
+def _holds_committed(sim: Simulation, peer_id: str) -> bool:
+    """Whether `peer_id` is up and holds the last committed entry (so, by Log Matching, every
+    committed entry before it too)."""
+    committed = sim.checker.committed
+    actors = sim.peers[peer_id].actors
+    if not committed:
+        return True
+    if actors is None:
+        return False
+    index = max(committed)
+    view = actors.log_view
+    return view.snapshot_index >= index or view.known_term(index) == committed[index][0]
 
 
 def restart_failed(sim: Simulation) -> None:

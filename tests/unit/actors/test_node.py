@@ -59,6 +59,8 @@ from transport.rpc import (
     MAX_TERM,
     AppendEntriesRequest,
     AppendEntriesResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
     RequestVoteRequest,
     RequestVoteResponse,
 )
@@ -511,11 +513,40 @@ def read(f: Fixture, lease: bool = False) -> pykka.Future[Any]:
     return reply
 
 
-def test_a_follower_refuses_reads_with_the_leaders_id(f: Fixture) -> None:
-    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
-    with pytest.raises(NotLeaderError) as refused:
+def test_a_follower_without_a_leader_refuses_reads(f: Fixture) -> None:
+    with pytest.raises(NotLeaderError):
         read(f).get(timeout=0)
-    assert refused.value.leader_hint == B
+
+
+def test_a_follower_asks_its_leader_once_for_a_batch_of_reads(f: Fixture) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    f.transport.take()
+    first = read(f)
+    assert f.transport.take() == [(B, ReadIndexRequest(1, A, 1))]
+    second, third = read(f), read(f, lease=True)  # one request out at a time: they wait
+    assert f.transport.take() == []
+    f.send(ReadIndexResponse(1, B, 1, True, 9))
+    assert first.get(timeout=0) == 9
+    assert is_pending(second) and is_pending(third)
+    assert f.transport.take() == [(B, ReadIndexRequest(1, A, 2))]  # one for both
+    f.send(ReadIndexResponse(1, B, 2, True, 11))
+    assert (second.get(timeout=0), third.get(timeout=0)) == (11, 11)
+    late = read(f)
+    f.harness.advance(TIMEOUT / 2 + 0.01)  # no answer within the RPC timeout
+    with pytest.raises(LeadershipUnconfirmedError):
+        late.get(timeout=0)
+
+
+def test_a_leader_answers_a_followers_read_index_after_its_round(f: Fixture) -> None:
+    f.elect()
+    f.node.log_view.committed_index = 5
+    f.send(ReadIndexRequest(1, B, 42))
+    assert f.transport.take() == []  # not before a quorum confirmed the leadership
+    f.send(LeadershipAck(C, 1, 1))
+    assert f.transport.take() == [(B, ReadIndexResponse(1, A, 42, True, 5))]
+    f.send(ReadIndexRequest(1, "x:9", 43))  # a stranger learns nothing
+    assert f.transport.take() == []
+    assert f.node.rejections.as_dict()["read_index_from_non_member"] == 1
 
 
 def test_a_leader_answers_reads_after_a_quorum_confirms_one_round(f: Fixture) -> None:

@@ -43,6 +43,10 @@ SAMPLES: list[Any] = [
     rpc.StatusRequest("cli", 3),
     rpc.AdminRequest("admin-\u00e9", UINT64_MAX, "snapshot", "127.0.0.1:7001"),
     rpc.AdminRequest("", 0, "", ""),
+    rpc.ReadIndexRequest(3, "b:2", UINT64_MAX),
+    rpc.ReadIndexRequest(0, "", 0),
+    rpc.ReadIndexResponse(MAX_TERM, "a:1", 7, True, MAX_INDEX),
+    rpc.ReadIndexResponse(0, "", 0, False, 0),
     rpc.StatusResponse(3, "a:1"),
     rpc.StatusResponse(
         3,

@@ -87,6 +87,8 @@ def test_tags_never_change() -> None:
         "InstallSnapshotRequest": 15,
         "InstallSnapshotResponse": 16,
         "AdminRequest": 17,
+        "ReadIndexRequest": 18,
+        "ReadIndexResponse": 19,
     }
 
 
@@ -141,7 +143,7 @@ def test_unknown_version(version: Any) -> None:
     expect_decode_error(repack(values), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("tag", [0, 18, 255, -3, True, "1", None, 3.0])
+@pytest.mark.parametrize("tag", [0, 20, 255, -3, True, "1", None, 3.0])
 def test_unknown_tag(tag: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[1] = tag
