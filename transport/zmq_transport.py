@@ -105,9 +105,11 @@ BAD_UNAUTHORIZED: Final = "unauthorized"  # the connection's key may not send th
 BAD_ON_DEALER: Final = "on_dealer"  # something arrived on a DEALER, where nothing should
 
 # Why a connection was refused in its handshake (keys only; from the ROUTER's monitor).
+# A side without keys shows as no_curve, or as other when it hung up before we noticed the
+# mismatch (which side notices first is a race); a failure counts once per connection attempt.
 REFUSED_NO_CURVE: Final = "no_curve"  # the other side does not speak CURVE (no keys)
 REFUSED_BAD_KEY: Final = "bad_key"  # a key this cluster does not know (ZAP refused it)
-REFUSED_OTHER: Final = "other"
+REFUSED_OTHER: Final = "other"  # the handshake failed without detail
 _REFUSAL_TEXT: Final = {
     REFUSED_NO_CURVE: "the other side has no CURVE key (a client or peer run without --keys?)",
     REFUSED_BAD_KEY: "a key that is not in this cluster's key directory",
