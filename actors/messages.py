@@ -91,6 +91,7 @@ class ReadIndex:
 
     reply: pykka.Future[Any]
     lease: bool = False
+    on_follower: bool = True  # a follower serves it (asking the leader); else NotLeaderError
 
 
 @dataclass(frozen=True, slots=True)

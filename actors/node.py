@@ -235,7 +235,7 @@ class Node(RaftActor):
 
     @handles(ReadIndex)
     def on_read_index(self, msg: ReadIndex) -> None:
-        if self.role is Role.FOLLOWER and self.leader_id is not None:
+        if self.role is Role.FOLLOWER and self.leader_id is not None and msg.on_follower:
             self._follower_reads.add(msg.reply)  # a lease read too: the leader's round
             self._ask_leader_for_read_index()
             return

@@ -177,6 +177,8 @@ class RaftNode:
         query: bytes,
         consistency: str = LINEARIZABLE,
         reply: pykka.Future[Any] | None = None,
+        *,
+        on_follower: bool = True,
     ) -> pykka.Future[Any]:
         """Read the state machine without the log (`StateMachine.on_read(query)`); the future
         (`reply`, if given) completes with its result. `consistency`:
@@ -185,6 +187,8 @@ class RaftNode:
         - "lease": on the leader, at once while its lease holds (a clock assumption, see
           actors/read_only.py), else as "linearizable";
         - "serializable": this peer's state as it is, leader or not; may be stale.
+        A follower serves linearizable and lease reads by asking the leader for a read index
+        (then reading its own state once it has applied it), unless `on_follower` is False.
         Fails with NotLeaderError (retry at the hint) when this peer cannot serve it."""
         if consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
@@ -201,9 +205,8 @@ class RaftNode:
         if consistency == SERIALIZABLE:
             self._tell(fsm_caller, ReadAt(0, query, future), future)
         else:
-            self._tell(
-                self._node, ReadIndex(CompletionFuture(at_index), consistency == LEASE), future
-            )
+            request = ReadIndex(CompletionFuture(at_index), consistency == LEASE, on_follower)
+            self._tell(self._node, request, future)
         return future
 
     def _tell(self, mailbox: Any, message: Any, future: pykka.Future[Any]) -> None:

@@ -5,7 +5,9 @@ latency of one client, and the CPU seconds per operation of the peers and of the
 
     python bench/bench_reads.py [--ops 20000] [--single 2000]
 
-(The etcd and PySyncObj comparisons the issue asks for are not in it yet.)
+When `etcd` is on PATH (Debian: `apt-get install etcd-server`), the same loads run against a
+local 3-member etcd in the same run (bench/etcd_local.py), and the ratios are printed. (The
+PySyncObj comparison of the embedded rate is not in it yet.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_snapshots import VALUE, Cluster  # noqa: E402
+from etcd_local import EtcdClient, EtcdCluster, available  # noqa: E402
 
 from transport.client import KVClient  # noqa: E402
 
@@ -33,14 +36,48 @@ KEYS = 1000
 OPS = ("put", "linearizable", "lease", "serializable")
 
 
-def _worker(args: tuple[list[str], str, int, int, int]) -> tuple[int, float]:
-    """One load process: `threads` KVClients, each doing `per_thread` operations `op`.
+class _Ours:
+    """A KVClient behind the interface the load uses (etcd_local.EtcdClient's)."""
+
+    def __init__(self, peers: list[str], _index: int) -> None:
+        self.client = KVClient(peers, timeout=30.0)
+
+    def put(self, key: str, value: str) -> None:
+        self.client.put(key, value)
+
+    def get(self, key: str, consistency: str) -> None:
+        self.client.get(key, consistency)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Etcd:
+    def __init__(self, members: list[str], index: int) -> None:
+        self.client = EtcdClient(members[index % len(members)])
+
+    def put(self, key: str, value: str) -> None:
+        self.client.put(key, value)
+
+    def get(self, key: str, consistency: str) -> None:
+        self.client.get(key, serializable=consistency == "serializable")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+SYSTEMS = {"ours": _Ours, "etcd": _Etcd}
+
+
+def _worker(args: tuple[str, list[str], str, int, int, int]) -> tuple[int, float]:
+    """One load process: `threads` clients, each doing `per_thread` operations `op`.
     Returns (operations, CPU seconds of this process)."""
-    peers, op, threads, per_thread, offset = args
+    system, peers, op, threads, per_thread, offset = args
     done = [0] * threads
 
     def run(index: int) -> None:
-        with KVClient(peers, timeout=30.0) as client:
+        client = SYSTEMS[system](peers, offset + index)
+        try:
             for n in range(per_thread):
                 key = f"k{(offset + index * per_thread + n) % KEYS}"
                 if op == "put":
@@ -48,6 +85,8 @@ def _worker(args: tuple[list[str], str, int, int, int]) -> tuple[int, float]:
                 else:
                     client.get(key, op)
                 done[index] += 1
+        finally:
+            client.close()
 
     cpu = time.process_time()
     workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
@@ -58,31 +97,38 @@ def _worker(args: tuple[list[str], str, int, int, int]) -> tuple[int, float]:
     return sum(done), time.process_time() - cpu
 
 
-def peer_cpu(cluster: Cluster) -> float:
+def server_cpu(pids: list[int]) -> float:
     total = 0.0
-    for peer in cluster.peers.values():
-        times = psutil.Process(peer.pid).cpu_times()
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
         total += times.user + times.system
     return total
 
 
-def loaded(cluster: Cluster, op: str, ops: int, procs: int = 8, threads: int = 8) -> str:
+def loaded(
+    system: str, peers: list[str], pids: list[int], op: str, ops: int, procs: int = 8
+) -> tuple[float, str]:
+    """64 in flight (procs x 8 threads): (ops/s, a description with CPU per op)."""
+    threads = 64 // procs
     per_thread = ops // (procs * threads)
-    jobs = [(cluster.ids, op, threads, per_thread, p * 7919) for p in range(procs)]
-    before = peer_cpu(cluster)
+    jobs = [(system, peers, op, threads, per_thread, p * 7919) for p in range(procs)]
+    before = server_cpu(pids)
     started = time.monotonic()
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         results = pool.map(_worker, jobs)
     elapsed = time.monotonic() - started
     count = sum(r[0] for r in results)
-    peers = (peer_cpu(cluster) - before) / count * 1e6
+    servers = (server_cpu(pids) - before) / count * 1e6
     clients = sum(r[1] for r in results) / count * 1e6
-    return f"{count / elapsed:7.0f}/s  CPU/op: peers {peers:5.0f} us, clients {clients:5.0f} us"
+    rate = count / elapsed
+    return rate, f"{rate:6.0f}/s (CPU/op: servers {servers:4.0f} us, clients {clients:4.0f} us)"
 
 
-def single(cluster: Cluster, op: str, ops: int) -> str:
+def single(system: str, peers: list[str], op: str, ops: int) -> float:
+    """One synchronous client: the p50 latency, in ms."""
     samples = []
-    with KVClient(cluster.ids, timeout=30.0) as client:
+    client = SYSTEMS[system](peers, 0)
+    try:
         for n in range(ops):
             started = time.perf_counter()
             if op == "put":
@@ -90,7 +136,24 @@ def single(cluster: Cluster, op: str, ops: int) -> str:
             else:
                 client.get(f"k{n % KEYS}", op)
             samples.append(time.perf_counter() - started)
-    return f"p50 {statistics.median(samples) * 1000:.2f} ms"
+    finally:
+        client.close()
+    return statistics.median(samples) * 1000
+
+
+def measure(
+    system: str, peers: list[str], pids: list[int], args: argparse.Namespace
+) -> dict[str, tuple[float, str, float]]:
+    results = {}
+    for op in OPS:
+        if system == "etcd" and op == "lease":
+            continue  # etcd has no lease read of its own in its API
+        rate, text = loaded(system, peers, pids, op, args.ops)
+        p50 = single(system, peers, op, args.single)
+        results[op] = (rate, text, p50)
+        label = "put" if op == "put" else f"get {op}"
+        print(f"{system:5} {label:17} 64 in flight {text}; 1 client p50 {p50:.2f} ms", flush=True)
+    return results
 
 
 def main() -> None:
@@ -98,20 +161,33 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=20_000, help="operations per loaded run")
     parser.add_argument("--single", type=int, default=2_000, help="operations, one client")
     args = parser.parse_args()
+    print(f"3 peers/members, fsync on; 64 in flight = 8 processes x 8 clients; {args.ops} ops")
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="bench-reads-")))
     try:
         cluster.start()
         cluster.leader()
-        print(f"3 peers, fsync on; 64 in flight = 8 processes x 8 KVClients; {args.ops} ops")
-        for op in OPS:
-            label = "put" if op == "put" else f"get {op}"
-            print(
-                f"{label:18} 64 in flight {loaded(cluster, op, args.ops)};  "
-                f"1 client {single(cluster, op, args.single)}",
-                flush=True,
-            )
+        pids = [peer.pid for peer in cluster.peers.values() if peer.pid]
+        ours = measure("ours", cluster.ids, pids, args)
     finally:
         cluster.stop()
+    if not available():
+        print("etcd is not installed (apt-get install etcd-server): no comparison")
+        return
+    etcd_cluster = EtcdCluster()
+    try:
+        etcd_cluster.wait_ready()
+        etcd = measure("etcd", etcd_cluster.clients, etcd_cluster.pids(), args)
+    finally:
+        etcd_cluster.stop()
+    for op, (rate, _, p50) in ours.items():
+        theirs = etcd.get(op if op != "lease" else "linearizable")
+        if theirs is not None:
+            label = "put" if op == "put" else f"get {op}"
+            print(
+                f"ratio {label:17} throughput {rate / theirs[0]:.2f}x etcd's; "
+                f"1-client p50 {p50 / theirs[2]:.2f}x etcd's"
+                + (" (vs etcd's linearizable)" if op == "lease" else "")
+            )
 
 
 if __name__ == "__main__":

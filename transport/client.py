@@ -45,6 +45,7 @@ from transport import codec
 from transport.errors import DecodeError, TransportError
 from transport.kv_protocol import (
     ADMIN_SNAPSHOT,
+    ANYWHERE,
     CAS,
     CONSISTENCIES,
     DELETE,
@@ -143,7 +144,8 @@ class KVClient:
         if consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
         arg = None if consistency == LINEARIZABLE else consistency
-        value: str | None = self._call(KVCommand(GET, key, arg))
+        where = ANYWHERE if self.read_from == "any" else None
+        value: str | None = self._call(KVCommand(GET, key, arg, where))
         return value
 
     def delete(self, key: str) -> bool:

@@ -20,6 +20,7 @@ OPS = frozenset((PUT, GET, DELETE, CAS))
 # A get's consistency, carried in its arg1 (None: linearizable, the default).
 LINEARIZABLE, LEASE, SERIALIZABLE = "linearizable", "lease", "serializable"
 CONSISTENCIES = (LINEARIZABLE, LEASE, SERIALIZABLE)
+ANYWHERE = "any"  # a get's arg2: a follower may serve it (KVClient read_from="any")
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 
@@ -45,6 +46,11 @@ class KVCommand:
     def consistency(self) -> str:
         """A get's consistency (see CONSISTENCIES)."""
         return self.arg1 or LINEARIZABLE
+
+    @property
+    def anywhere(self) -> bool:
+        """A get that any peer may serve (read_from="any"), not only the leader: arg2 "any"."""
+        return self.arg2 == ANYWHERE
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,6 @@ def _command(fields: list[Any]) -> KVCommand:
         raise DecodeError("put needs a value")
     if op == CAS and arg2 is None:
         raise DecodeError("cas needs a new value")
-    if op == GET and (arg1 not in (None, *CONSISTENCIES) or arg2 is not None):
+    if op == GET and (arg1 not in (None, *CONSISTENCIES) or arg2 not in (None, ANYWHERE)):
         raise DecodeError(f"a get's consistency is one of {', '.join(CONSISTENCIES)}")
     return KVCommand(op, key, arg1, arg2)

@@ -132,7 +132,12 @@ class KVServer:
 
         try:
             if command.is_read:  # never through the log (actors/read_only.py)
-                self.node.read(req.command, command.consistency, CompletionFuture(done))
+                self.node.read(
+                    req.command,
+                    command.consistency,
+                    CompletionFuture(done),
+                    on_follower=command.anywhere,
+                )
             else:
                 logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
                 self.node.apply_batch([logged], [CompletionFuture(done)])

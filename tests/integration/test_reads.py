@@ -108,7 +108,8 @@ def test_linearizable_reads_on_followers_see_every_acknowledged_write(
     writer.put("k", "v0")
     leader = cluster.leader()
     follower = next(p for p in cluster.ids if p != leader)
-    on_follower = KVClient([follower], timeout=5.0, attempt_timeout=0.5, keys=cluster.keys)
+    on_follower = KVClient([follower], timeout=5.0, attempt_timeout=0.5, keys=cluster.keys,
+                           read_from="any")  # fmt: skip
     spread = KVClient(cluster.ids, timeout=5.0, attempt_timeout=0.5, keys=cluster.keys,
                       read_from="any")  # fmt: skip
     with on_follower, spread:
@@ -117,5 +118,9 @@ def test_linearizable_reads_on_followers_see_every_acknowledged_write(
             assert on_follower.get("k") == f"v{n}"
             assert spread.get("k") == f"v{n}"
             assert spread.get("k", "lease") == f"v{n}"
+    # read_from="leader" (the default): a follower sends the reader to the leader instead.
+    leader_only = KVClient([follower], timeout=1.0, attempt_timeout=0.3, keys=cluster.keys)
+    with leader_only, pytest.raises(ClientTimeout):
+        leader_only.get("k")  # the hint names a peer this client does not know
     with pytest.raises(ValueError, match="read_from"):
         KVClient(cluster.ids, read_from="nearest")

@@ -26,6 +26,7 @@ from actors.testing import RecordingTransport
 from storage.snapshot_storage import SnapshotMeta
 from transport.kv_protocol import (
     ADMIN_SNAPSHOT,
+    ANYWHERE,
     GET,
     LINEARIZABLE,
     PUT,
@@ -55,6 +56,7 @@ class StubNode:
         self.snapshots: list[pykka.Future[Any]] = []
         self.statuses: list[pykka.Future[Any]] = []
         self.reads: list[tuple[bytes, str, pykka.Future[Any]]] = []
+        self.on_follower: list[bool] = []
         self.handler: Any = None
         self.metrics = Metrics()
 
@@ -67,8 +69,11 @@ class StubNode:
         self.proposals.extend(zip(commands, futures, strict=True))
         return list(futures)
 
-    def read(self, query: bytes, consistency: str, reply: pykka.Future[Any]) -> Any:
+    def read(
+        self, query: bytes, consistency: str, reply: pykka.Future[Any], *, on_follower: bool
+    ) -> Any:
         self.reads.append((query, consistency, reply))
+        self.on_follower.append(on_follower)
         return reply
 
     def snapshot(self, reply: pykka.Future[Any]) -> pykka.Future[Any]:
@@ -121,8 +126,12 @@ def test_distinct_writes_are_each_proposed_and_reads_never_are(
     kv.on_client_message(request(2, seq=0, op=GET, arg1=SERIALIZABLE))
     kv.on_client_message(request(3, seq=1))
     kv.on_client_message(request(4, seq=2))
+    any_peer = KVCommand(GET, "k", None, ANYWHERE)  # read_from="any"
+    kv.on_client_message(ClientRequest("client-1", 5, 0, encode_command(any_peer)))
     assert len(node.proposals) == 2
-    assert [consistency for _, consistency, _ in node.reads] == [LINEARIZABLE, SERIALIZABLE]
+    consistencies = [consistency for _, consistency, _ in node.reads]
+    assert consistencies == [LINEARIZABLE, SERIALIZABLE, LINEARIZABLE]
+    assert node.on_follower == [False, False, True]  # only "any" lets a follower serve it
     complete(node.reads[1][2], "v")
     [(_, reply)] = transport.sent
     assert (reply.request_id, reply.status, decode_result(reply.result)) == (
