@@ -33,8 +33,8 @@ class OptionsError(RaftError, ValueError):
 class NotLeaderError(RaftError):
     """This node does not lead: nothing was done. Retry at `leader_hint` (None: unknown)."""
 
-    def __init__(self, leader_hint: str | None) -> None:
-        super().__init__(f"not the leader; leader is {leader_hint or 'unknown'}")
+    def __init__(self, leader_hint: str | None, message: str | None = None) -> None:
+        super().__init__(message or f"not the leader; leader is {leader_hint or 'unknown'}")
         self.leader_hint = leader_hint
 
     outcome_label = "not_leader"
@@ -45,8 +45,7 @@ class LeadershipUnconfirmedError(NotLeaderError):
     was read; retry (here or elsewhere)."""
 
     def __init__(self, peer_id: str) -> None:
-        RaftError.__init__(self, f"{peer_id} could not confirm its leadership in time")
-        self.leader_hint = None
+        super().__init__(None, f"{peer_id} could not confirm its leadership in time")
 
 
 class LeadershipLostError(RaftError):

@@ -250,7 +250,7 @@ class Node(RaftActor):
         self._start_read_round()
 
     def _start_read_round(self) -> None:
-        started = self._reads.start_round(self.clock.now())
+        started = self._reads.start_round()
         if started is None:
             return
         confirmed = self._reads.confirmed_alone()

@@ -210,6 +210,7 @@ class RaftNode:
         return future
 
     def _tell(self, mailbox: Any, message: Any, future: pykka.Future[Any]) -> None:
+        """Tell an actor a message carrying `future`; a stopped node fails the future."""
         try:
             mailbox.tell(message)
         except pykka.ActorDeadError:
@@ -222,10 +223,7 @@ class RaftNode:
         nothing was applied since (None if there is none). Fails with RaftError when snapshots
         are off or the save failed."""
         future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
-        try:
-            self._actors.fsm_caller.tell(TakeSnapshot(future))
-        except pykka.ActorDeadError:
-            fail(future, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
+        self._tell(self._actors.fsm_caller, TakeSnapshot(future), future)
         return future
 
     def status(self, timeout: float = 5.0) -> NodeStatus:
@@ -236,10 +234,7 @@ class RaftNode:
 
     def status_async(self, reply: pykka.Future[Any]) -> None:
         """Complete `reply` with `status()` (a NodeStatus), without blocking the caller."""
-        try:
-            self._node.tell(GetStatus(reply))
-        except pykka.ActorDeadError:
-            fail(reply, NodeStoppedError(f"node {self.options.peer_id} is stopped"))
+        self._tell(self._node, GetStatus(reply), reply)
 
     def wait_for_leader(self, timeout: float = 10.0) -> str:
         """Block until this node knows a leader (itself or another); return its id. Raises

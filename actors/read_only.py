@@ -43,10 +43,9 @@ CONSISTENCIES = (LINEARIZABLE, LEASE, SERIALIZABLE)
 
 @dataclass
 class Round:
-    """One heartbeat round: its id, when it began, its reads and who acknowledged it."""
+    """One heartbeat round: its id, its reads and who acknowledged it."""
 
     number: int
-    started_at: float
     reads: list[tuple[int, Any]]  # (commit index on arrival, waiter)
     acks: set[str] = field(default_factory=set)
 
@@ -83,12 +82,12 @@ class ReadOnly:
         """A read arrived: it waits for the next round."""
         self.waiting.append((committed_index, waiter))
 
-    def start_round(self, now: float) -> Round | None:
+    def start_round(self) -> Round | None:
         """The round to send now, if reads wait, none is in flight and the term has begun."""
         if self.round is not None or not self.waiting or not self.ready:
             return None
         self._numbers += 1
-        self.round, self.waiting = Round(self._numbers, now, self.waiting), []
+        self.round, self.waiting = Round(self._numbers, self.waiting), []
         return self.round
 
     def acknowledge(self, peer: str, number: int) -> list[tuple[int, Any]] | None:

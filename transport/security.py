@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -95,9 +96,9 @@ def _private_dir(path: Path) -> None:
 
 def generate_keys(
     directory: Path | str,
-    peers: list[str],
-    clients: list[str] = [CLIENT_ROLE],  # noqa: B006 - never mutated
-    admins: list[str] = [ADMIN_ROLE],  # noqa: B006
+    peers: Sequence[str],
+    clients: Sequence[str] = (CLIENT_ROLE,),
+    admins: Sequence[str] = (ADMIN_ROLE,),
 ) -> dict[str, list[str]]:
     """Create the keys that are missing under `directory`; existing keys are kept, never
     overwritten (so new peers can be added to a deployed cluster's directory). Returns

@@ -21,9 +21,9 @@ def test_a_new_leader_serves_nothing_before_its_terms_first_entry() -> None:
     index; the read index is at least the term's first entry, so the read waits for it."""
     reads = ReadOnly(A, Configuration.of((A, B, C)))
     reads.add(4, "r1")
-    assert reads.start_round(0.0) is None  # the term has not begun: no round, no read
+    assert reads.start_round() is None  # the term has not begun: no round, no read
     reads.term_first_index = 10
-    started = reads.start_round(1.0)
+    started = reads.start_round()
     assert started is not None
     assert reads.acknowledge(B, started.number) == [(10, "r1")]
 
@@ -31,7 +31,7 @@ def test_a_new_leader_serves_nothing_before_its_terms_first_entry() -> None:
 def test_the_read_index_is_the_commit_index_on_arrival_once_the_term_has_committed() -> None:
     reads = ready(first=10)
     reads.add(25, "r1")
-    started = reads.start_round(0.0)
+    started = reads.start_round()
     assert started is not None
     assert reads.acknowledge(B, started.number) == [(25, "r1")]
 
@@ -39,7 +39,7 @@ def test_the_read_index_is_the_commit_index_on_arrival_once_the_term_has_committ
 def test_a_read_needs_a_quorum_of_acknowledgements() -> None:
     reads = ready((A, B, C, D, E))
     reads.add(12, "r1")
-    started = reads.start_round(0.0)
+    started = reads.start_round()
     assert started is not None
     assert reads.acknowledge(B, started.number) is None  # a and b: 2 of 5
     assert reads.acknowledge(B, started.number) is None  # b again counts once
@@ -49,13 +49,13 @@ def test_a_read_needs_a_quorum_of_acknowledgements() -> None:
 def test_reads_during_a_round_share_the_next_one() -> None:
     reads = ready()
     reads.add(11, "r1")
-    first = reads.start_round(0.0)
+    first = reads.start_round()
     assert first is not None
     reads.add(12, "r2")
     reads.add(13, "r3")
-    assert reads.start_round(0.1) is None  # one round in flight at a time
+    assert reads.start_round() is None  # one round in flight at a time
     assert reads.acknowledge(B, first.number) == [(11, "r1")]
-    second = reads.start_round(0.2)
+    second = reads.start_round()
     assert second is not None and second.number == first.number + 1
     assert reads.acknowledge(C, second.number) == [(12, "r2"), (13, "r3")]
 
@@ -63,11 +63,11 @@ def test_reads_during_a_round_share_the_next_one() -> None:
 def test_an_acknowledgement_of_an_earlier_round_or_from_a_stranger_counts_for_nothing() -> None:
     reads = ready()
     reads.add(11, "r1")
-    first = reads.start_round(0.0)
+    first = reads.start_round()
     assert first is not None
     assert reads.expire(first.number) == ["r1"]
     reads.add(12, "r2")
-    second = reads.start_round(1.0)
+    second = reads.start_round()
     assert second is not None
     assert reads.acknowledge(B, first.number) is None  # late: its round is over
     assert reads.acknowledge("x", second.number) is None  # not a member
@@ -77,7 +77,7 @@ def test_an_acknowledgement_of_an_earlier_round_or_from_a_stranger_counts_for_no
 def test_a_cluster_of_one_confirms_alone() -> None:
     reads = ready((A,))
     reads.add(11, "r1")
-    assert reads.start_round(0.0) is not None
+    assert reads.start_round() is not None
     assert reads.confirmed_alone() == [(11, "r1")]
 
 
@@ -85,7 +85,7 @@ def test_a_joint_configuration_needs_both_quorums() -> None:
     reads = ReadOnly(A, Configuration.of((A, D, E), old_peers=(A, B, C)))
     reads.term_first_index = 1
     reads.add(5, "r1")
-    started = reads.start_round(0.0)
+    started = reads.start_round()
     assert started is not None
     assert reads.acknowledge(B, started.number) is None  # old quorum only
     assert reads.acknowledge(D, started.number) == [(5, "r1")]
@@ -94,10 +94,10 @@ def test_a_joint_configuration_needs_both_quorums() -> None:
 def test_leadership_ending_drains_every_read() -> None:
     reads = ready()
     reads.add(11, "r1")
-    reads.start_round(0.0)
+    reads.start_round()
     reads.add(12, "r2")
     assert sorted(reads.drain()) == ["r1", "r2"]
-    assert reads.start_round(1.0) is None
+    assert reads.start_round() is None
 
 
 LEASE = 0.9  # election timeout 1 s, leader_lease_ratio 0.9
