@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="linearizable (default: a heartbeat round on the leader), lease (the leader's "
         "lease, assuming bounded clock drift) or serializable (any peer's state; may be stale)",
     )
+    get.add_argument(
+        "--read-from",
+        choices=("leader", "any"),
+        default="leader",
+        help="leader (default) or any: whichever peer of --peers the client picks serves it (a "
+        "follower asks the leader for a read index; still linearizable unless asked for less)",
+    )
     ops.add_parser("delete", help="delete KEY; prints whether it existed").add_argument("key")
     cas = ops.add_parser("cas", help="set KEY to NEW if it holds EXPECTED; prints true/false")
     cas.add_argument("key")
@@ -436,7 +443,8 @@ def run_client(args: argparse.Namespace) -> int:
             raise UsageError("cas takes KEY EXPECTED NEW, or --if-absent KEY NEW")
         expected, new = (None, args.expected) if args.if_absent else (args.expected, args.new)
     try:
-        with KVClient(peers, timeout=args.timeout, keys=args.keys) as client:
+        read_from = getattr(args, "read_from", "leader")
+        with KVClient(peers, timeout=args.timeout, keys=args.keys, read_from=read_from) as client:
             if args.op == "put":
                 client.put(args.key, args.value)
                 print("OK")

@@ -124,7 +124,7 @@ class RaftNode:
         )
         self = cls(options, actors, transport, own_clock, threads)
         try:
-            transport.start(self._router.deliver, self._transport_failed)
+            transport.start(self._router.deliver, self._transport_failed, self._router.drained)
         except BaseException:
             self.stop()  # e.g. the port is taken: leave no actor or thread behind
             raise
@@ -141,8 +141,13 @@ class RaftNode:
         /metrics); the embedding service may register families of its own in it."""
         return self._actors.metrics
 
-    def set_client_handler(self, handler: ClientHandler | None) -> None:
-        """Where ClientRequest/StatusRequest from the network go (the KV service sets this)."""
+    def set_client_handler(
+        self, handler: ClientHandler | None, drained: Callable[[], None] | None = None
+    ) -> None:
+        """Where ClientRequest/StatusRequest from the network go (the KV service sets this);
+        `drained()` is called after each burst of them, on the same (the transport's)
+        thread, so that a handler may batch what one burst brought."""
+        self._router.client_drained = drained
         self._router.client_handler = handler
 
     # -- the API -----------------------------------------------------------------------------

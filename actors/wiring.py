@@ -250,6 +250,12 @@ class Router:
         self.peer_id = peer_id
         self.actors = actors
         self.client_handler: ClientHandler | None = None
+        self.client_drained: Callable[[], None] | None = None
+
+    def drained(self) -> None:
+        """The transport delivered a burst: the client handler may hand on what it batched."""
+        if self.client_drained is not None:
+            self.client_drained()
 
     def deliver(self, message: RpcMessage) -> None:
         try:

@@ -2,12 +2,16 @@
 3-peer cluster (fsync on), 8 processes x 8 threads with a KVClient each (64 in flight), and
 one synchronous client. For put and for get at each consistency it prints the rate, the p50
 latency of one client, and the CPU seconds per operation of the peers and of the clients.
+Then the embedded rate: commands applied through RaftNode.apply_batch in the leader's own
+process (followers are processes; fsync on), ~1,000 in flight.
 
-    python bench/bench_reads.py [--ops 20000] [--single 2000]
+    pip install -e '.[bench]'   # PySyncObj, for the comparison
+    python bench/bench_reads.py [--ops 20000] [--single 2000] [--seconds 5]
 
-When `etcd` is on PATH (Debian: `apt-get install etcd-server`), the same loads run against a
-local 3-member etcd in the same run (bench/etcd_local.py), and the ratios are printed. (The
-PySyncObj comparison of the embedded rate is not in it yet.)
+In the same run, for comparison: when `etcd` is on PATH (Debian: `apt-get install
+etcd-server`), the same client loads against a local 3-member etcd (bench/etcd_local.py); and
+when PySyncObj is installed, its embedded rate in its best mode (async, a window of 1,000;
+bench/pysyncobj_local.py). The ratios are printed last.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import pysyncobj_local  # noqa: E402
+from bench_service import bench_embedded  # noqa: E402
 from bench_snapshots import VALUE, Cluster  # noqa: E402
 from etcd_local import EtcdClient, EtcdCluster, available  # noqa: E402
 
@@ -160,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ops", type=int, default=20_000, help="operations per loaded run")
     parser.add_argument("--single", type=int, default=2_000, help="operations, one client")
+    parser.add_argument("--seconds", type=float, default=5.0, help="of each embedded run")
     args = parser.parse_args()
     print(f"3 peers/members, fsync on; 64 in flight = 8 processes x 8 clients; {args.ops} ops")
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="bench-reads-")))
@@ -170,6 +177,14 @@ def main() -> None:
         ours = measure("ours", cluster.ids, pids, args)
     finally:
         cluster.stop()
+    embedded = embedded_rate(args.seconds)
+    print(f"ours  embedded apply (~1,000 in flight, fsync on)      {embedded:8.0f}/s", flush=True)
+    theirs_embedded = pysyncobj_local.embedded_rate(args.seconds, window=1000)
+    if theirs_embedded is None:
+        print("PySyncObj is not installed (pip install -e '.[bench]'): no embedded comparison")
+    else:
+        print(f"PySyncObj embedded apply (async, window 1,000, no fsync) {theirs_embedded:8.0f}/s")
+        print(f"ratio embedded apply {embedded / theirs_embedded:.2f}x PySyncObj's", flush=True)
     if not available():
         print("etcd is not installed (apt-get install etcd-server): no comparison")
         return
@@ -179,6 +194,20 @@ def main() -> None:
         etcd = measure("etcd", etcd_cluster.clients, etcd_cluster.pids(), args)
     finally:
         etcd_cluster.stop()
+    compare(ours, etcd)
+
+
+def embedded_rate(seconds: float) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-embedded-") as tmp:
+        result, followers = bench_embedded(Path(tmp), True, seconds, window=1024)
+        for follower in followers:
+            follower.stop()
+    return result["ops/s"]
+
+
+def compare(
+    ours: dict[str, tuple[float, str, float]], etcd: dict[str, tuple[float, str, float]]
+) -> None:
     for op, (rate, _, p50) in ours.items():
         theirs = etcd.get(op if op != "lease" else "linearizable")
         if theirs is not None:

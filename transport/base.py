@@ -15,6 +15,10 @@ Failure = Callable[[str], None]
 Deliver = Callable[[RpcMessage], None]
 """Called with each decoded, validated inbound message. Runs on the transport's thread: it must
 not block (typically it is an ActorRef.tell)."""
+Drained = Callable[[], None]
+"""Called after each burst of `deliver` calls (everything one wake-up received), on the same
+thread: where a receiver that batches (the KV server's proposals) hands its batch on. Every
+delivered message is followed by a call, so a batch never waits for later traffic."""
 
 
 class Transport(Protocol):
@@ -26,10 +30,12 @@ class Transport(Protocol):
         """The largest frame it sends or receives: what one message may hold."""
         ...
 
-    def start(self, deliver: Deliver, on_failure: Failure | None = None) -> None:
-        """Begin receiving; every inbound message goes to `deliver`. `on_failure(reason)` is
-        called (once, on the transport's thread) if the transport stops working by itself,
-        so that its owner does not go on deaf."""
+    def start(
+        self, deliver: Deliver, on_failure: Failure | None = None, on_drained: Drained | None = None
+    ) -> None:
+        """Begin receiving; every inbound message goes to `deliver`, and `on_drained()` follows
+        each burst of them. `on_failure(reason)` is called (once, on the transport's thread) if
+        the transport stops working by itself, so that its owner does not go on deaf."""
         ...
 
     def send(self, to: str, message: RpcMessage) -> None:

@@ -123,6 +123,7 @@ class KVClient:
         self.client_id = f"client-{uuid.uuid4().hex}"
         self._context = context or zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
+        self._poller = zmq.Poller()  # every socket of _sockets, registered as it is made
         self._leader: str | None = None
         self._seq = 0
         self._request_ids = itertools.count(1)
@@ -178,6 +179,7 @@ class KVClient:
         with self._lock:
             self._closed = True
             for sock in self._sockets.values():
+                self._poller.unregister(sock)
                 sock.close(linger=0)
             self._sockets.clear()
 
@@ -263,6 +265,7 @@ class KVClient:
                 self._security.configure_client(sock, peer)
             sock.connect(f"tcp://{host}:{port}")
             self._sockets[peer] = sock
+            self._poller.register(sock, zmq.POLLIN)
         return sock
 
     def _send(self, peer: str, message: ClientRequest | StatusRequest | AdminRequest) -> bool:
@@ -291,12 +294,9 @@ class KVClient:
         return None
 
     def _receive_any(self, deadline: float) -> list[Any]:
-        poller = zmq.Poller()
-        for sock in self._sockets.values():
-            poller.register(sock, zmq.POLLIN)
         timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
         replies = []
-        for sock, _ in poller.poll(timeout_ms):
+        for sock, _ in self._poller.poll(timeout_ms):
             while True:
                 try:
                     frame = sock.recv(zmq.NOBLOCK)

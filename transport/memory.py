@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from transport import codec
-from transport.base import Deliver, Failure
+from transport.base import Deliver, Drained, Failure
 from transport.errors import DecodeError, EncodeError
 from transport.rpc import RpcMessage
 
@@ -76,6 +76,7 @@ class MemoryTransport:
         self._network = network
         self._local_id = local_id
         self._deliver: Deliver | None = None
+        self._on_drained: Drained | None = None
         self._stopped = False
 
     @property
@@ -91,13 +92,17 @@ class MemoryTransport:
     def max_frame_size(self) -> int:
         return codec.DEFAULT_MAX_FRAME_SIZE
 
-    def start(self, deliver: Deliver, on_failure: Failure | None = None) -> None:
-        """Begin receiving: every message that arrives from now on goes to `deliver`."""
+    def start(
+        self, deliver: Deliver, on_failure: Failure | None = None, on_drained: Drained | None = None
+    ) -> None:
+        """Begin receiving: every message that arrives from now on goes to `deliver`, each
+        followed by `on_drained()` (a burst of one)."""
         if self._stopped:
             raise RuntimeError(f"endpoint {self._local_id} was stopped; create a new one")
         if self._deliver is not None:
             raise RuntimeError(f"endpoint {self._local_id} already started")
         self._deliver = deliver
+        self._on_drained = on_drained
 
     def send(self, to: str, message: RpcMessage) -> None:
         """Route `message` to endpoint `to` through the network's faults. Never blocks; raises
@@ -110,7 +115,16 @@ class MemoryTransport:
 
     def _receiver(self) -> Deliver | None:
         """The deliver callable if this endpoint accepts messages now, else None."""
-        return None if self._stopped else self._deliver
+        if self._stopped or self._deliver is None:
+            return None
+        if self._on_drained is None:
+            return self._deliver
+        return self._deliver_one
+
+    def _deliver_one(self, message: RpcMessage) -> None:
+        assert self._deliver is not None and self._on_drained is not None
+        self._deliver(message)
+        self._on_drained()
 
 
 class MemoryNetwork:

@@ -52,7 +52,7 @@ from typing import Any, Final
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from transport.base import Deliver, Failure
+from transport.base import Deliver, Drained, Failure
 from transport.codec import DEFAULT_MAX_FRAME_SIZE, decode, encode
 from transport.errors import BindError, DecodeError, EncodeError, TransportError
 from transport.rpc import AdminRequest, ClientResponse, ClientStatus, RpcMessage
@@ -296,6 +296,7 @@ class ZmqTransport:
         self._start_error: BaseException | None = None
         self._deliver: Deliver | None = None
         self._on_failure: Failure | None = None
+        self._on_drained: Drained | None = None
         self._bound_endpoint = ""
 
         # I/O-thread-only state (written by the I/O thread only; read racily by `stats`).
@@ -382,8 +383,11 @@ class ZmqTransport:
 
     # ---- Transport protocol -----------------------------------------------------------------
 
-    def start(self, deliver: Deliver, on_failure: Failure | None = None) -> None:
+    def start(
+        self, deliver: Deliver, on_failure: Failure | None = None, on_drained: Drained | None = None
+    ) -> None:
         """Bind the ROUTER, connect the DEALERs and start the I/O thread; returns once bound.
+        `on_drained()` runs on the I/O thread after each burst of deliveries.
 
         Raises BindError (naming the address) if the address cannot be bound, RuntimeError if
         started twice or after stop().
@@ -394,6 +398,7 @@ class ZmqTransport:
             self._state = "running"
         self._deliver = deliver
         self._on_failure = on_failure
+        self._on_drained = on_drained
         self._waker = _Waker()
         self._thread = threading.Thread(
             target=self._run, name=f"zmq-transport-{self._local_id}", daemon=True
@@ -611,8 +616,8 @@ class _IoLoop:
                     self._count_refusals()
                 else:
                     self._discard_inbound(item)
-            if readable:
-                self._receive()
+            if readable and self._receive():
+                self._drained()
             more = self._send_queued() if queue else False
             # Frames left over (batch limit) -> poll without sleeping and continue.
             timeout = 0 if more else _POLL_MS
@@ -669,14 +674,24 @@ class _IoLoop:
             # The monitor names only our own endpoint, so the log is rate-limited per reason.
             self.t._bad_log.report(reason.encode(), _REFUSAL_TEXT[reason], "refused connections:")
 
-    def _receive(self) -> None:
-        """Drain up to _INBOUND_BATCH messages from the ROUTER; validate and deliver each."""
+    def _drained(self) -> None:
+        on_drained = self.t._on_drained
+        if on_drained is not None:
+            try:
+                on_drained()
+            except Exception:
+                self._deliver_failed("on_drained")
+
+    def _receive(self) -> bool:
+        """Drain up to _INBOUND_BATCH messages from the ROUTER; validate and deliver each.
+        Returns whether it delivered any."""
         t = self.t
         recv_multipart = self.router.recv_multipart
         deliver = self.deliver
         max_frame_size = t._max_frame_size
         security = self.security
         user = ""
+        delivered = False
         for _ in range(_INBOUND_BATCH):
             try:
                 if security is None:
@@ -686,7 +701,7 @@ class _IoLoop:
                     user = str(frames[-1].get("User-Id"))
                     parts = [f.bytes for f in frames]
             except zmq.Again:
-                return
+                break
             t._frames_in += 1
             # Invariant: a ROUTER message is [routing id, *frames sent by the peer].
             if len(parts) != 2:
@@ -709,12 +724,14 @@ class _IoLoop:
                     self._unauthorized(source, message, refusal)
                     continue
             t._delivered += 1
+            delivered = True
             try:
                 deliver(message)
             except Exception:
-                self._deliver_failed(message)
+                self._deliver_failed(type(message).__name__)
+        return delivered
 
-    def _deliver_failed(self, message: RpcMessage) -> None:
+    def _deliver_failed(self, what: str) -> None:
         """Count and log (at most every _DELIVER_ERROR_LOG_INTERVAL s) a deliver exception;
         called from the except block. The thread carries on: a bug in one actor (or an actor
         that has stopped) must not stop the node's networking."""
@@ -726,7 +743,7 @@ class _IoLoop:
             log.exception(
                 "%s: deliver(%s) failed (%d failures so far)",
                 t._local_id,
-                type(message).__name__,
+                what,
                 t._deliver_errors,
             )
 

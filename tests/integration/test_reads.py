@@ -57,6 +57,17 @@ def test_the_cli_reads_with_each_consistency(service: MakeService) -> None:
             timeout=60,
         )
         assert (done.returncode, done.stdout.strip()) == (0, "hello"), done.stderr
+    # --read-from any, given only a follower: it answers itself, with the leader's read index.
+    follower = next(p for p in cluster.ids if p != cluster.leader())
+    keys = cluster.contact_flags()[2:]
+    done = subprocess.run(
+        [sys.executable, LAUNCHER, "client", "--peers", follower, *keys]
+        + ["get", "greeting", "--read-from", "any"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "hello"), done.stderr
     wrong = subprocess.run(
         [sys.executable, LAUNCHER, "client", "get", "k", "--consistency", "eventual"],
         capture_output=True,

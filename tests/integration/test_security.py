@@ -115,8 +115,8 @@ def test_a_client_key_cannot_vote_or_append_as_a_peer(secured: ServiceCluster) -
     AppendEntries claiming leadership - under a peer's routing id and name: every peer drops
     it, so no term moves and the leader keeps serving."""
     assert secured.keys is not None
+    leader = secured.leader()  # first: every peer agrees, so no term moves by itself now
     before = {s["id"]: s["term"] for s in peer_statuses(secured)}
-    leader = secured.leader()
     victim, forged_as = [p for p in secured.ids if p != leader][:2]
     security = ClientSecurity(secured.keys, (CLIENTS,))
     context: zmq.Context[Any] = zmq.Context()

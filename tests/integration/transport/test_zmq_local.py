@@ -331,3 +331,38 @@ def test_a_failing_io_thread_tells_its_owner(monkeypatch: pytest.MonkeyPatch) ->
         assert reasons == ["transport I/O thread failed: RuntimeError: io bug"]
     finally:
         transport.stop()
+
+
+def test_every_burst_of_deliveries_is_followed_by_on_drained(raw_dealer: RawDealer) -> None:
+    """The KV server proposes a burst's writes when told it is drained: no delivered message
+    may be left without a drained call after it, and a failing on_drained stops nothing."""
+    events: list[Any] = []
+    raised = [0]
+    done = threading.Event()
+    count = 200
+
+    def deliver(message: RpcMessage) -> None:
+        assert isinstance(message, RequestVoteRequest)
+        events.append(message.term)
+
+    def on_drained() -> None:
+        events.append("drained")
+        if len([e for e in events if e != "drained"]) == count:
+            done.set()
+        if len(events) % 3 == 0:
+            raised[0] += 1
+            raise RuntimeError("a drained hook that fails now and then")
+
+    transport = ZmqTransport("a", "tcp://127.0.0.1:0")
+    transport.start(deliver, on_drained=on_drained)
+    try:
+        dealer = raw_dealer(transport.bound_endpoint, b"x")
+        for term in range(1, count + 1):
+            dealer.send(encode(vote("x", term)))
+        assert done.wait(TIMEOUT), f"only {events[-5:]} after {TIMEOUT} s"
+        assert [e for e in events if e != "drained"] == list(range(1, count + 1))
+        assert events[-1] == "drained"
+        assert 1 <= events.count("drained") <= count
+        assert transport.stats.deliver_errors == raised[0]
+    finally:
+        transport.stop()

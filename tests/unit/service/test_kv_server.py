@@ -33,6 +33,7 @@ from transport.kv_protocol import (
     SERIALIZABLE,
     KVCommand,
     decode_admin_result,
+    decode_logged,
     decode_result,
     encode_command,
     encode_result,
@@ -58,15 +59,22 @@ class StubNode:
         self.reads: list[tuple[bytes, str, pykka.Future[Any]]] = []
         self.on_follower: list[bool] = []
         self.handler: Any = None
+        self.drained: Any = None
+        self.batches: list[int] = []  # the size of each apply_batch call
+        self.refuse: Exception | None = None  # apply_batch raises it
         self.metrics = Metrics()
 
-    def set_client_handler(self, handler: Any) -> None:
+    def set_client_handler(self, handler: Any, drained: Any = None) -> None:
         self.handler = handler
+        self.drained = drained
 
     def apply_batch(
         self, commands: Sequence[bytes], futures: Sequence[pykka.Future[Any]]
     ) -> list[pykka.Future[Any]]:
+        if self.refuse is not None:
+            raise self.refuse
         self.proposals.extend(zip(commands, futures, strict=True))
+        self.batches.append(len(commands))
         return list(futures)
 
     def read(
@@ -103,18 +111,59 @@ def request(request_id: int, seq: int = 1, op: str = PUT, arg1: str | None = Non
     return ClientRequest("client-1", request_id, seq, encode_command(command))
 
 
+def deliver(kv: KVServer, *messages: Any) -> None:
+    """The transport's way: a burst of messages, then `drained`."""
+    for message in messages:
+        kv.on_client_message(message)
+    kv.drained()
+
+
+def test_the_writes_of_one_burst_are_proposed_together_in_arrival_order(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+) -> None:
+    kv, node, transport = server
+    burst = [request(i, seq=i) for i in (1, 2, 3)] + [request(4, seq=0, op=GET)]
+    for message in burst:
+        kv.on_client_message(message)
+    assert node.proposals == [] and len(node.reads) == 1  # reads at once, writes at the end
+    kv.drained()
+    assert node.batches == [3]
+    assert [decode_logged(command).seq for command, _ in node.proposals] == [1, 2, 3]
+    for _, future in node.proposals:
+        complete(future, None)
+    assert [m.request_id for _, m in transport.take()] == [1, 2, 3]
+    kv.drained()  # an empty burst proposes nothing
+    assert node.batches == [3]
+
+
+def test_a_batch_the_node_refuses_answers_every_write_in_it(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+) -> None:
+    kv, node, transport = server
+    node.refuse = NodeStoppedError("stopped")
+    deliver(kv, request(1, seq=1), request(2, seq=2))
+    answers = [m for _, m in transport.take()]
+    assert [(a.request_id, a.status) for a in answers] == [
+        (1, ClientStatus.NOT_LEADER),
+        (2, ClientStatus.NOT_LEADER),
+    ]
+    node.refuse = None
+    deliver(kv, request(3, seq=1))  # nothing was left in flight: the retry is proposed
+    assert node.batches == [1]
+
+
 def test_a_retry_of_a_write_in_flight_joins_it_instead_of_proposing_a_copy(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     """Retries after a client timeout must not pile copies of one write into the log."""
     kv, node, transport = server
-    for request_id in (1, 2, 3):  # the client asked three times: same client, same seq
-        kv.on_client_message(request(request_id))
+    deliver(kv, request(1), request(2))  # a retry in the same burst
+    deliver(kv, request(3))  # and one in a later burst: same client, same seq
     assert len(node.proposals) == 1
     complete(node.proposals[0][1], None)
     answers = [message for _, message in transport.take()]
     assert [(a.request_id, a.status) for a in answers] == [(i, ClientStatus.OK) for i in (1, 2, 3)]
-    kv.on_client_message(request(4))  # answered: a later retry is proposed (the session answers)
+    deliver(kv, request(4))  # answered: a later retry is proposed (the session answers)
     assert len(node.proposals) == 2
 
 
@@ -122,12 +171,12 @@ def test_distinct_writes_are_each_proposed_and_reads_never_are(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(request(1, seq=0, op=GET))
-    kv.on_client_message(request(2, seq=0, op=GET, arg1=SERIALIZABLE))
-    kv.on_client_message(request(3, seq=1))
-    kv.on_client_message(request(4, seq=2))
+    deliver(kv, request(1, seq=0, op=GET))
+    deliver(kv, request(2, seq=0, op=GET, arg1=SERIALIZABLE))
+    deliver(kv, request(3, seq=1))
+    deliver(kv, request(4, seq=2))
     any_peer = KVCommand(GET, "k", None, ANYWHERE)  # read_from="any"
-    kv.on_client_message(ClientRequest("client-1", 5, 0, encode_command(any_peer)))
+    deliver(kv, ClientRequest("client-1", 5, 0, encode_command(any_peer)))
     assert len(node.proposals) == 2
     consistencies = [consistency for _, consistency, _ in node.reads]
     assert consistencies == [LINEARIZABLE, SERIALIZABLE, LINEARIZABLE]
@@ -162,7 +211,7 @@ def test_definite_and_unknown_outcomes_stay_apart_through_to_the_client(
     server: tuple[KVServer, StubNode, RecordingTransport], error: Exception, status: int
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(request(1))
+    deliver(kv, request(1))
     fail(node.proposals[0][1], error)
     [(to, answer)] = transport.take()
     assert to == "client-1" and isinstance(answer, ClientResponse)
@@ -174,7 +223,7 @@ def test_a_successful_write_returns_the_encoded_result(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(request(7))
+    deliver(kv, request(7))
     complete(node.proposals[0][1], "v")
     [(_, answer)] = transport.take()
     assert (answer.request_id, answer.status, answer.result) == (7, 0, encode_result("v"))
@@ -187,7 +236,7 @@ def test_admin_snapshot_answers_with_the_snapshot_taken(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(AdminRequest("admin-1", 7, ADMIN_SNAPSHOT))
+    deliver(kv, AdminRequest("admin-1", 7, ADMIN_SNAPSHOT))
     assert transport.take() == []  # answered once the snapshot is durable, not before
     (reply,) = node.snapshots
     complete(reply, SnapshotMeta(42, 3, b"conf", size=1000, checksum=5))
@@ -216,7 +265,7 @@ def test_admin_snapshot_refusals_are_definite_errors(
     message: str,
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(AdminRequest("admin-1", 8, ADMIN_SNAPSHOT))
+    deliver(kv, AdminRequest("admin-1", 8, ADMIN_SNAPSHOT))
     if outcome is None:
         complete(node.snapshots[0], None)
     else:
@@ -229,7 +278,7 @@ def test_an_unknown_admin_operation_is_refused_and_does_nothing(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    kv.on_client_message(AdminRequest("admin-1", 9, "format-the-disk"))
+    deliver(kv, AdminRequest("admin-1", 9, "format-the-disk"))
     ((_, response),) = transport.take()
     assert response.status == ClientStatus.ERROR and "unknown admin operation" in response.message
     assert node.snapshots == [] and node.proposals == []
@@ -243,11 +292,11 @@ def test_every_answer_is_counted_by_operation_and_status(
 ) -> None:
     kv, node, _ = server
     for request_id in (1, 2):  # a write and its retry, joined: two answers
-        kv.on_client_message(request(request_id))
-    kv.on_client_message(request(3, seq=0, op=GET))
-    kv.on_client_message(ClientRequest("client-1", 4, 5, b"\xc1"))  # does not decode
-    kv.on_client_message(StatusRequest("client-1", 5))
-    kv.on_client_message(AdminRequest("admin-1", 6, "format-the-disk"))
+        deliver(kv, request(request_id))
+    deliver(kv, request(3, seq=0, op=GET))
+    deliver(kv, ClientRequest("client-1", 4, 5, b"\xc1"))  # does not decode
+    deliver(kv, StatusRequest("client-1", 5))
+    deliver(kv, AdminRequest("admin-1", 6, "format-the-disk"))
     complete(node.proposals[0][1], None)
     fail(node.reads[0][2], NotLeaderError("b:2"))
     complete(node.statuses[0], SimpleNamespace(to_json=lambda: {"id": ME}))

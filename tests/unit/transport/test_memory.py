@@ -98,6 +98,18 @@ def test_synchronous_delivery_through_the_codec() -> None:
     assert (stats.sent, stats.delivered, stats.dropped, stats.in_flight) == (1, 1, 0, 0)
 
 
+def test_each_delivery_is_a_burst_of_one_followed_by_on_drained() -> None:
+    network = MemoryNetwork()
+    events: list[Any] = []
+    receiver = network.endpoint("b")
+    receiver.start(lambda m: events.append(m.term), on_drained=lambda: events.append("drained"))
+    sender = network.endpoint("a")
+    sender.start(lambda m: None)
+    for term in (1, 2):
+        sender.send("b", vote("a", term))
+    assert events == [1, "drained", 2, "drained"]
+
+
 def test_without_encoding_the_same_object_is_delivered() -> None:
     peers = Peers(MemoryNetwork(encode=False), "a", "b")
     message = vote("a")

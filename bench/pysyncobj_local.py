@@ -1,0 +1,106 @@
+"""A local 3-node PySyncObj cluster, measured the way its own benchmark measures it: commands
+applied through the leader's object, in its process, asynchronously with a window of commands
+in flight (its best mode). Each node is its own OS process on 127.0.0.1; PySyncObj keeps its
+journal in memory (it has no fsync at all), so the comparison flatters it.
+
+    rate = embedded_rate(seconds=5.0, window=1000)   # commands/s, or None if not installed
+
+Install it in the benchmark's environment: `pip install -e '.[bench]'` (PyPI `pysyncobj`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from transport.peers import free_ports  # noqa: E402
+
+VALUE = "v" * 32
+KEYS = 1000
+
+
+def available() -> bool:
+    try:
+        import pysyncobj  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _node(me: str, partners: list[str], seconds: float, window: int, results: Any) -> None:
+    """One node. The one that leads once the cluster is ready runs the load and reports
+    (commands, seconds); every node lives until the load is over (`results` gets a value)."""
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    class KV(SyncObj):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(me, partners, SyncObjConf(appendEntriesUseBatch=True))
+            self.data: dict[str, str] = {}
+
+        @replicated  # type: ignore[misc]
+        def set(self, key: str, value: str) -> None:
+            self.data[key] = value
+
+    kv = KV()
+    deadline = time.monotonic() + 60
+    while not (kv._isReady() and kv._getLeader() is not None) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a poll of PySyncObj's own state: it offers no event to wait on
+    if kv._isLeader():
+        slots = threading.BoundedSemaphore(window)
+        applied = [0]
+
+        def done(_result: Any, error: Any) -> None:
+            if error == 0:  # FAIL_REASON.SUCCESS
+                applied[0] += 1
+            slots.release()
+
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < seconds:
+            slots.acquire()
+            kv.set(f"k{n % KEYS}", VALUE, callback=done)
+            n += 1
+        for _ in range(window):  # drain: every command in flight completes or fails
+            slots.acquire(timeout=10)
+        results.put((applied[0], time.monotonic() - started))
+    else:
+        results.put(None)
+    kv.destroy()
+
+
+def embedded_rate(seconds: float = 5.0, window: int = 1000) -> float | None:
+    """Commands/s applied at PySyncObj's leader with `window` in flight; None if PySyncObj is
+    not installed or no node led."""
+    if not available():
+        return None
+    nodes = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    procs = [
+        context.Process(
+            target=_node, args=(me, [n for n in nodes if n != me], seconds, window, results)
+        )
+        for me in nodes
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        reports = [results.get(timeout=seconds + 90) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    measured = [r for r in reports if r is not None]
+    if not measured:
+        return None
+    applied, elapsed = measured[0]
+    return float(applied / elapsed)
