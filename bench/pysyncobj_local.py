@@ -34,9 +34,12 @@ def available() -> bool:
     return True
 
 
-def _node(me: str, partners: list[str], seconds: float, window: int, results: Any) -> None:
+def _node(
+    me: str, partners: list[str], seconds: float, window: int, results: Any, finished: Any
+) -> None:
     """One node. The one that leads once the cluster is ready runs the load and reports
-    (commands, seconds); every node lives until the load is over (`results` gets a value)."""
+    (commands, seconds), the others report None; every node lives on until `finished` is set
+    (the leader needs its followers until its last command is in)."""
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class KV(SyncObj):  # type: ignore[misc]
@@ -72,6 +75,7 @@ def _node(me: str, partners: list[str], seconds: float, window: int, results: An
         results.put((applied[0], time.monotonic() - started))
     else:
         results.put(None)
+    finished.wait(seconds + 120)
     kv.destroy()
 
 
@@ -82,10 +86,11 @@ def embedded_rate(seconds: float = 5.0, window: int = 1000) -> float | None:
         return None
     nodes = [f"127.0.0.1:{port}" for port in free_ports(3)]
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    results, finished = context.Queue(), context.Event()
     procs = [
         context.Process(
-            target=_node, args=(me, [n for n in nodes if n != me], seconds, window, results)
+            target=_node,
+            args=(me, [n for n in nodes if n != me], seconds, window, results, finished),
         )
         for me in nodes
     ]
@@ -94,6 +99,7 @@ def embedded_rate(seconds: float = 5.0, window: int = 1000) -> float | None:
     try:
         reports = [results.get(timeout=seconds + 90) for _ in procs]
     finally:
+        finished.set()
         for proc in procs:
             proc.join(10)
             if proc.is_alive():
