@@ -60,9 +60,9 @@ def test_the_cli_reads_with_each_consistency(service: MakeService) -> None:
     # --read-from any, given only a follower: it answers itself, with the leader's read index.
     follower = next(p for p in cluster.ids if p != cluster.leader())
     keys = cluster.contact_flags()[2:]
+    command = [sys.executable, LAUNCHER, "client", "--peers", follower, *keys]
     done = subprocess.run(
-        [sys.executable, LAUNCHER, "client", "--peers", follower, *keys]
-        + ["get", "greeting", "--read-from", "any"],
+        [*command, "get", "greeting", "--read-from", "any"],
         capture_output=True,
         text=True,
         timeout=60,
