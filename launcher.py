@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="never fsync the log (benchmarks only: a power failure loses acknowledged data)",
     )
     run.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
+    # The chaos runner's clock nemesis: the Raft clock runs at this rate (actors.clock).
+    run.add_argument("--clock-rate", type=_clock_rate, default=1.0, help=argparse.SUPPRESS)
     _keys_flag(run)
 
     client = commands.add_parser("client", help="send one operation to the service")
@@ -200,6 +202,16 @@ def _keys_flag(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="encrypt and authenticate with the CurveZMQ keys in DIR (made by `keygen DIR`)",
     )
+
+
+def _clock_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.5 <= rate <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be between 0.5 and 2, not {rate}")
+    return rate
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -272,6 +284,7 @@ def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerC
         snapshot_throttle_bytes=args.snapshot_throttle_bytes,
         http=http,
         keys=args.keys,
+        clock_rate=args.clock_rate,
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.clock import RealClock
 from actors.configuration import Configuration
 from actors.options import NodeOptions, RaftOptions
 from actors.raft_node import RaftNode
@@ -70,6 +71,9 @@ class PeerConfig:
     snapshot_throttle_bytes: int = 0  # per follower, bytes/s; 0 = unthrottled
     http: str | None = None  # H:P of the operators' HTTP server (/metrics, /health, ...)
     keys: Path | None = None  # CurveZMQ key directory (transport.security); None: plaintext
+    # The Raft clock's rate against the machine's (actors.clock.RealClock): the chaos runner's
+    # clock nemesis only, through the launcher's hidden --clock-rate.
+    clock_rate: float = 1.0
 
     @property
     def peer_dir(self) -> Path:
@@ -124,6 +128,7 @@ def run_peer(
         config.peer_id, peer_address(config.peer_id), config.peers, security=security
     )
     failure: list[str] = []
+    clock = RealClock(config.clock_rate)  # ours, not the node's: stopped after the node
 
     def on_error(reason: str) -> None:  # on the Node's thread: only record and wake
         failure.append(reason)
@@ -136,12 +141,15 @@ def run_peer(
             log_storage,
             meta,
             transport,
+            clock=clock,
             on_error=on_error,
             snapshot_storage=snapshots,
         )
     except (StorageError, OSError) as error:  # e.g. the log does not continue the snapshot
+        clock.stop()
         raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
     except BindError as error:
+        clock.stop()
         _, port = parse_peer(config.peer_id)
         raise PeerStartError(f"cannot listen: {error.reason} (port {port} in use?)") from error
     http: StatusHTTPServer | None = None
@@ -157,6 +165,7 @@ def run_peer(
         if http is not None:
             http.close()
         node.stop()
+        clock.stop()
     if failure:
         raise PeerFailedError(f"entered ERROR: {failure[0]}")
     print(f"peer {config.peer_id} stopped", flush=True)

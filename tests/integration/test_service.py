@@ -181,6 +181,8 @@ def run_launcher(*args: str) -> subprocess.CompletedProcess[str]:
         (["--snapshot-throttle-bytes", "-1"], "--snapshot-throttle-bytes must be 0"),
         (["admin", "snapshot", "not-a-peer"], "snapshot: bad peer address"),
         (["admin", "--timeout", "0", "members"], "--timeout must be positive"),
+        (["--clock-rate", "3"], "must be between 0.5 and 2"),
+        (["--clock-rate", "fast"], "not a number"),
     ],
 )
 def test_bad_command_line_gets_a_clear_message(args: list[str], message: str) -> None:

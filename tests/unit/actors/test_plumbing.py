@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import pykka
@@ -148,6 +149,38 @@ def test_real_clock_runs_all_timers_on_one_thread_in_order() -> None:
         assert done.wait(timeout=5)
         assert [i for i, _ in seen] == [1, 2, 3]
         assert {name for _, name in seen} == {"raft-timers"}
+    finally:
+        clock.stop()
+
+
+def test_real_clock_at_a_rate_scales_now_and_timer_delays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: real[0])
+    fast, slow = RealClock(rate=1.1), RealClock(rate=0.9)
+    start_fast, start_slow = fast.now(), slow.now()
+    real[0] += 10.0
+    assert fast.now() - start_fast == pytest.approx(11.0)
+    assert slow.now() - start_slow == pytest.approx(9.0)
+    # A timer's deadline is kept in real seconds: 1 clock second is 1/rate real ones.
+    timer = fast.call_later(1.1, lambda: None)
+    assert timer.deadline == pytest.approx(real[0] + 1.0)  # type: ignore[attr-defined]
+    fast.stop()
+    slow.stop()
+    with pytest.raises(ValueError, match="positive"):
+        RealClock(rate=0.0)
+
+
+def test_real_clock_fast_rate_fires_timers_early_in_real_time() -> None:
+    clock = RealClock(rate=4.0)
+    try:
+        fired = threading.Event()
+        real_start, clock_start = time.monotonic(), clock.now()
+        clock.call_later(0.4, fired.set)
+        assert fired.wait(timeout=5)
+        assert clock.now() - clock_start >= 0.4  # the clock saw its whole delay pass...
+        assert time.monotonic() - real_start >= 0.1  # ...in a quarter of the real time
     finally:
         clock.stop()
 
