@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from actors.service.errors import ServiceError
@@ -53,6 +54,8 @@ def peer_command(
         command += ["--supervisor-pid", str(supervisor_pid)]
     if not config.fsync:
         command.append("--no-fsync")
+    if config.clock_rate != 1.0:
+        command += ["--clock-rate", repr(config.clock_rate)]
     return command
 
 
@@ -66,8 +69,12 @@ class LocalPeer:
         log_level: str = "WARNING",
         log_path: Path | None = None,
         new_session: bool = False,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.config = config
+        # A command prefix that must exec the peer in place (same pid, so that kill -9 and
+        # SIGSTOP reach it): e.g. `ip netns exec NS` (the chaos runner).
+        self.wrapper = list(wrapper)
         self.id = config.peer_id
         self.log_level = log_level
         self.log_path = log_path
@@ -99,7 +106,9 @@ class LocalPeer:
     def start(self) -> None:
         """Launch the process; `wait_ready` waits for it to serve."""
         assert not self.running, f"{self.id} is already running"
-        command = peer_command(self.config, log_level=self.log_level, supervisor_pid=os.getpid())
+        command = self.wrapper + peer_command(
+            self.config, log_level=self.log_level, supervisor_pid=os.getpid()
+        )
         if self.log_path is None:
             self.process = subprocess.Popen(command, start_new_session=self.new_session)
         else:

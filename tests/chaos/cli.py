@@ -22,7 +22,10 @@ LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.chaos",
-        description="Kill and pause peers of a local cluster under load; check linearizability.",
+        description=(
+            "Kill, pause, partition, wipe and skew the clocks of a local cluster's peers "
+            "under load; check linearizability."
+        ),
     )
     parser.add_argument("--peers", default="3", help="a number of peers on free ports, or H:P,...")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
@@ -41,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--snapshot-log-margin", type=int, default=50, help="entries kept before a snapshot"
+    )
+    parser.add_argument(
+        "--no-partitions",
+        dest="partitions",
+        action="store_false",
+        help="no network partitions (they need root, ip and nft; skipped with a reason if not)",
+    )
+    parser.add_argument(
+        "--no-wipes", dest="wipes", action="store_false", help="never wipe a peer's data"
+    )
+    parser.add_argument(
+        "--clock-drift",
+        type=float,
+        default=0.05,
+        help="peers' clocks run at seeded rates within 1 +- this (default 0.05; 0: off)",
+    )
+    parser.add_argument(
+        "--lease-reads", type=float, default=0.4, help="share of gets that are lease reads"
     )
     parser.add_argument(
         "--log-level",
@@ -84,6 +105,10 @@ def config_from_args(args: argparse.Namespace) -> ChaosConfig:
         log_level=args.log_level,
         snapshot_threshold=args.snapshot_threshold,
         snapshot_log_margin=args.snapshot_log_margin,
+        partitions=args.partitions,
+        wipes=args.wipes,
+        clock_drift=args.clock_drift,
+        lease_reads=args.lease_reads,
     )
 
 

@@ -16,6 +16,7 @@ from tests.chaos.linearizability import (
     check,
     fence_by_session,
 )
+from tests.chaos.timeline import Failure, LeaderChange, Window
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,19 @@ class ChaosConfig:
     # peer then often comes back behind the leader's log and catches up by InstallSnapshot.
     snapshot_threshold: int = 200
     snapshot_log_margin: int = 50
+    # Network partitions (tests/chaos/network.py): on where the machine allows (root, ip, nft),
+    # else skipped with the reason in the summary. Held for this many election timeouts.
+    partitions: bool = True
+    partition_hold: tuple[float, float] = (2.0, 10.0)
+    # The wipe nemesis (tests/chaos/wipe.py): a killed follower loses its data directory.
+    wipes: bool = True
+    # The clock nemesis (tests/chaos/clock.py): each peer's Raft clock runs at a seeded rate in
+    # [1 - d, 1 + d] of real time. The lease assumes drift within 10 % (actors/read_only.py);
+    # 0 turns this off.
+    clock_drift: float = 0.05
+    # Share of gets that ask for a lease read (the rest are ReadIndex reads); odd-numbered
+    # clients read from any peer (follower reads), even ones from the leader.
+    lease_reads: float = 0.4
 
     def __post_init__(self) -> None:
         if self.peer_count < 3:
@@ -58,6 +72,10 @@ class ChaosConfig:
             raise ValueError("timeouts must be positive")
         if self.snapshot_threshold < 0 or self.snapshot_log_margin < 0:
             raise ValueError("--snapshot-threshold and --snapshot-log-margin must be >= 0")
+        if not 0 <= self.clock_drift < 0.5:
+            raise ValueError("--clock-drift must be in [0, 0.5)")
+        if not 0 <= self.lease_reads <= 1:
+            raise ValueError("--lease-reads must be in [0, 1]")
 
     @property
     def peer_count(self) -> int:
@@ -94,6 +112,10 @@ class ChaosReport:
     ran_for: float = 0.0
     history: list[Operation] = field(default_factory=list)
     failed_ops: int = 0  # definite failures (CommandError): not in the history
+    failures: list[Failure] = field(default_factory=list)  # their times, for the timeline
+    windows: list[Window] = field(default_factory=list)  # every fault's window
+    leader_log: list[LeaderChange] = field(default_factory=list)
+    started: float = 0.0  # monotonic time the traffic began
     client_errors: Counter[str] = field(default_factory=Counter)  # unexpected, by type
     faults: Counter[str] = field(default_factory=Counter)
     leader_changes: int = 0
@@ -102,6 +124,10 @@ class ChaosReport:
     convergence: Convergence = field(default_factory=Convergence)
     check: CheckResult | None = None
     interrupted: bool = False
+    skipped: list[str] = field(default_factory=list)  # nemeses this machine cannot run, why
+    clock_rates: dict[str, float] = field(default_factory=dict)  # peer -> its clock's rate
+    picture: str | None = None  # the timeline PNG
+    command: str = ""  # the command line that reproduces this run
 
     @property
     def ops_ok(self) -> int:
@@ -136,6 +162,10 @@ class ChaosReport:
             lines.append(f"unexpected client errors: {dict(self.client_errors)}")
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         lines.append(f"faults: {faults}")
+        lines.extend(f"skipped: {reason}" for reason in self.skipped)
+        if self.clock_rates:
+            rates = ", ".join(f"{p} x{r:.3f}" for p, r in self.clock_rates.items())
+            lines.append(f"clock rates: {rates}")
         terms = f" (terms {self.terms_seen[0]}..{self.terms_seen[1]})" if self.terms_seen else ""
         lines.append(f"leader changes seen: {self.leader_changes}{terms}")
         lines.extend(f"PEER FAILURE: {failure}" for failure in self.peer_failures)
@@ -143,7 +173,8 @@ class ChaosReport:
         if conv.ok:
             lines.append(
                 f"convergence: OK - every peer at commit = applied = last index "
-                f"{conv.commit_index}; logs identical on disk (sha256 {conv.log_digest}); "
+                f"{conv.commit_index}; membership agreed ({len(self.peers)} voters); "
+                f"logs identical on disk (sha256 {conv.log_digest}); "
                 f"each peer's snapshot + log = final reads of {len(conv.final_values)} keys"
             )
             snapshots = ", ".join(
@@ -156,6 +187,10 @@ class ChaosReport:
             lines.extend(f"  {problem}" for problem in conv.problems)
         lines.append(self._render_check())
         lines.append(f"data: {self.data_dir}")
+        if self.picture:
+            lines.append(f"timeline: {self.picture}")
+        if self.command:
+            lines.append(f"reproduce: {self.command}")
         lines.append("RESULT: " + ("PASS" if self.exit_code == EXIT_OK else "FAIL"))
         return "\n".join(lines)
 

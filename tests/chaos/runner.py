@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
 import shutil
 import sys
 import tempfile
@@ -18,6 +20,7 @@ from actors.service.offline import PeerDisk, read_peer_disk
 from actors.service.peer import PeerConfig, peer_data_dir
 from actors.wait import wait_until
 from storage.errors import StorageError
+from tests.chaos.clock import ClockSkew
 from tests.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
 from tests.chaos.constants import EXIT_OK, FINAL_CLIENT
 from tests.chaos.faults import FaultInjector
@@ -27,6 +30,9 @@ from tests.chaos.linearizability import (
     Outcome,
     Verdict,
 )
+from tests.chaos.network import Network
+from tests.chaos.network import unavailable as network_unavailable
+from tests.chaos.timeline import draw
 from tests.chaos.workload import Worker
 from transport.client import KVClient
 from transport.peers import free_ports
@@ -49,14 +55,63 @@ def run_chaos(
     temporary = config.data_dir is None
     data_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="pykka-raft-chaos-")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    ids = list(config.peers or [f"127.0.0.1:{p}" for p in free_ports(config.size)])
+    report = ChaosReport(config, data_dir=str(data_dir), command=reproduce_command(config))
+    network = _network(config, report, say)
+    try:
+        return _run(config, network, data_dir, temporary, stop, report, say)
+    finally:
+        if network is not None:
+            network.destroy()  # also on failure, Ctrl-C (KeyboardInterrupt) and SIGTERM
+
+
+def _network(
+    config: ChaosConfig, report: ChaosReport, say: Callable[[str], None]
+) -> Network | None:
+    """The run's own network namespaces, or None (partitions off or impossible here)."""
+    if not config.partitions:
+        return None
+    reason = network_unavailable()
+    if reason is None and config.peers is not None:
+        reason = "network partitions need peers on addresses the run picks (--peers N)"
+    if reason is not None:
+        report.skipped.append(f"partitions: {reason}")
+        say(f"chaos: partitions skipped: {reason}")
+        return None
+    network = Network(config.peer_count, f"kr{os.getpid() % 100000}", random.Random())
+    try:
+        network.create()  # removes what it made if it fails
+    except OSError as error:
+        report.skipped.append(f"partitions: cannot build the network: {error}")
+        say(f"chaos: partitions skipped: {error}")
+        return None
+    return network
+
+
+def _run(
+    config: ChaosConfig,
+    network: Network | None,
+    data_dir: Path,
+    temporary: bool,
+    stop: threading.Event,
+    report: ChaosReport,
+    say: Callable[[str], None],
+) -> ChaosReport:
+    if config.peers is not None:
+        ids = list(config.peers)
+    else:
+        hosts = network.addresses if network else ["127.0.0.1"] * config.size
+        ids = [f"{host}:{port}" for host, port in zip(hosts, free_ports(config.size), strict=True)]
     # The checker's model starts with every key absent: peers must start from empty storage.
     for peer_id in ids:
         peer_dir = peer_data_dir(data_dir, peer_id)
         if peer_dir.exists() and any(peer_dir.iterdir()):
             raise ValueError(f"{peer_dir} already holds data: chaos needs fresh peers")
-    report = ChaosReport(config, peers=ids, data_dir=str(data_dir))
-    peers = {peer_id: _local_peer(peer_id, ids, config, data_dir) for peer_id in ids}
+    report.peers = ids
+    ClockSkew(config, report)
+    peers = {
+        peer_id: _local_peer(i, ids, config, data_dir, network.wrapper(i) if network else [])
+        for i, peer_id in enumerate(ids)
+    }
     say(
         f"chaos: {len(ids)} peers {','.join(ids)}; {config.clients} clients, {config.keys} keys, "
         f"{config.duration:g}s, seed {config.seed}; data in {data_dir}"
@@ -67,37 +122,71 @@ def run_chaos(
         for peer in peers.values():
             peer.wait_ready()
             say(f"peer {peer.id} serving (pid {peer.pid})")
-        _drive(config, ids, peers, stop, report, say)
-        say("healing: resuming paused peers, restarting dead ones")
+        _drive(config, ids, peers, network, stop, report, say)
+        say("healing: network healed, paused peers resumed, dead ones restarted")
         report.convergence = _converge_and_audit(config, ids, peers, report, say)
     finally:
         for peer in peers.values():
             peer.stop()
     _save_history(data_dir / "history.jsonl", report.history)
+    report.picture = str(
+        draw(
+            data_dir / "timeline.png",
+            report.history,
+            report.failures,
+            report.windows,
+            report.leader_log,
+            report.started,
+            report.started + report.ran_for,
+            f"chaos: {len(ids)} peers, seed {config.seed}: {report.command}",
+        )
+    )
     say(f"checking {len(report.history)} operations for linearizability...")
     report.check = check_history(report.history, config.check_timeout)
     if temporary and report.exit_code == EXIT_OK and report.check.verdict is Verdict.OK:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        report.data_dir = f"{data_dir} (deleted: the run passed)"
+        for peer_id in ids:
+            shutil.rmtree(peer_data_dir(data_dir, peer_id), ignore_errors=True)
+        report.data_dir = f"{data_dir} (peer data deleted: the run passed)"
     return report
 
 
-def _local_peer(peer_id: str, ids: list[str], config: ChaosConfig, data_dir: Path) -> LocalPeer:
-    """A peer logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own (a
-    Ctrl-C at the terminal reaches only the runner, which stops the peers in order)."""
+def reproduce_command(config: ChaosConfig) -> str:
+    """The command line that reruns `config` (same seed: same faults, kinds and timings)."""
+    peers = ",".join(config.peers) if config.peers else str(config.size)
+    words = ["python -m tests.chaos", f"--peers {peers}", f"--duration {config.duration:g}"]
+    words += [f"--clients {config.clients}", f"--keys {config.keys}", f"--seed {config.seed}"]
+    words += [f"--election-timeout-ms {config.election_timeout_ms}"]
+    words += [f"--client-timeout {config.client_timeout:g}"]
+    words += [f"--snapshot-threshold {config.snapshot_threshold}"]
+    words += [f"--snapshot-log-margin {config.snapshot_log_margin}"]
+    words += [f"--clock-drift {config.clock_drift:g}", f"--lease-reads {config.lease_reads:g}"]
+    words += [] if config.partitions else ["--no-partitions"]
+    words += [] if config.wipes else ["--no-wipes"]
+    return " ".join(words)
+
+
+def _local_peer(
+    index: int, ids: list[str], config: ChaosConfig, data_dir: Path, wrapper: list[str]
+) -> LocalPeer:
+    """Peer `index`, logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own
+    (a Ctrl-C at the terminal reaches only the runner, which stops the peers in order), run
+    through `wrapper` (its network namespace) with its clock's rate."""
+    rate = ClockSkew.rate(config, index)
     peer_config = PeerConfig(
-        peer_id,
+        ids[index],
         tuple(ids),
         data_dir,
         config.election_timeout_ms,
         snapshot_threshold=config.snapshot_threshold,
         snapshot_log_margin=config.snapshot_log_margin,
+        clock_rate=rate,
     )
     return LocalPeer(
         peer_config,
         log_level=config.log_level,
         log_path=data_dir / "chaos-logs" / f"{peer_config.peer_dir.name}.log",
         new_session=True,
+        wrapper=wrapper,
     )
 
 
@@ -105,16 +194,18 @@ def _drive(
     config: ChaosConfig,
     ids: list[str],
     peers: dict[str, LocalPeer],
+    network: Network | None,
     stop: threading.Event,
     report: ChaosReport,
     say: Callable[[str], None],
 ) -> None:
     """Clients and faults for `config.duration` seconds (or until `stop`); leaves every peer
-    up and serving. Fills the report's history, fault and leadership counts."""
+    up and serving and the network healed. Fills the report's history, fault and leadership
+    counts and the timeline's windows."""
     traffic_stop, fault_stop = threading.Event(), threading.Event()
-    started = time.monotonic()
+    started = report.started = time.monotonic()
     workers = [Worker(n, ids, config, traffic_stop) for n in range(config.clients)]
-    injector = FaultInjector(peers, config, fault_stop, say, started)
+    injector = FaultInjector(peers, config, fault_stop, say, started, network)
     for thread in (*workers, injector):
         thread.start()
     try:
@@ -135,9 +226,12 @@ def _drive(
         worker.raise_if_failed()
     for worker in workers:
         report.history.extend(worker.history)
-        report.failed_ops += worker.failed
+        report.failures.extend(worker.failures)
         report.client_errors.update(worker.errors)
-    report.faults = injector.faults
+    report.failed_ops = len(report.failures)
+    report.faults.update(injector.faults)
+    report.windows = injector.windows
+    report.leader_log = injector.leader_log
     report.leader_changes = injector.leader_changes
     report.peer_failures.extend(injector.failures)
     if injector.terms:
@@ -212,9 +306,14 @@ def _wait_converged(ids: list[str], timeout: float) -> list[dict[str, Any]]:
             for s in statuses
         ]
         indexes = {index for (_, _, *rest) in summary for index in rest}
-        agreed = len(leaders) == 1 and {(t, leader) for t, leader, *_ in summary} == {
-            (statuses[0]["term"], next(iter(leaders)))
-        }
+        # Membership agreed: every peer's configuration is the run's peers.
+        members = {tuple(sorted(s.get("conf", []))) for s in statuses}
+        agreed = (
+            len(leaders) == 1
+            and members == {tuple(sorted(ids))}
+            and {(t, leader) for t, leader, *_ in summary}
+            == {(statuses[0]["term"], next(iter(leaders)))}
+        )
         stable = agreed and len(indexes) == 1 and summary == previous
         previous = summary
         return statuses if stable else None

@@ -1,6 +1,8 @@
-"""The chaos runner (tests/chaos/) against real peer processes: a short run must inject
-both kinds of fault, complete operations, converge and be linearizable; a doctored history must
-fail the run through the same reporting path; Ctrl-C ends a run early and stops every peer."""
+"""The chaos runner (tests/chaos/) against real peer processes: a short combined run (kill,
+pause, partitions where the machine allows, wipes, drifting clocks) must inject its faults,
+complete operations, converge and be linearizable, and draw its timeline; a doctored history
+must fail the run through the same reporting path; Ctrl-C ends a run early and stops every peer
+and removes every namespace."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import io
 import os
 import queue
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,16 +29,26 @@ from tests.chaos import (
     ChaosReport,
     Convergence,
     check_history,
+    config_from_args,
     load_history,
     run_chaos,
 )
+from tests.chaos.cli import build_parser
 from tests.chaos.linearizability import GET, PUT, Operation, Outcome, Verdict
+from tests.chaos.network import unavailable as network_unavailable
 from transport.peers import free_ports
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS = [sys.executable, "-m", "tests.chaos"]
-RUN_SECONDS = 20.0  # CI budget: the whole module takes about 25 s
+RUN_SECONDS = 30.0  # CI budget: the whole module takes about 40 s
+PARTITIONS_UNAVAILABLE = network_unavailable()
+
+
+def _namespaces_of(pid: int) -> list[str]:
+    """The network namespaces a chaos run in process `pid` made and did not remove."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line for line in listed.splitlines() if line.startswith(f"kr{pid % 100000}-")]
 
 
 def _pids(output: str) -> set[int]:
@@ -76,9 +89,28 @@ def test_chaos_run_is_linearizable_converges_and_injects_faults(
     faults = report.faults
     assert faults["kill-leader"] + faults["kill-follower"] >= 1, summary
     assert faults["pause-leader"] + faults["pause-follower"] >= 1, summary
+    if PARTITIONS_UNAVAILABLE is None:
+        assert sum(n for kind, n in faults.items() if kind.startswith("partition-")) >= 1, summary
+        assert all(peer.startswith("10.") for peer in report.peers)  # inside the namespaces
+    else:
+        assert f"skipped: partitions: {PARTITIONS_UNAVAILABLE}" in summary
+    assert faults["clock-skew"] == 3 and len(set(report.clock_rates.values())) == 3, summary
+    assert all(0.95 <= rate <= 1.05 for rate in report.clock_rates.values())
     assert report.ops_ok >= 200, summary
     assert set(report.convergence.final_values) == {"key0", "key1", "key2"}
+    assert "membership agreed (3 voters)" in summary
     assert "RESULT: PASS" in summary
+    assert _namespaces_of(os.getpid()) == []
+    # The timeline: every fault's window closed, in order, inside the run.
+    assert report.windows and report.leader_log
+    end = report.started + report.ran_for
+    assert all(report.started <= w.start < (w.end or 0) <= end for w in report.windows)
+    # Every kind of fault that kept a peer down or cut the network has its window.
+    shaded = {k for k in faults if k.split("-")[0] in ("kill", "pause", "partition")}
+    assert shaded - {"pause-installing"} <= {w.kind for w in report.windows}
+    picture = Path(report.picture or "")
+    assert picture.parent == Path(report.config.data_dir or "").resolve()
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20_000
     # Every process the run started (first starts and restarts) has been stopped and reaped.
     pids = _pids(output)
     assert len(pids) >= 3
@@ -87,6 +119,17 @@ def test_chaos_run_is_linearizable_converges_and_injects_faults(
     saved = load_history(Path(report.config.data_dir or "") / "history.jsonl")
     assert len(saved) == len(report.history)
     assert check_history(saved, timeout=60).verdict is Verdict.OK
+
+
+def test_the_summary_prints_the_command_that_reproduces_the_run(
+    chaos_run: tuple[ChaosReport, str],
+) -> None:
+    report, _ = chaos_run
+    (line,) = [x for x in report.render().splitlines() if x.startswith("reproduce: ")]
+    words = shlex.split(line.removeprefix("reproduce: "))
+    assert words[:3] == ["python", "-m", "tests.chaos"]
+    again = config_from_args(build_parser().parse_args(words[3:]))
+    assert again == replace(report.config, data_dir=None, log_level=again.log_level)
 
 
 def _doctor_stale_read(history: list[Operation]) -> list[Operation]:
@@ -227,3 +270,4 @@ def test_ctrl_c_ends_the_run_early_checks_it_and_stops_every_peer(
     assert "(interrupted)" in text and "RESULT: PASS" in text
     pids = _pids(text)
     assert len(pids) >= 3 and all(_gone(pid) for pid in pids), text
+    assert _namespaces_of(process.pid) == []

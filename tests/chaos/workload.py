@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from actors.read_only import LEASE, LINEARIZABLE
 from tests.chaos.config import ChaosConfig
 from tests.chaos.constants import OP_WEIGHTS
 from tests.chaos.linearizability import (
@@ -19,13 +20,16 @@ from tests.chaos.linearizability import (
     Operation,
     Outcome,
 )
+from tests.chaos.timeline import Failure
 from transport.client import ClientTimeout, CommandError, KVClient
 
 
 class Worker(threading.Thread):
     """One client: a single KVClient (one exactly-once session) for the whole run, issuing one
     operation at a time. Invariant: `history` holds every operation it invoked except definite
-    failures, with `client` = this worker's index, in invocation order."""
+    failures (which are in `failures`), with `client` = this worker's index, in invocation
+    order. Its gets are ReadIndex or (a `lease_reads` share) lease reads; an odd-numbered
+    worker reads from any peer (follower reads), an even one from the leader."""
 
     def __init__(
         self, index: int, peers: Sequence[str], config: ChaosConfig, stop: threading.Event
@@ -38,7 +42,8 @@ class Worker(threading.Thread):
         self.rng = random.Random(f"{config.seed}/client/{index}")
         self.keys = [f"key{n}" for n in range(config.keys)]
         self.history: list[Operation] = []
-        self.failed = 0
+        self.failures: list[Failure] = []
+        self.read_from = "any" if index % 2 else "leader"
         self.errors: Counter[str] = Counter()
         self.error: BaseException | None = None  # what ended the thread, if not the stop event
 
@@ -56,7 +61,10 @@ class Worker(threading.Thread):
         seen: dict[str, str | None] = {}  # the last value this client saw per key: cas bait
         ops, weights = list(OP_WEIGHTS), list(OP_WEIGHTS.values())
         with KVClient(
-            self.peers, timeout=self.config.client_timeout, attempt_timeout=0.5
+            self.peers,
+            timeout=self.config.client_timeout,
+            attempt_timeout=0.5,
+            read_from=self.read_from,
         ) as client:
             n = 0
             while not self.stop_event.is_set():
@@ -90,7 +98,8 @@ class Worker(threading.Thread):
                 result: Any = None
                 seen[key] = args[0]
             elif op == GET:
-                result = seen[key] = client.get(key)
+                lease = self.rng.random() < self.config.lease_reads
+                result = seen[key] = client.get(key, consistency=LEASE if lease else LINEARIZABLE)
             elif op == DELETE:
                 result = client.delete(key)
                 seen[key] = None
@@ -100,7 +109,8 @@ class Worker(threading.Thread):
                 if result:
                     seen[key] = args[1]
         except CommandError:
-            self.failed += 1  # definite: it had no effect, so it is not part of the history
+            # Definite: it had no effect, so it is not part of the history.
+            self.failures.append(Failure(invoke, time.monotonic()))
             return
         except Exception as error:  # ClientTimeout, or anything unforeseen: outcome unknown
             if not isinstance(error, ClientTimeout):
