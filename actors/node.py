@@ -242,12 +242,22 @@ class Node(RaftActor):
         if self.role is not Role.LEADER:
             fail(msg.reply, self._not_leading())
             return
-        committed, now = self.log_view.committed_index, self.clock.now()
+        committed, now = self._known_committed(), self.clock.now()
         if msg.lease and self._reads.lease_valid(now, self.raft_options.lease_timeout):
             complete(msg.reply, self._reads.read_index(committed))
             return
         self._reads.add(committed, msg.reply)
         self._start_read_round()
+
+    def _known_committed(self) -> int:
+        """The commit index a read must wait for: at least every index whose result a client
+        may have seen. The LogView's commit index alone is not that: the BallotBox tells the
+        FSMCaller of a commit before the LogManager publishes it, so a write can be applied and
+        acknowledged while the LogView still shows an older commit index; a follower reading at
+        that index would miss the write (a stale read the chaos runner found). The applied
+        index is published before any result is handed out (FSMCaller._advance), and only
+        committed entries are applied."""
+        return max(self.log_view.committed_index, self.log_view.applied_index)
 
     def _start_read_round(self) -> None:
         started = self._reads.start_round()
@@ -291,8 +301,13 @@ class Node(RaftActor):
     # as follower: ask the leader
 
     def _ask_leader_for_read_index(self) -> None:
+        if self.leader_id is None:
+            # No leader to ask: fail the reads waiting (retryable) rather than mark them as
+            # asked, with no request out and no timer to end them.
+            fail_all(self._follower_reads.drain(), NotLeaderError(None))
+            return
         request_id = self._follower_reads.start()
-        if request_id is None or self.leader_id is None:
+        if request_id is None:
             return
         self.transport.send(self.leader_id, ReadIndexRequest(self.term, self.peer_id, request_id))
         delay = self.raft_options.replicator_rpc_timeout
@@ -336,7 +351,7 @@ class Node(RaftActor):
         if self.role is not Role.LEADER:
             answer(0, self._not_leading())
             return
-        self._reads.add(self.log_view.committed_index, CompletionFuture(answer))
+        self._reads.add(self._known_committed(), CompletionFuture(answer))
         self._start_read_round()
 
     def _without_oversized(self, msg: Apply) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:

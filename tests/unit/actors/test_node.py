@@ -537,6 +537,19 @@ def test_a_follower_asks_its_leader_once_for_a_batch_of_reads(f: Fixture) -> Non
         late.get(timeout=0)
 
 
+def test_reads_waiting_on_a_follower_that_lost_its_leader_fail_instead_of_hanging(
+    f: Fixture,
+) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    first, second = read(f), read(f)  # the first asked B; the second waits for the answer
+    f.send(HigherTermSeen(2, C))  # a new term: no leader known
+    assert f.node.leader_id is None
+    f.send(ReadIndexResponse(1, B, 1, True, 4))
+    assert first.get(timeout=0) == 4
+    with pytest.raises(NotLeaderError):  # retryable, and at once: nobody is asked for it
+        second.get(timeout=0)
+
+
 def test_a_leader_answers_a_followers_read_index_after_its_round(f: Fixture) -> None:
     f.elect()
     f.node.log_view.committed_index = 5
@@ -547,6 +560,21 @@ def test_a_leader_answers_a_followers_read_index_after_its_round(f: Fixture) -> 
     f.send(ReadIndexRequest(1, "x:9", 43))  # a stranger learns nothing
     assert f.transport.take() == []
     assert f.node.rejections.as_dict()["read_index_from_non_member"] == 1
+
+
+def test_a_followers_read_index_covers_writes_applied_before_the_log_view_shows_them(
+    f: Fixture,
+) -> None:
+    """Regression (found by the chaos runner: a follower read missed an acknowledged put). The
+    BallotBox tells the FSMCaller of a commit before the LogManager publishes it in the
+    LogView, so the leader may have applied (and acknowledged) index 9 while the LogView still
+    says 5. A follower told to read at 5 would miss it."""
+    f.elect()
+    f.node.log_view.committed_index = 5
+    f.node.log_view.applied_index = 9
+    f.send(ReadIndexRequest(1, B, 42))
+    f.send(LeadershipAck(C, 1, 1))
+    assert f.transport.take() == [(B, ReadIndexResponse(1, A, 42, True, 9))]
 
 
 def test_a_leader_answers_reads_after_a_quorum_confirms_one_round(f: Fixture) -> None:
