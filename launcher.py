@@ -5,7 +5,7 @@
                        [--snapshot-threshold N] [--snapshot-interval-s S] ...
     python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
                                             | cas KEY EXPECTED NEW | status
-    python launcher.py admin [--peers ...] members | snapshot [H:P]
+    python launcher.py admin [--peers ...] members | snapshot [H:P] | transfer-leader [H:P]
     python launcher.py keygen DIR [--peers H:P,...] [--clients NAMES] [--admins NAMES]
 
 `--keys DIR` (run, client, admin) turns on CurveZMQ: every connection encrypted and
@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     admin_ops.add_parser("members", help="the leader and the voters")
     snapshot = admin_ops.add_parser("snapshot", help="take a snapshot now (default: the leader)")
     snapshot.add_argument("peer", nargs="?", metavar="H:P", help="the peer to snapshot")
+    transfer = admin_ops.add_parser(
+        "transfer-leader", help="hand leadership to a voter (default: the most up-to-date one)"
+    )
+    transfer.add_argument("peer", nargs="?", metavar="H:P", help="the voter to lead")
     _keys_flag(admin)
 
     keygen = commands.add_parser("keygen", help="create the CurveZMQ keys of a cluster")
@@ -490,14 +494,19 @@ def run_admin(args: argparse.Namespace) -> int:
     peers = _peers(args.peers)
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    if args.op == "snapshot" and args.peer is not None:
+    if getattr(args, "peer", None) is not None:
         try:
             parse_peer(args.peer)
         except ValueError as error:
-            raise UsageError(f"snapshot: {error}") from None
+            raise UsageError(f"{args.op}: {error}") from None
     try:
         with AdminClient(peers, timeout=args.timeout, keys=args.keys) as admin:
-            result = admin.members() if args.op == "members" else admin.snapshot(args.peer)
+            if args.op == "members":
+                result = admin.members()
+            elif args.op == "snapshot":
+                result = admin.snapshot(args.peer)
+            else:
+                result = admin.transfer_leader(args.peer)
     except ClientTimeout as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_TIMEOUT

@@ -5,9 +5,10 @@ effect is part of each error, as in hashicorp/raft's docs, and is also on every 
 `outcome_unknown`:
 
 - outcome_unknown False, a definite refusal: the command never reached the log, so it will never
-  be applied. NotLeaderError (retry at `leader_hint`), OverloadedError (back off, then retry),
-  CommandTooLargeError, and NodeStoppedError / NodeFailedError raised before the command was
-  appended.
+  be applied. NotLeaderError (retry at `leader_hint`), OverloadedError and
+  LeaderTransferringError (back off, then retry), CommandTooLargeError, and NodeStoppedError /
+  NodeFailedError raised before the command was appended. UnknownPeerError,
+  ChangeInProgressError and TransferLeadershipError answer a leadership transfer.
 - outcome_unknown True: the command was appended to this leader's log and may yet commit (under
   this leader before it failed, or under the next one). LeadershipLostError always; and
   NodeStoppedError / NodeFailedError when the node stopped or failed after appending it.
@@ -60,6 +61,31 @@ class OverloadedError(RaftError):
     / max_pending_bytes): nothing was done. Retryable: back off, then try again."""
 
     outcome_label = "overloaded"
+
+
+class LeaderTransferringError(OverloadedError):
+    """The leader is handing leadership over (`RaftNode.transfer_leadership`) and takes no new
+    proposals meanwhile: nothing was done. Retryable: back off, then retry (soon at the new
+    leader, or here again if the transfer fails)."""
+
+    outcome_label = "transferring"
+
+
+class TransferLeadershipError(RaftError):
+    """A leadership transfer did not complete within an election timeout (the target did not
+    catch up, or did not win): this leader leads on and takes proposals again."""
+
+    outcome_label = "transfer_failed"
+
+
+class UnknownPeerError(RaftError, ValueError):
+    """The peer named is not a voter of the configuration: nothing was done."""
+
+
+class ChangeInProgressError(RaftError):
+    """Busy: another leadership transfer is under way. Nothing was done; retry once it ends."""
+
+    outcome_label = "busy"
 
 
 class CommandTooLargeError(RaftError, ValueError):

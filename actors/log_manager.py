@@ -415,6 +415,7 @@ class LogManager(RaftActor):
             last_log_index=self.log_view.last_index,
             last_log_term=self.log_view.last_term,
             pre_vote=msg.pre_vote,
+            transfer=msg.transfer,
         )
         for peer in msg.peers:
             self.transport.send(peer, request)

@@ -207,6 +207,25 @@ class RequestVotes:
     term: int
     peers: tuple[str, ...]
     pre_vote: bool
+    transfer: bool = False  # a campaign its leader asked for (TimeoutNowRequest)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """RaftNode -> Node (leader): hand leadership to `target` (None: the most up-to-date other
+    voter). `reply` completes with the target's id once this leader stepped down for a newer
+    term after sending it TimeoutNow; it fails with NotLeaderError, UnknownPeerError,
+    ChangeInProgressError or, after an election timeout, TransferLeadershipError."""
+
+    target: str | None
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TransferTimeout:
+    """Leader: the transfer numbered `generation` has had its election timeout."""
+
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)

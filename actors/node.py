@@ -47,12 +47,16 @@ from actors.base import RaftActor, handles
 from actors.clock import Clock
 from actors.configuration import Configuration
 from actors.errors import (
+    ChangeInProgressError,
     CommandTooLargeError,
     LeadershipUnconfirmedError,
+    LeaderTransferringError,
     NodeFailedError,
     NodeStoppedError,
     NotLeaderError,
     RaftError,
+    TransferLeadershipError,
+    UnknownPeerError,
 )
 from actors.futures import CompletionFuture, complete, fail, fail_all
 from actors.log_view import LogView
@@ -81,6 +85,8 @@ from actors.messages import (
     RequestVotes,
     StepDown,
     Subscribe,
+    TransferLeadership,
+    TransferTimeout,
     Unsubscribe,
     VoteGranted,
     VoteTimeout,
@@ -90,6 +96,7 @@ from actors.options import NodeOptions
 from actors.read_only import FollowerReads, ReadOnly
 from actors.rejections import Rejections
 from actors.status import NodeStatus, transport_refusals
+from actors.transfer import Transfer, pick_target
 from transport.base import Transport
 from transport.rpc import (
     MAX_TERM,
@@ -101,6 +108,7 @@ from transport.rpc import (
     ReadIndexResponse,
     RequestVoteRequest,
     RequestVoteResponse,
+    TimeoutNowRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -156,7 +164,9 @@ class Node(RaftActor):
         self.rejections = Rejections(self.peer_id)
         # This actor's own cells (actors/metrics.py): written on this thread only.
         metrics = metrics or RaftMetrics()
-        self._refused = metrics.proposals.cells("not_leader", "too_large", "stopped", "failed")
+        self._refused = metrics.proposals.cells(
+            "not_leader", "too_large", "stopped", "failed", "transferring"
+        )
         self._pre_votes = metrics.pre_votes.cells("started", "won", "lost")
         self._elections = metrics.elections.cells("started", "won", "lost")
         self._leader_changes = metrics.leader_changes.cell()
@@ -179,6 +189,8 @@ class Node(RaftActor):
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
         self._reads = ReadOnly(self.peer_id, self.conf)  # leader: this term's read rounds
         self._follower_reads = FollowerReads()  # follower: reads waiting for a read index
+        self._transfer: Transfer | None = None  # leader: a leadership transfer under way
+        self._transfer_gen = 0
 
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
@@ -216,7 +228,7 @@ class Node(RaftActor):
             commands, futures = self._without_oversized(msg)
         if not commands:
             return  # an empty batch is a no-op
-        if self.role is Role.LEADER:
+        if self.role is Role.LEADER and self._transfer is None:
             self.log_manager.tell(AppendLeaderEntries(self.term, commands, futures))
             return
         error = self._not_leading()
@@ -224,7 +236,12 @@ class Node(RaftActor):
         fail_all(futures, error)
 
     def _not_leading(self) -> RaftError:
-        """Why a command or a read is refused here, when this peer does not lead."""
+        """Why a command or a read is refused here, when this peer does not lead (or hands
+        leadership over)."""
+        if self._transfer is not None:
+            return LeaderTransferringError(
+                f"{self.peer_id} is handing leadership to {self._transfer.target}"
+            )
         if self.role is Role.ERROR:
             return NodeFailedError(f"node {self.peer_id} is in ERROR: {self.error}")
         if self.role is Role.SHUTDOWN:
@@ -442,7 +459,7 @@ class Node(RaftActor):
             self._pre_votes["won"].inc()
             self._start_election()
 
-    def _start_election(self) -> None:
+    def _start_election(self, transfer: bool = False) -> None:
         self._pre_vote_term = 0
         self.role = Role.CANDIDATE
         self.term += 1
@@ -452,7 +469,9 @@ class Node(RaftActor):
         self._arm_vote_timer()
         log.info("%s: election for term %d", self.peer_id, self.term)
         # The LogManager persists (term, self) before the first RequestVote leaves.
-        self.log_manager.tell(RequestVotes(self.term, self._others, pre_vote=False))
+        self.log_manager.tell(
+            RequestVotes(self.term, self._others, pre_vote=False, transfer=transfer)
+        )
         self._maybe_won_election()
 
     def _maybe_won_election(self) -> None:
@@ -495,8 +514,10 @@ class Node(RaftActor):
                 self._refuse_vote(req)
             else:
                 self.log_manager.tell(CheckVote(req, self.term))
-        elif self._has_live_leader():
+        elif self._has_live_leader() and not req.transfer:
             # Not even for a higher term (§4.2.3): this is what makes the leader's lease safe.
+            # A transfer's candidate is the exception: its leader asked for the campaign and
+            # revoked its own lease first (actors/transfer.py).
             self._refuse_vote(req)
         else:
             if req.term > self.term:
@@ -566,6 +587,7 @@ class Node(RaftActor):
 
     def _stop_leading(self) -> None:
         log.info("%s: stepping down as leader of term %d", self.peer_id, self.term)
+        self._end_transfer()
         self._stop_replicators()
         self._fail_reads(NotLeaderError(None))
         self._lease_gen += 1
@@ -593,6 +615,83 @@ class Node(RaftActor):
         if msg.term > self.term:
             log.info("%s: %s is in term %d; stepping down", self.peer_id, msg.source, msg.term)
             self._become_follower(msg.term, None)
+
+    # -- leadership transfer (actors/transfer.py) ---------------------------------------------
+
+    @handles(TransferLeadership)
+    def on_transfer_leadership(self, msg: TransferLeadership) -> None:
+        if self._transfer is not None:
+            fail(msg.reply, ChangeInProgressError(f"handing over to {self._transfer.target}"))
+            return
+        if self.role is not Role.LEADER:
+            fail(msg.reply, self._not_leading())
+            return
+        if msg.target == self.peer_id:
+            complete(msg.reply, self.peer_id)  # already there
+            return
+        match = {peer: report.match_index for peer, report in self._peer_report.items()}
+        try:
+            target = pick_target(self.peer_id, self.conf, msg.target, match)
+        except UnknownPeerError as error:
+            fail(msg.reply, error)
+            return
+        self._transfer_gen += 1
+        self._transfer = Transfer(target, msg.reply, self._transfer_gen)
+        log.info("%s: handing leadership of term %d to %s", self.peer_id, self.term, target)
+        delay = self.raft_options.election_timeout
+        self.tell_later(self.clock, delay, TransferTimeout(self._transfer_gen))
+        self._maybe_send_timeout_now()
+
+    def _maybe_send_timeout_now(self) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        report = self._peer_report.get(transfer.target)
+        match = report.match_index if report is not None else 0
+        if transfer.ready(match, self.log_view.last_index):
+            transfer.timeout_now_sent = True
+            self._reads.lease_revoked = True  # before the target can collect a single vote
+            self.transport.send(transfer.target, TimeoutNowRequest(self.term, self.peer_id))
+
+    @handles(TransferTimeout)
+    def on_transfer_timeout(self, msg: TransferTimeout) -> None:
+        transfer = self._transfer
+        if transfer is None or transfer.generation != msg.generation:
+            return
+        log.warning("%s: %s did not take over in time; leading on", self.peer_id, transfer.target)
+        self._transfer = None
+        fail(
+            transfer.reply,
+            TransferLeadershipError(
+                f"{transfer.target} did not take over within the election timeout"
+            ),
+        )
+
+    def _end_transfer(self) -> None:
+        """Leadership ended: a transfer that sent TimeoutNow did its part (the new term is,
+        most likely, the target's); one that had not got that far failed."""
+        transfer, self._transfer = self._transfer, None
+        if transfer is None:
+            return
+        if transfer.timeout_now_sent:
+            complete(transfer.reply, transfer.target)
+        else:
+            fail(transfer.reply, TransferLeadershipError("stepped down before the handover"))
+
+    @handles(TimeoutNowRequest)
+    def handle_timeout_now(self, req: TimeoutNowRequest) -> None:
+        if req.leader_id not in self.conf.all_peers():
+            self.rejections.refuse("timeout_now_from_non_member", req.leader_id)
+            return
+        current = req.term == self.term and req.leader_id == self.leader_id
+        if self.role is not Role.FOLLOWER or not current or self.peer_id not in self.conf.peers:
+            log.info(
+                "%s: ignoring TimeoutNow from %s (term %d)", self.peer_id, req.leader_id, req.term
+            )
+            return
+        if self.term >= MAX_TERM:
+            return
+        log.info("%s: %s hands leadership over; campaigning now", self.peer_id, req.leader_id)
+        self._start_election(transfer=True)
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -639,6 +738,8 @@ class Node(RaftActor):
             )
             self._peer_report[msg.peer_id] = msg
             self._reads.acked(msg.peer_id, msg.acked_sent_at)
+            if self._transfer is not None and self._transfer.target == msg.peer_id:
+                self._maybe_send_timeout_now()
 
     @handles(LeaseCheck)
     def on_lease_check(self, msg: LeaseCheck) -> None:

@@ -37,7 +37,15 @@ import pykka
 from actors.clock import Clock, RealClock
 from actors.errors import NodeStoppedError, OptionsError
 from actors.futures import CompletionFuture, fail, fail_all
-from actors.messages import Apply, FatalError, GetStatus, ReadAt, ReadIndex, TakeSnapshot
+from actors.messages import (
+    Apply,
+    FatalError,
+    GetStatus,
+    ReadAt,
+    ReadIndex,
+    TakeSnapshot,
+    TransferLeadership,
+)
 from actors.metrics import RaftMetrics
 from actors.options import FRAME_HEADROOM, NodeOptions
 from actors.read_only import CONSISTENCIES, LEASE, LINEARIZABLE, SERIALIZABLE
@@ -229,6 +237,19 @@ class RaftNode:
         are off or the save failed."""
         future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
         self._tell(self._actors.fsm_caller, TakeSnapshot(future), future)
+        return future
+
+    def transfer_leadership(
+        self, to: str | None = None, reply: pykka.Future[Any] | None = None
+    ) -> pykka.Future[Any]:
+        """Hand this leader's leadership to voter `to` (None: the most up-to-date other voter;
+        see actors/transfer.py). Meanwhile proposals fail with LeaderTransferringError
+        (retryable). The future (`reply`, if given) completes with the target's id once this
+        peer stepped down for it; it fails with NotLeaderError, UnknownPeerError (no such
+        voter), ChangeInProgressError (a transfer is under way) or TransferLeadershipError
+        (no handover within an election timeout: this peer leads on)."""
+        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        self._tell(self._node, TransferLeadership(to, future), future)
         return future
 
     def status(self, timeout: float = 5.0) -> NodeStatus:

@@ -26,7 +26,8 @@ timeout. The lease ends `lease_timeout` (election_timeout x leader_lease_ratio, 
 default) after it: the rest is the margin for clocks that run at different rates. The clock is
 monotonic; what the lease assumes is that no peer's clock runs more than that margin (10 %)
 slower or faster than the leader's over one election timeout. Without a lease, a read falls
-back to ReadIndex.
+back to ReadIndex. A leadership transfer revokes the lease for the rest of the term: the
+target's votes are granted without regard to it (node.py).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class ReadOnly:
         self._numbers = 0
         # peer -> send time of the newest request it answered in this term (for the lease)
         self.acked_sent_at: dict[str, float] = {}
+        # Set once this leader sent TimeoutNow: voters then grant the target's votes however
+        # recently they heard from us, so no lease of this term can be trusted any more.
+        self.lease_revoked = False
 
     @property
     def ready(self) -> bool:
@@ -144,6 +148,8 @@ class ReadOnly:
         return -float("inf")
 
     def lease_valid(self, now: float, lease_timeout: float) -> bool:
+        if self.lease_revoked:
+            return False
         return self.ready and now < self.lease_start(now) + lease_timeout
 
 

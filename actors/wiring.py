@@ -43,6 +43,7 @@ from transport.rpc import (
     RequestVoteResponse,
     RpcMessage,
     StatusRequest,
+    TimeoutNowRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ _TO_NODE = (
     RequestVoteResponse,
     ReadIndexRequest,
     ReadIndexResponse,
+    TimeoutNowRequest,
 )
 _TO_REPLICATOR = (AppendEntriesResponse, InstallSnapshotResponse)
 _FROM_CLIENTS = (ClientRequest, StatusRequest, AdminRequest)

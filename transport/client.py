@@ -45,6 +45,7 @@ from transport import codec
 from transport.errors import DecodeError, TransportError
 from transport.kv_protocol import (
     ADMIN_SNAPSHOT,
+    ADMIN_TRANSFER_LEADER,
     ANYWHERE,
     CAS,
     CONSISTENCIES,
@@ -320,10 +321,12 @@ class AdminClient(KVClient):
         a.members()           # {"leader": id or None, "voters": [...], "learners": [...]}
         a.snapshot()          # the leader snapshots now: {"peer", "index", "term", "bytes"}
         a.snapshot("H:P")     # that peer does
+        a.transfer_leader()   # hand leadership to the most up-to-date voter: {"from", "to"}
+        a.transfer_leader("H:P")  # or to that one
 
     Errors as KVClient's: CommandError for a definite refusal (e.g. snapshots are off there),
-    ClientTimeout when no answer came in time. (Membership changes and leadership transfer
-    arrive with their own issue.) With `keys=DIR` it uses an admin key (admins/), which a
+    ClientTimeout when no answer came in time. (Membership changes arrive with their own
+    issue.) With `keys=DIR` it uses an admin key (admins/), which a
     cluster run with `--keys` requires for admin operations."""
 
     KEY_KINDS = (ADMINS, CLIENTS)
@@ -347,22 +350,50 @@ class AdminClient(KVClient):
         if peer is not None:
             parse_peer(peer)
         target = peer or self._await_leader(deadline)
+        reply = self._admin(target, ADMIN_SNAPSHOT, "", deadline)
+        if reply is None:
+            raise ClientTimeout(f"{target} did not answer within {self.timeout}s")
+        return self._admin_result(target, reply)
+
+    def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
+        """Have the leader hand leadership to voter `to` (default: the most up-to-date other
+        voter); {"from": old leader, "to": new leader} once the old one stepped down for it.
+        CommandError when refused: no such voter, a transfer under way, or the target did not
+        take over within an election timeout (the old leader then leads on)."""
+        deadline = time.monotonic() + self.timeout
+        if to is not None:
+            parse_peer(to)
+        while True:
+            leader = self._await_leader(deadline)
+            reply = self._admin(leader, ADMIN_TRANSFER_LEADER, to or "", deadline)
+            if reply is None:
+                raise ClientTimeout(f"{leader} did not answer within {self.timeout}s")
+            if reply.status != ClientStatus.NOT_LEADER:
+                return self._admin_result(leader, reply)
+            time.sleep(_NO_LEADER_PAUSE)  # it stopped leading meanwhile: ask the next one
+
+    def _admin(self, peer: str, op: str, target: str, deadline: float) -> ClientResponse | None:
+        """Send one AdminRequest to `peer` and wait for its answer until `deadline` (an admin
+        operation takes a while: wait for it, not for an attempt); None if none came."""
         with self._lock:
             self._check_open()
             while time.monotonic() < deadline:
                 request_id = next(self._request_ids)
-                if self._send(target, AdminRequest(self.client_id, request_id, ADMIN_SNAPSHOT)):
-                    # A snapshot of a large state takes a while: wait for it, not an attempt.
+                if self._send(peer, AdminRequest(self.client_id, request_id, op, target)):
                     reply = self._await(request_id, deadline)
                     if reply is not None:
-                        if reply.status != ClientStatus.OK:
-                            raise CommandError(reply.message or "refused by the service")
-                        try:
-                            return decode_admin_result(reply.result)
-                        except DecodeError as exc:
-                            raise KVError(f"{target} answered garbage: {exc}") from None
+                        return reply
                 time.sleep(_NO_LEADER_PAUSE)
-        raise ClientTimeout(f"{target} did not answer within {self.timeout}s")
+        return None
+
+    @staticmethod
+    def _admin_result(peer: str, reply: ClientResponse) -> dict[str, Any]:
+        if reply.status != ClientStatus.OK:
+            raise CommandError(reply.message or "refused by the service")
+        try:
+            return decode_admin_result(reply.result)
+        except DecodeError as exc:
+            raise KVError(f"{peer} answered garbage: {exc}") from None
 
     def _await_leader(self, deadline: float) -> str:
         while time.monotonic() < deadline:

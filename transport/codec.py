@@ -1,6 +1,6 @@
 """msgpack framing of the wire messages in transport.rpc.
 
-Wire format (PROTOCOL_VERSION 2): one ZeroMQ frame holds one msgpack array
+Wire format (PROTOCOL_VERSION 3): one ZeroMQ frame holds one msgpack array
 
     [PROTOCOL_VERSION, type_tag, field_1, field_2, ..., field_n]
 
@@ -68,7 +68,9 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 2  # 2: AppendEntriesResponse carries conflict_term/conflict_index
+# 2: AppendEntriesResponse carries conflict_term/conflict_index; 3: RequestVoteRequest.transfer
+# and TimeoutNowRequest (leadership transfer).
+PROTOCOL_VERSION: Final = 3
 
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 """Largest frame `decode` accepts by default. An AppendEntriesRequest is bounded by the
@@ -97,6 +99,7 @@ MESSAGE_TAGS: Final[Mapping[type, int]] = MappingProxyType(
         rpc.AdminRequest: 17,
         rpc.ReadIndexRequest: 18,
         rpc.ReadIndexResponse: 19,
+        rpc.TimeoutNowRequest: 20,
     }
 )
 
@@ -346,7 +349,12 @@ _STATUS_ANNOTATION: Final = "dict[str, Any]"
 
 # The messages whose `term` is their sender's own term as leader or candidate: never 0.
 _REQUESTS_WITH_TERM: Final = frozenset(
-    {rpc.AppendEntriesRequest, rpc.RequestVoteRequest, rpc.InstallSnapshotRequest}
+    {
+        rpc.AppendEntriesRequest,
+        rpc.RequestVoteRequest,
+        rpc.InstallSnapshotRequest,
+        rpc.TimeoutNowRequest,
+    }
 )
 
 

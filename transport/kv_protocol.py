@@ -26,6 +26,9 @@ MAX_VALUE_BYTES = 1024 * 1024
 
 # AdminRequest.op values: operations on the peer itself, answered with a msgpack map.
 ADMIN_SNAPSHOT = "snapshot"  # -> {"peer", "index", "term", "bytes"} of the snapshot taken
+# To the leader; `target` the voter to hand over to ("" for the most up-to-date one)
+# -> {"from": the old leader, "to": the new one}.
+ADMIN_TRANSFER_LEADER = "transfer-leader"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,9 @@ class RequestVoteRequest:
     last_log_index: int
     last_log_term: int
     pre_vote: bool
+    # The candidate campaigns because its leader handed over (TimeoutNowRequest): voters grant
+    # even though they heard from that leader recently (the dissertation's §3.10).
+    transfer: bool = False
 
     @property
     def sender(self) -> str:
@@ -151,6 +154,19 @@ class ReadIndexRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeoutNowRequest:
+    """Leader -> the follower it hands leadership to, once that follower holds the leader's
+    whole log: campaign now, without a pre-vote (leadership transfer)."""
+
+    term: int  # the leader's term
+    leader_id: str
+
+    @property
+    def sender(self) -> str:
+        return self.leader_id
+
+
+@dataclass(frozen=True, slots=True)
 class ReadIndexResponse:
     """Leader -> follower: `success` with the index to read at once the follower has applied
     it; not `success` when the peer asked cannot confirm that it leads."""
@@ -251,6 +267,7 @@ RpcMessage = (
     | InstallSnapshotResponse
     | ReadIndexRequest
     | ReadIndexResponse
+    | TimeoutNowRequest
     | ClientRequest
     | ClientResponse
     | AdminRequest

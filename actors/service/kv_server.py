@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -40,6 +41,7 @@ from transport.base import Transport
 from transport.errors import DecodeError
 from transport.kv_protocol import (
     ADMIN_SNAPSHOT,
+    ADMIN_TRANSFER_LEADER,
     LoggedCommand,
     decode_command,
     encode_logged,
@@ -223,6 +225,9 @@ class KVServer:
             response = ClientResponse(req.request_id, status, body, "", message, self.peer_id)
             self.transport.send(req.client_id, response)
 
+        if req.op == ADMIN_TRANSFER_LEADER:
+            self._transfer_leader(req.target or None, reply)
+            return
         if req.op != ADMIN_SNAPSHOT:
             reply(ClientStatus.ERROR, message=f"unknown admin operation {req.op[:40]!r}")
             return
@@ -236,6 +241,17 @@ class KVServer:
                 reply(ClientStatus.OK, snapshot_json(self.peer_id, meta))
 
         self.node.snapshot(CompletionFuture(done))
+
+    def _transfer_leader(self, target: str | None, reply: Callable[..., None]) -> None:
+        def done(new_leader: Any, error: BaseException | None) -> None:
+            if isinstance(error, NotLeaderError):
+                reply(ClientStatus.NOT_LEADER, message=str(error))
+            elif error is not None:
+                reply(ClientStatus.ERROR, message=f"{type(error).__name__}: {error}")
+            else:
+                reply(ClientStatus.OK, {"from": self.peer_id, "to": new_leader})
+
+        self.node.transfer_leadership(target, CompletionFuture(done))
 
     def _on_status(self, req: StatusRequest) -> None:
         def done(status: Any, error: BaseException | None) -> None:

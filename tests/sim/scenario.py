@@ -37,6 +37,7 @@ FAULTS = (
     "snapshot",
     "wipe",
     "crash_mid_snapshot",
+    "transfer",
     "calm",
 )
 STRANGER = "10.0.0.66:7000"  # not a member: every message of it must be refused
@@ -294,6 +295,11 @@ def inject(sim: Simulation, kind: str) -> None:
         busy = [p for p in sim.alive() if sim.snapshot_busy(p)]
         if busy:
             sim.crash(rng.choice(busy))
+    elif kind == "transfer":
+        leaders = [p for p in sim.alive() if sim.peers[p].node.role is Role.LEADER]
+        if leaders:
+            leader = rng.choice(leaders)
+            sim.transfer(leader, rng.choice([None, *(p for p in ids if p != leader)]))
     # "calm": nothing this time
 
 

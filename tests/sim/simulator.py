@@ -31,7 +31,7 @@ from actors.configuration import Configuration
 from actors.fsm_caller import FSMCaller
 from actors.futures import CompletionFuture
 from actors.log_manager import LogManager
-from actors.messages import Apply, Flush, ReadAt, ReadIndex, TakeSnapshot
+from actors.messages import Apply, Flush, ReadAt, ReadIndex, TakeSnapshot, TransferLeadership
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
 from actors.snapshot_executor import SnapshotExecutor
@@ -329,6 +329,13 @@ class Simulation:
         actors = self.peers[peer_id].actors
         assert actors is not None
         actors.fsm_caller.tell(TakeSnapshot(future))
+        return future
+
+    def transfer(self, peer_id: str, target: str | None) -> pykka.Future[Any]:
+        """Ask `peer_id` to hand its leadership to `target`, as RaftNode.transfer_leadership
+        does."""
+        future: pykka.Future[Any] = pykka.ThreadingFuture()
+        self.peers[peer_id].node.self_mailbox.tell(TransferLeadership(target, future))
         return future
 
     # -- clients -----------------------------------------------------------------------------

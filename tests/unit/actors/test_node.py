@@ -491,6 +491,7 @@ def test_proposals_refused_at_the_door_are_counted_by_outcome() -> None:
         "too_large": 1,
         "failed": 1,
         "stopped": 1,
+        "transferring": 0,  # tests/unit/actors/test_node_transfer.py
     }
 
 

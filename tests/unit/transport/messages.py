@@ -23,6 +23,7 @@ ENTRIES = tuple(LogEntry(11 + i, 3, EntryType(i % 3), bytes([i]) * i) for i in r
 SAMPLES: list[Any] = [
     rpc.RequestVoteRequest(5, "127.0.0.1:7001", 10, 4, False),
     rpc.RequestVoteRequest(MAX_TERM, "", 0, 0, True),
+    rpc.RequestVoteRequest(6, "b:2", 10, 4, False, transfer=True),
     rpc.RequestVoteResponse(5, True, True, "127.0.0.1:7002", 6),
     rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 10, 2, ENTRIES, 9, 77),
     rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 0, 0, (), 0, 0),
@@ -47,6 +48,8 @@ SAMPLES: list[Any] = [
     rpc.ReadIndexRequest(0, "", 0),
     rpc.ReadIndexResponse(MAX_TERM, "a:1", 7, True, MAX_INDEX),
     rpc.ReadIndexResponse(0, "", 0, False, 0),
+    rpc.TimeoutNowRequest(3, "a:1"),
+    rpc.TimeoutNowRequest(MAX_TERM, ""),
     rpc.StatusResponse(3, "a:1"),
     rpc.StatusResponse(
         3,
@@ -121,7 +124,12 @@ _INT_STRATEGIES: dict[str, st.SearchStrategy[int]] = {
 
 def int_kind(cls: type, name: str) -> str:
     """The codec's rule: which range an int field has, by its name."""
-    leaders = (rpc.AppendEntriesRequest, rpc.RequestVoteRequest, rpc.InstallSnapshotRequest)
+    leaders = (
+        rpc.AppendEntriesRequest,
+        rpc.RequestVoteRequest,
+        rpc.InstallSnapshotRequest,
+        rpc.TimeoutNowRequest,
+    )
     if name == "term" and cls in leaders:
         return "term"
     if name == "term" or name.endswith("_term"):

@@ -89,6 +89,7 @@ def test_tags_never_change() -> None:
         "AdminRequest": 17,
         "ReadIndexRequest": 18,
         "ReadIndexResponse": 19,
+        "TimeoutNowRequest": 20,
     }
 
 
@@ -102,10 +103,11 @@ def test_wire_layout() -> None:
         9,
         7,
     )
-    assert fields_of(encode(request)) == [2, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
+    assert fields_of(encode(request)) == [3, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
     assert encode(rpc.RequestVoteResponse(7, True, False, "b", 6)) == bytes.fromhex(
-        "97020207c3c2a16206"
+        "97030207c3c2a16206"
     )
+    assert fields_of(encode(rpc.TimeoutNowRequest(4, "l:1"))) == [3, 20, 4, "l:1"]
 
 
 # ---- what decode rejects ----------------------------------------------------------------------
@@ -136,14 +138,14 @@ def test_not_a_message_array(value: Any) -> None:
     expect_decode_error(repack(value), "array")
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, -1, True, "2", 2.0, None])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, -1, True, "3", 3.0, None])
 def test_unknown_version(version: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[0] = version
     expect_decode_error(repack(values), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("tag", [0, 20, 255, -3, True, "1", None, 3.0])
+@pytest.mark.parametrize("tag", [0, 21, 255, -3, True, "1", None, 3.0])
 def test_unknown_tag(tag: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[1] = tag
@@ -369,7 +371,7 @@ def test_encode_errors(message: Any) -> None:
 
 def test_generated_source_is_available() -> None:
     assert "def _decode_AppendEntriesRequest(a):" in codec.GENERATED_SOURCE
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
