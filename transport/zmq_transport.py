@@ -74,6 +74,9 @@ _INBOUND_BATCH: Final = 1024  # frames received per loop iteration before sendin
 _POLL_MS: Final = 1000  # idle poll timeout; every real event wakes the loop earlier
 _HEARTBEAT_IVL_MS: Final = 1000  # ZMTP PING on idle connections...
 _HEARTBEAT_TIMEOUT_MS: Final = 3000  # ...and the connection is dropped without an answer
+# TCP keepalive on inbound connections (seconds): idle this long, then probes this often,
+# this many times, before the kernel drops a connection whose other end vanished.
+_KEEPALIVE_IDLE_S, _KEEPALIVE_INTVL_S, _KEEPALIVE_CNT = 10, 2, 3
 _DELIVER_ERROR_LOG_INTERVAL: Final = 10.0
 _START_TIMEOUT: Final = 10.0
 _STOP_TIMEOUT: Final = 10.0
@@ -545,9 +548,18 @@ class _IoLoop:
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its id over
             router.setsockopt(zmq.MAXMSGSIZE, t._max_frame_size)  # disconnects oversenders
             router.setsockopt(zmq.SNDHWM, t._send_hwm)
-            # Heartbeats reap connections of peers/clients that vanished without a FIN/RST.
-            router.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
-            router.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+            # TCP keepalive, not ZMTP heartbeats, reaps inbound connections of peers and
+            # clients that vanished without a FIN/RST. libzmq 4.3.5 (and its master as of
+            # 2026) aborts the process (`Assertion failed: !_io_error
+            # (stream_engine_base.cpp:310)`) when a heartbeat timer fires on a connection
+            # whose input had stopped (its pipe full, or handed over to a reconnected peer of
+            # the same id) and that then failed: the chaos runner's partitions killed a peer so.
+            # Only engines that receive messages stop input, and of ours only the ROUTER's do
+            # (peers' DEALERs receive nothing but PINGs), so the DEALERs keep heartbeats.
+            router.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            router.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
+            router.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTVL_S)
+            router.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
             if self.security is not None:
                 self.security.configure_server(router)
                 events = sum(_REFUSALS)
