@@ -32,7 +32,7 @@ def test_isolate_cuts_one_peer_from_all_others_both_ways(size: int) -> None:
     assert cut == {(1, b) for b in range(size) if b != 1} | {(b, 1) for b in range(size) if b != 1}
 
 
-@pytest.mark.parametrize(("size", "seed"), itertools.product(SIZES, range(20)))
+@pytest.mark.parametrize(("size", "seed"), list(itertools.product(SIZES, range(20))))
 def test_halves_leave_exactly_one_majority(size: int, seed: int) -> None:
     reach = _reach(size, net.halves(size, random.Random(seed)))
     groups = {frozenset(r) for r in reach.values()}
@@ -40,7 +40,7 @@ def test_halves_leave_exactly_one_majority(size: int, seed: int) -> None:
     assert sum(len(g) > size // 2 for g in groups) == 1
 
 
-@pytest.mark.parametrize(("size", "seed"), itertools.product(SIZES, range(20)))
+@pytest.mark.parametrize(("size", "seed"), list(itertools.product(SIZES, range(20))))
 def test_bridge_joins_two_halves_through_one_peer(size: int, seed: int) -> None:
     reach = _reach(size, net.bridge(size, random.Random(seed)))
     bridges = [p for p, r in reach.items() if len(r) == size]
@@ -51,7 +51,7 @@ def test_bridge_joins_two_halves_through_one_peer(size: int, seed: int) -> None:
     assert not frozenset.intersection(*halves)
 
 
-@pytest.mark.parametrize(("size", "seed"), itertools.product([3, 5, 7], range(20)))
+@pytest.mark.parametrize(("size", "seed"), list(itertools.product([3, 5, 7], range(20))))
 def test_majorities_ring_gives_each_peer_a_different_majority(size: int, seed: int) -> None:
     reach = _reach(size, net.majorities_ring(size, random.Random(seed)))
     assert all(len(r) > size // 2 for r in reach.values())
@@ -60,7 +60,7 @@ def test_majorities_ring_gives_each_peer_a_different_majority(size: int, seed: i
     assert any(len(r) < size for r in reach.values())
 
 
-@pytest.mark.parametrize(("size", "seed"), itertools.product(SIZES, range(10)))
+@pytest.mark.parametrize(("size", "seed"), list(itertools.product(SIZES, range(10))))
 def test_one_way_drops_one_direction_only(size: int, seed: int) -> None:
     cut = net.one_way(size, 2, random.Random(seed))
     ((a, b),) = cut
