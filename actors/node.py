@@ -629,7 +629,7 @@ class Node(RaftActor):
         if msg.target == self.peer_id:
             complete(msg.reply, self.peer_id)  # already there
             return
-        match = {peer: report.match_index for peer, report in self._peer_report.items()}
+        match = {peer: self._match_index(peer) for peer in self._others}
         try:
             target = pick_target(self.peer_id, self.conf, msg.target, match)
         except UnknownPeerError as error:
@@ -645,9 +645,7 @@ class Node(RaftActor):
     def _maybe_send_timeout_now(self) -> None:
         transfer = self._transfer
         assert transfer is not None
-        report = self._peer_report.get(transfer.target)
-        match = report.match_index if report is not None else 0
-        if transfer.ready(match, self.log_view.last_index):
+        if transfer.ready(self._match_index(transfer.target), self.log_view.last_index):
             transfer.timeout_now_sent = True
             self._reads.lease_revoked = True  # before the target can collect a single vote
             self.transport.send(transfer.target, TimeoutNowRequest(self.term, self.peer_id))
@@ -832,7 +830,7 @@ class Node(RaftActor):
         followers = {}
         for peer in self._others:
             report = self._peer_report.get(peer)
-            match = report.match_index if report is not None else 0
+            match = self._match_index(peer)
             followers[peer] = {
                 "match_index": match,
                 "lag": max(0, last - match),
@@ -841,6 +839,11 @@ class Node(RaftActor):
                 "inflight": report.inflight if report is not None else 0,
             }
         return followers
+
+    def _match_index(self, peer: str) -> int:
+        """Leader: the last index `peer` is known to hold (its Replicator's latest report)."""
+        report = self._peer_report.get(peer)
+        return report.match_index if report is not None else 0
 
     @handles(GetStatus)
     def on_get_status(self, msg: GetStatus) -> NodeStatus:

@@ -23,24 +23,18 @@ elections only get slower or more frequent.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
-from tests.chaos.config import ChaosConfig, ChaosReport
+from tests.chaos.config import ChaosConfig
 
 
-class ClockSkew:
-    """The clock rates of one run's peers (`report.peers`, in order)."""
-
-    def __init__(self, config: ChaosConfig, report: ChaosReport) -> None:
-        if not config.clock_drift:
-            return
-        for index, peer in enumerate(report.peers):
-            report.clock_rates[peer] = self.rate(config, index)
-        report.faults["clock-skew"] = sum(r != 1.0 for r in report.clock_rates.values())
-
-    @staticmethod
-    def rate(config: ChaosConfig, index: int) -> float:
-        """Peer `index`'s clock rate (1.0 when the nemesis is off)."""
-        if not config.clock_drift:
-            return 1.0
+def clock_rates(config: ChaosConfig, peers: Sequence[str]) -> dict[str, float]:
+    """Each peer's Raft clock rate, seeded by its place in `peers`; {} when the nemesis is
+    off (every clock then runs at 1.0)."""
+    if not config.clock_drift:
+        return {}
+    rates = {}
+    for index, peer in enumerate(peers):
         rng = random.Random(f"{config.seed}/clock/{index}")
-        return round(1.0 + rng.uniform(-config.clock_drift, config.clock_drift), 4)
+        rates[peer] = round(1.0 + rng.uniform(-config.clock_drift, config.clock_drift), 4)
+    return rates

@@ -111,8 +111,8 @@ class ChaosReport:
     data_dir: str = ""
     ran_for: float = 0.0
     history: list[Operation] = field(default_factory=list)
-    failed_ops: int = 0  # definite failures (CommandError): not in the history
-    failures: list[Failure] = field(default_factory=list)  # their times, for the timeline
+    # Definite failures (CommandError), with their times for the timeline: not in the history.
+    failures: list[Failure] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)  # every fault's window
     leader_log: list[LeaderChange] = field(default_factory=list)
     started: float = 0.0  # monotonic time the traffic began
@@ -132,6 +132,10 @@ class ChaosReport:
     @property
     def ops_ok(self) -> int:
         return sum(o.outcome is Outcome.OK and o.client != FINAL_CLIENT for o in self.history)
+
+    @property
+    def failed_ops(self) -> int:
+        return len(self.failures)
 
     @property
     def ops_unknown(self) -> int:

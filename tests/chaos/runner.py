@@ -20,7 +20,7 @@ from actors.service.offline import PeerDisk, read_peer_disk
 from actors.service.peer import PeerConfig, peer_data_dir
 from actors.wait import wait_until
 from storage.errors import StorageError
-from tests.chaos.clock import ClockSkew
+from tests.chaos.clock import clock_rates
 from tests.chaos.config import ChaosConfig, ChaosReport, Convergence, check_history
 from tests.chaos.constants import EXIT_OK, FINAL_CLIENT
 from tests.chaos.faults import FaultInjector
@@ -107,9 +107,18 @@ def _run(
         if peer_dir.exists() and any(peer_dir.iterdir()):
             raise ValueError(f"{peer_dir} already holds data: chaos needs fresh peers")
     report.peers = ids
-    ClockSkew(config, report)
+    report.clock_rates = clock_rates(config, ids)
+    if report.clock_rates:
+        report.faults["clock-skew"] = sum(r != 1.0 for r in report.clock_rates.values())
     peers = {
-        peer_id: _local_peer(i, ids, config, data_dir, network.wrapper(i) if network else [])
+        peer_id: _local_peer(
+            peer_id,
+            ids,
+            config,
+            data_dir,
+            network.wrapper(i) if network else [],
+            report.clock_rates.get(peer_id, 1.0),
+        )
         for i, peer_id in enumerate(ids)
     }
     say(
@@ -166,20 +175,24 @@ def reproduce_command(config: ChaosConfig) -> str:
 
 
 def _local_peer(
-    index: int, ids: list[str], config: ChaosConfig, data_dir: Path, wrapper: list[str]
+    peer_id: str,
+    ids: list[str],
+    config: ChaosConfig,
+    data_dir: Path,
+    wrapper: list[str],
+    clock_rate: float,
 ) -> LocalPeer:
-    """Peer `index`, logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own
+    """Peer `peer_id`, logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own
     (a Ctrl-C at the terminal reaches only the runner, which stops the peers in order), run
     through `wrapper` (its network namespace) with its clock's rate."""
-    rate = ClockSkew.rate(config, index)
     peer_config = PeerConfig(
-        ids[index],
+        peer_id,
         tuple(ids),
         data_dir,
         config.election_timeout_ms,
         snapshot_threshold=config.snapshot_threshold,
         snapshot_log_margin=config.snapshot_log_margin,
-        clock_rate=rate,
+        clock_rate=clock_rate,
     )
     return LocalPeer(
         peer_config,
@@ -228,7 +241,6 @@ def _drive(
         report.history.extend(worker.history)
         report.failures.extend(worker.failures)
         report.client_errors.update(worker.errors)
-    report.failed_ops = len(report.failures)
     report.faults.update(injector.faults)
     report.windows = injector.windows
     report.leader_log = injector.leader_log
