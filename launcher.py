@@ -1,12 +1,18 @@
 """pykka-raft launcher: run a replicated KV service, or talk to one.
 
     python launcher.py [run] [--peers H:P,...] [--self H:P] [--data-dir DIR]
-                       [--election-timeout-ms N] [--log-level LEVEL]
+                       [--election-timeout-ms N] [--log-level LEVEL] [--join] [--priority N]
                        [--snapshot-threshold N] [--snapshot-interval-s S] ...
     python launcher.py client [--peers ...] put KEY VALUE | get KEY | delete KEY
                                             | cas KEY EXPECTED NEW | status
-    python launcher.py admin [--peers ...] members | snapshot [H:P] | transfer-leader [H:P]
+    python launcher.py admin [--peers ...] members | add-peer H:P | add-learner H:P
+                       | promote H:P | remove-peer H:P | transfer-leader [H:P] | snapshot [H:P]
     python launcher.py keygen DIR [--peers H:P,...] [--clients NAMES] [--admins NAMES]
+
+`--peers` bootstraps a brand-new cluster and gives contact hints: a peer with durable state uses
+the configuration of its own log and snapshot. `run --self H:P --peers EXISTING --join` starts a
+brand-new peer that waits to be added (`admin add-peer H:P`) instead of bootstrapping;
+`--priority N` is its election priority (-1, the default: off; 0: never leads; higher wins).
 
 `--keys DIR` (run, client, admin) turns on CurveZMQ: every connection encrypted and
 authenticated with the keys `keygen` made (see transport/security.py). Without it anyone who can
@@ -33,9 +39,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from actors.errors import OptionsError
 from actors.options import RaftOptions
@@ -43,7 +50,14 @@ from actors.service.local_peer import STOP_GRACE, LocalPeer
 from actors.service.peer import PeerConfig, PeerFailedError, PeerStartError
 from actors.service.peer import run_peer as serve_peer
 from transport.client import AdminClient, ClientTimeout, KVClient, KVError
-from transport.kv_protocol import CONSISTENCIES, LINEARIZABLE
+from transport.kv_protocol import (
+    ADMIN_ADD_LEARNER,
+    ADMIN_ADD_PEER,
+    ADMIN_PROMOTE,
+    ADMIN_REMOVE_PEER,
+    CONSISTENCIES,
+    LINEARIZABLE,
+)
 from transport.peers import parse_peer, parse_peers
 from transport.security import (
     ADMIN_ROLE,
@@ -55,6 +69,12 @@ from transport.security import (
 
 DEFAULT_PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 DEFAULT_DATA_DIR = "./raft-data"
+MEMBERSHIP_HELP = {  # admin operations that change the configuration, each on one peer
+    ADMIN_ADD_PEER: "make H:P a voter (a new peer, started with `run --join`, catches up first)",
+    ADMIN_ADD_LEARNER: "make H:P a learner: it receives the log, never votes nor leads",
+    ADMIN_PROMOTE: "make learner H:P a voter",
+    ADMIN_REMOVE_PEER: "remove voter or learner H:P (a leader removing itself then hands over)",
+}
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)  # wait before the n-th restart of a crashed peer
 STABLE_AFTER = 60.0  # a peer up this long has its back-off reset
@@ -81,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--self", dest="self_id", metavar="H:P", help="run only this peer")
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     run.add_argument("--election-timeout-ms", type=int, default=1000)
+    run.add_argument(
+        "--join",
+        action="store_true",
+        help="with --self: a brand-new peer that waits to be added to the running cluster of "
+        "--peers (`admin add-peer`) instead of bootstrapping; --self need not be in --peers",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=RaftOptions.election_priority,
+        metavar="N",
+        help="election priority: -1 off (the default), 0 never leads, a higher one is "
+        "preferred as leader",
+    )
     run.add_argument(
         "--snapshot-threshold",
         type=int,
@@ -176,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--peers", default=DEFAULT_PEERS, help="comma-separated HOST:PORT list")
     admin.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     admin_ops = admin.add_subparsers(dest="op", required=True, metavar="OPERATION")
-    admin_ops.add_parser("members", help="the leader and the voters")
+    admin_ops.add_parser("members", help="the leader, the voters and the learners")
+    for op, what in MEMBERSHIP_HELP.items():
+        admin_ops.add_parser(op, help=what).add_argument("peer", metavar="H:P")
     snapshot = admin_ops.add_parser("snapshot", help="take a snapshot now (default: the leader)")
     snapshot.add_argument("peer", nargs="?", metavar="H:P", help="the peer to snapshot")
     transfer = admin_ops.add_parser(
@@ -289,6 +325,8 @@ def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerC
         http=http,
         keys=args.keys,
         clock_rate=args.clock_rate,
+        join=args.join,
+        priority=args.priority,
     )
 
 
@@ -428,17 +466,26 @@ def run_service(args: argparse.Namespace) -> int:
             raise UsageError("--http-base-port is for the cluster form; with --self use --http")
         if not 1 <= args.http_base_port <= 65535 - len(peers) + 1:
             raise UsageError("--http-base-port: the ports N..N+peers-1 must be valid ports")
+    if args.priority < -1:
+        raise UsageError("--priority must be -1 (off), 0 (never leads) or a positive number")
+    if args.join and args.self_id is None:
+        raise UsageError("--join goes with --self: it starts one new peer, H:P, to be added")
     if args.self_id is not None:
         try:
             parse_peer(args.self_id)
         except ValueError as error:
             raise UsageError(f"--self: {error}") from None
-        if args.self_id not in peers:
-            raise UsageError(f"--self {args.self_id} is not among --peers {','.join(peers)}")
+        if args.join and not set(peers) - {args.self_id}:
+            raise UsageError("--join: --peers must name a peer of the running cluster")
+        if not args.join and args.self_id not in peers:
+            raise UsageError(
+                f"--self {args.self_id} is not among --peers {','.join(peers)} (a new peer "
+                "joins a running cluster with --join)"
+            )
     if args.keys is not None:
         for peer in [args.self_id] if args.self_id is not None else peers:
             try:
-                PeerSecurity(args.keys, peer).check_peers(peers)
+                PeerSecurity(args.keys, peer).check_peers([p for p in peers if p != peer])
             except KeyDirectoryError as error:
                 raise UsageError(f"--keys: {error}") from None
     if args.self_id is not None:
@@ -501,12 +548,16 @@ def run_admin(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.op}: {error}") from None
     try:
         with AdminClient(peers, timeout=args.timeout, keys=args.keys) as admin:
-            if args.op == "members":
-                result = admin.members()
-            elif args.op == "snapshot":
-                result = admin.snapshot(args.peer)
-            else:
-                result = admin.transfer_leader(args.peer)
+            operations: dict[str, Callable[[], dict[str, Any]]] = {
+                "members": admin.members,
+                "snapshot": lambda: admin.snapshot(args.peer),
+                "transfer-leader": lambda: admin.transfer_leader(args.peer),
+                ADMIN_ADD_PEER: lambda: admin.add_peer(args.peer),
+                ADMIN_ADD_LEARNER: lambda: admin.add_learner(args.peer),
+                ADMIN_PROMOTE: lambda: admin.promote(args.peer),
+                ADMIN_REMOVE_PEER: lambda: admin.remove_peer(args.peer),
+            }
+            result = operations[args.op]()
     except ClientTimeout as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_TIMEOUT

@@ -25,7 +25,14 @@ import logging
 from actors.base import RaftActor, handles
 from actors.configuration import Configuration
 from actors.mailbox import Mailbox
-from actors.messages import ClearPending, Commit, Committed, Grant, ResetPending
+from actors.messages import (
+    ClearPending,
+    Commit,
+    Committed,
+    Grant,
+    ResetPending,
+    SetConfiguration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,10 @@ class BallotBox(RaftActor):
         # ResetPending (a new leader's first entry follows everything it had).
         self.pending_index = 0
         self.conf: Configuration = _NO_CONF
-        # Highest index each voter of `conf` is known to hold in this term (missing = 0).
-        # Invariant: only members of conf.all_peers(); each value only grows within a term.
+        # Highest index each replicated peer is known to hold in this term (missing = 0); only
+        # the voters of `conf` count (quorum_match), but a learner's or a catching-up peer's
+        # grants are kept so it counts at once when a configuration makes it a voter.
+        # Invariant: each value only grows within a term.
         self.match: dict[str, int] = {}
         # Invariant: never decreases (commit is forever, across terms too).
         self.last_committed_index = 0
@@ -96,9 +105,6 @@ class BallotBox(RaftActor):
             # A replicator of an earlier leader term: its indexes may name other entries now.
             log.debug("ballot box: %s is not of term %d; ignored", msg, self.term)
             return
-        if msg.peer_id not in self.conf.all_peers():
-            log.debug("ballot box: grant from %s, not a voter of %s", msg.peer_id, self.conf)
-            return
         if msg.last_index <= self.match.get(msg.peer_id, 0):
             return  # old news: match only grows
         self.match[msg.peer_id] = msg.last_index
@@ -120,11 +126,14 @@ class BallotBox(RaftActor):
         self.conf = _NO_CONF
         self.match = {}
 
-    # Configuration changes within a term (joint consensus entered / left, learners promoted)
-    # will arrive as a message of their own, e.g. SetConfiguration(term, conf): it replaces
-    # `self.conf`, drops `match` of peers no longer in conf.all_peers(), and calls
-    # maybe_commit() (a smaller configuration can make a quorum at once). The counting itself
-    # (`maybe_commit`) needs no change for it.
+    @handles(SetConfiguration)
+    def on_set_configuration(self, msg: SetConfiguration) -> None:
+        """A configuration entry was appended in this leader term: count by it from now on,
+        for every open ballot (stricter while joint; a smaller C_new may commit at once)."""
+        if not self.is_leading or msg.term != self.term:
+            return
+        self.conf = msg.conf
+        self.maybe_commit()
 
     # -- decisions ---------------------------------------------------------------------------
 

@@ -79,11 +79,25 @@ class TransferLeadershipError(RaftError):
 
 
 class UnknownPeerError(RaftError, ValueError):
-    """The peer named is not a voter of the configuration: nothing was done."""
+    """The peer named is not a voter (or, for a learner operation, a learner) of the
+    configuration: nothing was done."""
+
+
+class MembershipChangeError(RaftError, ValueError):
+    """The membership change asked for is not one (e.g. it would leave no voter, or adds a
+    voter as a learner): nothing was done."""
+
+
+class CatchUpError(RaftError):
+    """A peer being added did not catch up with the leader's log (it is unreachable, or stopped
+    making progress for an election timeout): the membership change failed, nothing changed."""
+
+    outcome_label = "catch_up_failed"
 
 
 class ChangeInProgressError(RaftError):
-    """Busy: another leadership transfer is under way. Nothing was done; retry once it ends."""
+    """Busy: another leadership transfer or membership change is under way (or the leader's
+    own configuration entry is not committed yet). Nothing was done; retry once it ends."""
 
     outcome_label = "busy"
 

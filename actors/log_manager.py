@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from actors.base import RaftActor, handles
+from actors.configuration import Configuration
 from actors.errors import (
     InvariantViolationError,
     NodeFailedError,
@@ -48,16 +50,18 @@ from actors.errors import (
     OverloadedError,
     RaftError,
 )
-from actors.futures import fail_all
+from actors.futures import fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
+    AppendConfiguration,
     AppendLeaderEntries,
     BecomeLeader,
     CheckVote,
     ClearPending,
     Commit,
     Committed,
+    ConfigurationChanged,
     EnterError,
     Flush,
     FollowerAppend,
@@ -72,6 +76,7 @@ from actors.messages import (
     RegisterPending,
     RequestVotes,
     ResetPending,
+    SetConfiguration,
     SnapshotSaved,
     StepDown,
     Subscribe,
@@ -162,11 +167,32 @@ class LogManager(RaftActor):
         self._granted = first - 1
         self._pending.clear()
         self._pending_bytes = 0
-        self.ballot_box.tell(ResetPending(msg.term, first, msg.conf))
+        conf = self.log_view.conf
+        self.ballot_box.tell(ResetPending(msg.term, first, conf))
         self.fsm_caller.tell(LeaderStart(msg.term, first))
+        if msg.applied is not None:
+            self.fsm_caller.tell(RegisterPending(first, (msg.applied,)))
         # The first entry of the term: earlier-term entries commit only through it (Fig. 8).
-        self._append_leader([LogEntry(first, msg.term, EntryType.NO_OP)])
+        # It carries the configuration in force, so that the log always holds it (a restarted
+        # peer uses its own, never its flags) and a half-done joint change is rolled forward
+        # by committing it again (actors/membership.py).
+        self._append_leader([LogEntry(first, msg.term, EntryType.CONFIGURATION, conf.encode())])
         self.node.tell(LeaderLogReady(msg.term, first))
+
+    @handles(AppendConfiguration)
+    def on_append_configuration(self, msg: AppendConfiguration) -> None:
+        """A membership change's configuration entry: in force from now on (the BallotBox
+        counts by it before any Grant for it can arrive)."""
+        if self._failed:
+            fail(msg.applied, NodeFailedError(f"{self.peer_id} is in ERROR"))
+            return
+        if self.leader_term != msg.term:
+            fail(msg.applied, NotLeaderError(None))
+            return
+        index = self.log_view.last_index + 1
+        self.ballot_box.tell(SetConfiguration(msg.term, msg.conf))
+        self.fsm_caller.tell(RegisterPending(index, (msg.applied,)))
+        self._append_leader([LogEntry(index, msg.term, EntryType.CONFIGURATION, msg.conf.encode())])
 
     @handles(AppendLeaderEntries)
     def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None:
@@ -257,6 +283,13 @@ class LogManager(RaftActor):
         view = self.log_view
         prev = req.prev_log_index
         entries = req.entries
+        bad = _undecodable_configuration(entries)
+        if bad is not None:
+            # A member leader sending a configuration we cannot read is faulty: append none of
+            # it (and answer nothing) rather than adopt or lose a configuration.
+            log.error("%s: AppendEntries from %s refused: %s", self.peer_id, req.leader_id, bad)
+            return
+        conf_before = view.conf_state
         if prev < view.snapshot_index:
             # Everything up to our snapshot is committed, so the leader's log holds the same
             # entries there (Log Matching, Leader Completeness): skip them, match at the
@@ -289,6 +322,8 @@ class LogManager(RaftActor):
         if new:
             view.append_unstable(new)
             self._unflushed.extend(new)
+        if view.conf_state is not conf_before:
+            self.node.tell(ConfigurationChanged())
         # The leader's commit index applies only up to what this request proved we match.
         matched = prev + len(req.entries)
         commit = min(req.committed_index, matched)
@@ -372,12 +407,15 @@ class LogManager(RaftActor):
                 # committed entries only, which a leader's log holds (Leader Completeness).
                 self._fail(InvariantViolationError(f"leader's log lacks snapshot {meta}"))
                 return
+            conf_before = self.log_view.conf_state
             try:
                 self.log_view.install(meta)
             except Exception as exc:
                 self._fail(exc)
                 return
             self.committed_index = meta.last_index
+            if self.log_view.conf_state is not conf_before:
+                self.node.tell(ConfigurationChanged())
             log.info("%s: installed snapshot %d; log now %s", self.peer_id, meta.last_index, self)
         self.fsm_caller.tell(LoadSnapshot(meta))
 
@@ -524,3 +562,14 @@ class LogManager(RaftActor):
 
     def shutdown(self) -> None:
         self._flush()
+
+
+def _undecodable_configuration(entries: Sequence[LogEntry]) -> str | None:
+    """What is wrong with the first configuration entry among `entries` that does not decode."""
+    for entry in entries:
+        if entry.type == EntryType.CONFIGURATION:
+            try:
+                Configuration.decode(entry.data)
+            except ValueError as exc:
+                return f"configuration entry {entry.index}: {exc}"
+    return None

@@ -15,6 +15,12 @@ compacted away, so the log may start after 1. The snapshot's last entry keeps a 
 (`snapshot_term`), which is what an AppendEntries right after it needs (`known_term`); entries
 compacted away have no known term, and a leader sends such a follower the snapshot instead.
 
+Configurations (actors/configuration.py, ConfigurationLog): a configuration takes effect when
+appended (Raft dissertation §4.1), so the LogView keeps the configurations of its own log, and
+publishes the newest as `conf_state` (one immutable object: index, configuration, the previous
+one) whenever an append, a truncation or a snapshot changes it. Before any configuration entry
+it is the snapshot's, else the bootstrap one (`bootstrap_conf`).
+
 Invariants: first_index <= stable_index + 1; stable_index <= last_index; the tail is contiguous
 and `_tail_first <= stable_index + 1` (every non-durable entry is in the tail); with a snapshot,
 first_index <= snapshot_index + 1 <= last_index + 1 and committed_index >= snapshot_index.
@@ -28,8 +34,9 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from actors.configuration import Configuration, ConfigurationLog, ConfState
 from storage.base import LogStorage
-from storage.entry import LogEntry, clip_to_bytes
+from storage.entry import EntryType, LogEntry, clip_to_bytes
 from storage.errors import CorruptLogError
 from storage.snapshot_storage import SnapshotMeta
 
@@ -38,10 +45,16 @@ log = logging.getLogger(__name__)
 
 class LogView:
     def __init__(
-        self, storage: LogStorage, tail_entries: int = 8192, snapshot: SnapshotMeta | None = None
+        self,
+        storage: LogStorage,
+        tail_entries: int = 8192,
+        snapshot: SnapshotMeta | None = None,
+        bootstrap_conf: Configuration | None = None,
     ) -> None:
         """`snapshot`: the newest snapshot, if any; the log is reconciled with it first
-        (`reconcile_with_snapshot`), so this may write to storage (before any actor runs)."""
+        (`reconcile_with_snapshot`), so this may write to storage (before any actor runs).
+        `bootstrap_conf`: the configuration while the log and snapshot hold none (None: no
+        voter at all). Raises CorruptLogError when a configuration in them does not decode."""
         self._storage = storage
         self._storage_lock = threading.Lock()
         self._tail_lock = threading.Lock()
@@ -59,6 +72,28 @@ class LogView:
         # The one field the LogManager does not write: the FSMCaller publishes its progress here
         # (a single writer still), so that status never has to ask the FSMCaller.
         self.applied_index = self.snapshot_index
+        if snapshot is not None:
+            base = _decode_conf(snapshot.conf, snapshot.last_index)
+            self._confs = ConfigurationLog(base, snapshot.last_index)
+        else:
+            self._confs = ConfigurationLog(bootstrap_conf or Configuration.of(()))
+        self._scan_configurations(self.snapshot_index + 1)
+        self.conf_state: ConfState = self._confs.state()
+
+    @property
+    def conf(self) -> Configuration:
+        """The configuration in force at the end of this log (any thread)."""
+        return self.conf_state.conf
+
+    def _scan_configurations(self, first: int, batch: int = 4096) -> None:
+        """At start: record every configuration entry from `first` to the end of the log."""
+        index = max(first, self.first_index)
+        while index <= self.last_index:
+            chunk = self.entries(index, min(index + batch - 1, self.last_index))
+            if not chunk:
+                raise CorruptLogError(f"entry {index} is not readable")
+            self._track_configurations(chunk)
+            index = chunk[-1].index + 1
 
     # -- reads: any thread ------------------------------------------------------------------
 
@@ -153,6 +188,18 @@ class LogView:
             self._tail.extend(entries)
             self.last_index = entries[-1].index
             self.last_term = entries[-1].term
+        if self._track_configurations(entries):
+            self.conf_state = self._confs.state()
+
+    def _track_configurations(self, entries: Sequence[LogEntry]) -> bool:
+        """Record the configuration entries among `entries`; whether there was one. (The
+        LogManager checks that a leader's configuration entries decode before appending.)"""
+        found = False
+        for entry in entries:
+            if entry.type == EntryType.CONFIGURATION:
+                self._confs.add(entry.index, _decode_conf(entry.data, entry.index))
+                found = True
+        return found
 
     def persist(self, entries: Sequence[LogEntry]) -> None:
         """Write `entries` (already in the tail) to storage; one fsync for the batch."""
@@ -176,6 +223,8 @@ class LogView:
             self.last_index = last_index_kept
             self.stable_index = min(self.stable_index, last_index_kept)
         self.last_term = self.term_at(last_index_kept)
+        self._confs.truncate_suffix(last_index_kept)
+        self.conf_state = self._confs.state()
 
     def compact(self, snapshot: SnapshotMeta, first_index_kept: int) -> None:
         """A local snapshot is durable: record it, and drop the entries before
@@ -201,6 +250,7 @@ class LogView:
             self._set_snapshot(snapshot)
             self.set_committed(index)
             return
+        self._confs.truncate_suffix(index)  # the whole log goes; the snapshot's conf rules
         with self._storage_lock:
             self._storage.reset(index + 1)
         with self._tail_lock:
@@ -216,6 +266,8 @@ class LogView:
         # The term first: a reader seeing the new index must find its term.
         self.snapshot_term = snapshot.last_term
         self.snapshot_index = snapshot.last_index
+        self._confs.set_base(snapshot.last_index, _decode_conf(snapshot.conf, snapshot.last_index))
+        self.conf_state = self._confs.state()
 
     def set_committed(self, index: int) -> None:
         if index > self.committed_index:
@@ -234,6 +286,13 @@ class LogView:
             if drop_through >= self._tail_first:
                 del self._tail[: drop_through - self._tail_first + 1]
                 self._tail_first = drop_through + 1
+
+
+def _decode_conf(data: bytes, index: int) -> Configuration:
+    try:
+        return Configuration.decode(data)
+    except ValueError as exc:
+        raise CorruptLogError(f"the configuration at {index} does not decode: {exc}") from None
 
 
 def reconcile_with_snapshot(storage: LogStorage, snapshot: SnapshotMeta | None) -> None:

@@ -29,6 +29,7 @@ import pykka
 
 from actors.configuration import Configuration
 from actors.mailbox import Mailbox
+from actors.membership import ChangeRequest
 from transport.rpc import AppendEntriesRequest, InstallSnapshotRequest, RequestVoteRequest
 
 if TYPE_CHECKING:
@@ -222,6 +223,46 @@ class TransferLeadership:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeMembership:
+    """RaftNode -> Node (leader): carry out one membership change (actors/membership.py).
+    `reply` completes with the new (stable) Configuration once it is committed; it fails with
+    NotLeaderError, ChangeInProgressError, UnknownPeerError, MembershipChangeError, CatchUpError
+    or (outcome unknown) LeadershipLostError."""
+
+    request: ChangeRequest
+    reply: Any
+
+
+class CatchupCheck(Timer):
+    """Leader: time to check that the peers a membership change adds are still catching up."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfEntryApplied:
+    """Node -> itself: the configuration entry of change `generation` was applied (committed),
+    or could not be (`error`: leadership lost, ERROR)."""
+
+    generation: int
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class TermEntryApplied:
+    """Node -> itself: the first entry of leader term `term` was applied (committed)."""
+
+    term: int
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationChanged:
+    """LogManager -> Node: the log's configuration changed by a follower append, a truncation
+    or a snapshot install (the Node reads it from the LogView; it learns new members' ids)."""
+
+
+@dataclass(frozen=True, slots=True)
 class TransferTimeout:
     """Leader: the transfer numbered `generation` has had its election timeout."""
 
@@ -241,10 +282,21 @@ class CheckVote:
 @dataclass(frozen=True, slots=True)
 class BecomeLeader:
     """Enter leader mode for `term`: reset the BallotBox, tell the FSMCaller, append the first
-    entry of the term, then answer LeaderLogReady."""
+    entry of the term (a CONFIGURATION entry carrying the log's configuration), then answer
+    LeaderLogReady. `applied`, if given, completes when that entry is applied."""
+
+    term: int
+    applied: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendConfiguration:
+    """Node (leader) -> LogManager: append a CONFIGURATION entry for `conf` in `term`; it
+    takes effect at once (the BallotBox counts by it). `applied` completes when it is applied."""
 
     term: int
     conf: Configuration
+    applied: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +371,15 @@ class ResetPending:
 
     term: int
     pending_index: int
+    conf: Configuration
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfiguration:
+    """LogManager -> BallotBox: from now on leader term `term` counts by `conf` (a
+    configuration entry was appended)."""
+
+    term: int
     conf: Configuration
 
 

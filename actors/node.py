@@ -47,8 +47,10 @@ from actors.base import RaftActor, handles
 from actors.clock import Clock
 from actors.configuration import Configuration
 from actors.errors import (
+    CatchUpError,
     ChangeInProgressError,
     CommandTooLargeError,
+    LeadershipLostError,
     LeadershipUnconfirmedError,
     LeaderTransferringError,
     NodeFailedError,
@@ -61,11 +63,17 @@ from actors.errors import (
 from actors.futures import CompletionFuture, complete, fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
+from actors.membership import Catchup, ConfChange, Stage
 from actors.messages import (
+    AppendConfiguration,
     AppendLeaderEntries,
     Apply,
     BecomeLeader,
+    CatchupCheck,
+    ChangeMembership,
     CheckVote,
+    ConfEntryApplied,
+    ConfigurationChanged,
     ConfirmLeadership,
     ElectionTimeout,
     EnterError,
@@ -85,6 +93,7 @@ from actors.messages import (
     RequestVotes,
     StepDown,
     Subscribe,
+    TermEntryApplied,
     TransferLeadership,
     TransferTimeout,
     Unsubscribe,
@@ -152,7 +161,11 @@ class Node(RaftActor):
         self.options = options
         self.raft_options = options.raft
         self.peer_id = options.peer_id
-        self.conf: Configuration = options.initial_conf
+        # The --peers hints: leaders this peer follows even when its own log does not name
+        # them (a brand-new peer started with --join, or one whose log lags a membership
+        # change that added its leader).
+        self._contacts = options.initial_conf.all_peers() - {self.peer_id}
+        self._known_peers: set[str] = set()  # ids told to the transport (ensure_peer)
         self.log_view = log_view
         self.log_manager = log_manager
         self.transport = transport
@@ -187,15 +200,20 @@ class Node(RaftActor):
         self._peer_contact: dict[str, float] = {}
         self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
-        self._reads = ReadOnly(self.peer_id, self.conf)  # leader: this term's read rounds
+        self._reads = ReadOnly(self.peer_id, self._conf)  # leader: this term's read rounds
         self._follower_reads = FollowerReads()  # follower: reads waiting for a read index
         self._transfer: Transfer | None = None  # leader: a leadership transfer under way
         self._transfer_gen = 0
+        self._change: ConfChange | None = None  # leader: a membership change under way
+        self._change_gen = 0
+        self._term_committed = False  # leader: its term's first entry is applied
+        self._waiting_change: ChangeMembership | None = None  # leader: asked before that
 
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
 
     def startup(self) -> None:
+        self._learn_members()
         options = self.raft_options
         if options.initial_election_advance:
             # etcd's initial-election-tick-advance: at start, campaign after a short settle
@@ -216,8 +234,39 @@ class Node(RaftActor):
         self._invalidate_timers()
 
     @property
+    def conf(self) -> Configuration:
+        """The configuration in force: the newest in this peer's own log (it takes effect
+        when appended), published by the LogManager in the LogView."""
+        return self.log_view.conf
+
+    def _conf(self) -> Configuration:
+        return self.log_view.conf
+
+    @property
     def _others(self) -> tuple[str, ...]:
+        """The other voters: whom to ask for votes."""
         return tuple(sorted(self.conf.all_peers() - {self.peer_id}))
+
+    def _may_lead(self, peer: str) -> bool:
+        """Whether this peer follows `peer` as a leader: a voter of the configuration in force
+        or of the one before it (a leader that removed itself leads until C_new commits, and
+        its followers append C_new first), or one of the --peers hints."""
+        state = self.log_view.conf_state
+        return (
+            peer in state.conf.all_peers()
+            or peer in state.previous.all_peers()
+            or peer in self._contacts
+        )
+
+    def _learn_members(self) -> None:
+        """Let the transport reach every member of the configuration (new ones included)."""
+        for peer in sorted(self.conf.members() - self._known_peers - {self.peer_id}):
+            self.transport.ensure_peer(peer)
+            self._known_peers.add(peer)
+
+    @handles(ConfigurationChanged)
+    def on_configuration_changed(self, msg: ConfigurationChanged) -> None:
+        self._learn_members()
 
     # -- client commands ---------------------------------------------------------------------
 
@@ -332,7 +381,7 @@ class Node(RaftActor):
 
     @handles(ReadIndexResponse)
     def handle_read_index_response(self, resp: ReadIndexResponse) -> None:
-        if resp.peer_id not in self.conf.all_peers():
+        if resp.peer_id not in self.conf.members() and resp.peer_id not in self._contacts:
             self.rejections.refuse("read_index_from_non_member", resp.peer_id)
             return
         reads = self._follower_reads.answered(resp.request_id)
@@ -356,7 +405,7 @@ class Node(RaftActor):
 
     @handles(ReadIndexRequest)
     def handle_read_index_request(self, req: ReadIndexRequest) -> None:
-        if req.peer_id not in self.conf.all_peers() or req.peer_id == self.peer_id:
+        if req.peer_id not in self._replication_targets():
             self.rejections.refuse("read_index_from_non_member", req.peer_id)
             return
 
@@ -437,8 +486,12 @@ class Node(RaftActor):
     # -- elections: as candidate -------------------------------------------------------------
 
     def _start_pre_vote(self) -> None:
-        if self.peer_id not in self.conf.peers:
-            return  # not a voter: never campaigns
+        if self.peer_id not in self.conf.all_peers():
+            # Not a voter (a learner, removed, or joining): never campaigns, but keeps
+            # checking, as a configuration entry may make it one.
+            self._election_reset_at = self.clock.now()
+            self._arm_election_timer()
+            return
         if self.term >= MAX_TERM:
             log.error(
                 "%s: term %d is the largest there is; not campaigning", self.peer_id, self.term
@@ -578,16 +631,25 @@ class Node(RaftActor):
         self._vote_gen += 1
         self._election_gen += 1
         now = self.clock.now()
-        self._peer_contact = dict.fromkeys(self._others, now)
+        self._peer_contact = dict.fromkeys(self._replication_targets(), now)
         self._peer_report = {}
-        self._reads = ReadOnly(self.peer_id, self.conf)
+        self._reads = ReadOnly(self.peer_id, self._conf)
+        self._term_committed = False
         fail_all(self._follower_reads.drain(), NotLeaderError(None))  # retried, here now
-        self.log_manager.tell(BecomeLeader(self.term, self.conf))
+        term = self.term
+        applied = CompletionFuture(
+            lambda _, error: self.self_mailbox.tell(TermEntryApplied(term, error))
+        )
+        self.log_manager.tell(BecomeLeader(term, applied))
         self._arm_lease_check()
 
     def _stop_leading(self) -> None:
         log.info("%s: stepping down as leader of term %d", self.peer_id, self.term)
         self._end_transfer()
+        self._end_change(LeadershipLostError(f"{self.peer_id} stopped leading mid-change"))
+        if self._waiting_change is not None:
+            fail(self._waiting_change.reply, NotLeaderError(None))
+            self._waiting_change = None
         self._stop_replicators()
         self._fail_reads(NotLeaderError(None))
         self._lease_gen += 1
@@ -603,12 +665,39 @@ class Node(RaftActor):
     def on_leader_log_ready(self, msg: LeaderLogReady) -> None:
         if self.role is not Role.LEADER or msg.term != self.term:
             return
-        for peer in self._others:
-            mailbox = self.replicators.start(peer, self.term, msg.first_index)
-            self._replicating[peer] = mailbox
-            self.log_manager.tell(Subscribe(peer, mailbox))
+        self._sync_replicators(msg.first_index)
         self._reads.term_first_index = msg.first_index
         self._start_read_round()  # reads that arrived before the term began
+
+    def _replication_targets(self) -> frozenset[str]:
+        """Whom a leader replicates to: every member of the configuration in force, and while
+        a change runs also those it adds (catching up) and removes (until C_new commits)."""
+        targets = self.conf.members()
+        change = self._change
+        if change is not None:
+            targets |= change.old.members() | change.new.members()
+        return targets - {self.peer_id}
+
+    def _sync_replicators(self, next_index: int | None = None) -> None:
+        """Leader: run a Replicator for exactly the replication targets. A new one starts at
+        `next_index` (default: after the last entry; it probes back from there)."""
+        wanted = self._replication_targets()
+        for peer in sorted(set(self._replicating) - wanted):
+            self.log_manager.tell(Unsubscribe(peer))
+            self.replicators.stop(peer)
+            del self._replicating[peer]
+            self._peer_contact.pop(peer, None)
+            self._peer_report.pop(peer, None)
+        start = next_index if next_index is not None else self.log_view.last_index + 1
+        now = self.clock.now()
+        for peer in sorted(wanted - set(self._replicating)):
+            if peer not in self._known_peers:
+                self.transport.ensure_peer(peer)
+                self._known_peers.add(peer)
+            mailbox = self.replicators.start(peer, self.term, start)
+            self._replicating[peer] = mailbox
+            self._peer_contact.setdefault(peer, now)
+            self.log_manager.tell(Subscribe(peer, mailbox))
 
     @handles(HigherTermSeen)
     def on_higher_term_seen(self, msg: HigherTermSeen) -> None:
@@ -622,6 +711,9 @@ class Node(RaftActor):
     def on_transfer_leadership(self, msg: TransferLeadership) -> None:
         if self._transfer is not None:
             fail(msg.reply, ChangeInProgressError(f"handing over to {self._transfer.target}"))
+            return
+        if self._change is not None and self.role is Role.LEADER:
+            fail(msg.reply, ChangeInProgressError("a membership change is under way"))
             return
         if self.role is not Role.LEADER:
             fail(msg.reply, self._not_leading())
@@ -677,7 +769,7 @@ class Node(RaftActor):
 
     @handles(TimeoutNowRequest)
     def handle_timeout_now(self, req: TimeoutNowRequest) -> None:
-        if req.leader_id not in self.conf.all_peers():
+        if req.leader_id != self.leader_id and req.leader_id not in self.conf.all_peers():
             self.rejections.refuse("timeout_now_from_non_member", req.leader_id)
             return
         current = req.term == self.term and req.leader_id == self.leader_id
@@ -690,6 +782,146 @@ class Node(RaftActor):
             return
         log.info("%s: %s hands leadership over; campaigning now", self.peer_id, req.leader_id)
         self._start_election(transfer=True)
+
+    # -- membership changes (actors/membership.py) --------------------------------------------
+
+    @handles(ChangeMembership)
+    def on_change_membership(self, msg: ChangeMembership) -> None:
+        if self.role is not Role.LEADER or self._transfer is not None:
+            fail(msg.reply, self._not_leading())
+            return
+        if self._change is not None:
+            busy = f"a change to {self._change.new} is {self._change.stage.value}"
+            fail(msg.reply, ChangeInProgressError(busy))
+            return
+        if not self._term_committed:
+            # A leader changes nothing before its own term's first entry commits (a round
+            # trip after winning): the request waits for it, as the only one that may.
+            if self._waiting_change is not None:
+                fail(msg.reply, ChangeInProgressError("another change waits for this term"))
+            else:
+                self._waiting_change = msg
+            return
+        try:
+            new = msg.request.target(self.conf)
+        except RaftError as error:
+            fail(msg.reply, error)
+            return
+        if new == self.conf:
+            complete(msg.reply, new)  # nothing to change: done already
+            return
+        self._change_gen += 1
+        change = ConfChange(self.conf, new, msg.reply, self._change_gen)
+        log.info("%s: changing the configuration %s -> %s", self.peer_id, change.old, new)
+        now = self.clock.now()
+        for peer in change.new_voters():
+            change.catching_up[peer] = Catchup(now, self._match_index(peer), now)
+        self._change = change
+        self._sync_replicators()
+        self._arm_catchup_check()
+        self._advance_change()
+
+    def _advance_change(self) -> None:
+        """Move the change on as far as it can go now."""
+        change = self._change
+        assert change is not None
+        if change.stage is not Stage.CATCHING_UP or change.catching_up:
+            return
+        if change.voters_change:
+            change.stage = Stage.JOINT
+            self._append_conf(change.joint())
+        else:
+            change.stage = Stage.STABLE
+            self._append_conf(change.new)
+
+    def _append_conf(self, conf: Configuration) -> None:
+        change = self._change
+        assert change is not None
+        generation = change.generation
+        applied = CompletionFuture(
+            lambda _, error: self.self_mailbox.tell(ConfEntryApplied(generation, error))
+        )
+        self.log_manager.tell(AppendConfiguration(self.term, conf, applied))
+
+    def _arm_catchup_check(self) -> None:
+        delay = self.raft_options.election_timeout / 2
+        self.tell_later(self.clock, delay, CatchupCheck(self._change_gen))
+
+    @handles(CatchupCheck)
+    def on_catchup_check(self, msg: CatchupCheck) -> None:
+        change = self._change
+        if change is None or change.generation != msg.generation:
+            return
+        if change.stage is not Stage.CATCHING_UP:
+            return
+        stalled = change.stalled(self.clock.now(), self.raft_options.election_timeout)
+        if stalled and change.stage is Stage.CATCHING_UP:
+            log.warning("%s: %s did not catch up; change abandoned", self.peer_id, stalled)
+            self._end_change(
+                CatchUpError(
+                    f"{','.join(stalled)} made no progress catching up for an election "
+                    f"timeout (unreachable or too slow): nothing changed"
+                )
+            )
+            self._sync_replicators()
+        elif change.stage is Stage.CATCHING_UP:
+            self._arm_catchup_check()
+
+    @handles(ConfEntryApplied)
+    def on_conf_entry_applied(self, msg: ConfEntryApplied) -> None:
+        change = self._change
+        if change is None or change.generation != msg.generation or self.role is not Role.LEADER:
+            return
+        if msg.error is not None:
+            self._end_change(msg.error)
+            return
+        if change.stage is Stage.JOINT:
+            change.stage = Stage.STABLE
+            self._append_conf(change.new)
+            return
+        log.info("%s: configuration %s committed", self.peer_id, change.new)
+        self._change = None
+        if change.reply is not None:
+            complete(change.reply, change.new)
+        self._sync_replicators()
+        if self.peer_id not in change.new.peers:
+            self._leave()
+
+    def _leave(self) -> None:
+        """This leader is no voter of the configuration it just committed: hand leadership to
+        the most up-to-date voter (TimeoutNow, no waiting) and step down."""
+        match = {peer: self._match_index(peer) for peer in self.conf.peers}
+        try:
+            target = pick_target(self.peer_id, self.conf, None, match)
+        except UnknownPeerError:
+            target = None
+        log.info("%s: removed; handing leadership to %s", self.peer_id, target)
+        if target is not None:
+            self.transport.send(target, TimeoutNowRequest(self.term, self.peer_id))
+        self._become_follower(self.term, None)
+
+    def _end_change(self, error: BaseException) -> None:
+        change, self._change = self._change, None
+        if change is not None and change.reply is not None:
+            fail(change.reply, error)
+
+    @handles(TermEntryApplied)
+    def on_term_entry_applied(self, msg: TermEntryApplied) -> None:
+        if msg.error is not None or self.role is not Role.LEADER or msg.term != self.term:
+            return
+        self._term_committed = True
+        waiting, self._waiting_change = self._waiting_change, None
+        conf = self.conf
+        if conf.is_joint and self._change is None:
+            # A predecessor's change stopped half-way: C_old,new is committed again (this
+            # term's first entry), so finish it (Raft dissertation §4.3).
+            log.info("%s: rolling the joint configuration %s forward", self.peer_id, conf)
+            self._change_gen += 1
+            old = Configuration.of(conf.old_peers, (), conf.learners)
+            self._change = ConfChange(old, conf.stable(), None, self._change_gen, Stage.STABLE)
+            self._append_conf(conf.stable())
+        if waiting is not None:
+            self.on_change_membership(waiting)  # busy if the roll-forward runs
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -738,6 +970,14 @@ class Node(RaftActor):
             self._reads.acked(msg.peer_id, msg.acked_sent_at)
             if self._transfer is not None and self._transfer.target == msg.peer_id:
                 self._maybe_send_timeout_now()
+            change = self._change
+            if change is not None and msg.peer_id in change.catching_up:
+                installing = msg.replication == "snapshot"
+                margin, last = self.raft_options.catchup_margin, self.log_view.last_index
+                change.observe(
+                    msg.peer_id, msg.match_index, msg.last_response_at, installing, last, margin
+                )
+                self._advance_change()
 
     @handles(LeaseCheck)
     def on_lease_check(self, msg: LeaseCheck) -> None:
@@ -774,7 +1014,7 @@ class Node(RaftActor):
     ) -> bool:
         """The term and leader checks of a leader's request (Raft Fig. 2): whether to act on
         it, as this term's follower of req.leader_id. Refusals are answered here."""
-        if req.leader_id not in self.conf.all_peers() or req.leader_id == self.peer_id:
+        if req.leader_id == self.peer_id or not self._may_lead(req.leader_id):
             # Before anything else: a stranger must neither move our term nor be followed.
             self.rejections.refuse(stranger, req.leader_id)
             return False
@@ -801,6 +1041,9 @@ class Node(RaftActor):
         self.leader_id = req.leader_id
         self._count_leader()
         self._last_leader_contact = self.clock.now()
+        if req.leader_id not in self._known_peers:  # answers go over a connection of our own
+            self.transport.ensure_peer(req.leader_id)
+            self._known_peers.add(req.leader_id)
         return True
 
     def _count_leader(self) -> None:
@@ -828,7 +1071,7 @@ class Node(RaftActor):
         replicate, snapshot) and the AppendEntries in flight to it."""
         now, last = self.clock.now(), self.log_view.last_index
         followers = {}
-        for peer in self._others:
+        for peer in sorted(self._replicating):
             report = self._peer_report.get(peer)
             match = self._match_index(peer)
             followers[peer] = {
@@ -847,6 +1090,8 @@ class Node(RaftActor):
 
     @handles(GetStatus)
     def on_get_status(self, msg: GetStatus) -> NodeStatus:
+        conf_state = self.log_view.conf_state
+        conf = conf_state.conf
         status = NodeStatus(
             id=self.peer_id,
             role=self.role.value,
@@ -860,7 +1105,11 @@ class Node(RaftActor):
             snapshot_index=self.log_view.snapshot_index,
             snapshot_term=self.log_view.snapshot_term,
             pid=os.getpid(),
-            conf=sorted(self.conf.all_peers()),
+            conf=sorted(conf.all_peers()),
+            learners=sorted(conf.learners),
+            old_conf=sorted(conf.old_peers),
+            conf_index=conf_state.index,
+            membership_change=self._change.stage.value if self._change is not None else None,
             error=self.error,
             replicators=(
                 {p: r.state for p, r in sorted(self._peer_report.items())}

@@ -49,6 +49,13 @@ class RaftOptions:
     snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot data per chunk
     snapshot_max_inflight: int = 4  # InstallSnapshot chunks in flight per follower
     snapshot_throttle_bytes: int = 0  # per-follower InstallSnapshot bytes/s; 0 = unthrottled
+    # Membership changes (actors/membership.py): a peer being added must get within this many
+    # entries of the leader's last index (catchupMargin 1000) before it may vote; it fails the
+    # change once it made no progress for an election timeout.
+    catchup_margin: int = 1000
+    # SOFAJRaft's electionPriority: -1 disabled (everyone campaigns alike), 0 never leads,
+    # higher values are preferred (actors/priority.py).
+    election_priority: int = -1
 
     def __post_init__(self) -> None:
         checks = {
@@ -77,6 +84,8 @@ class RaftOptions:
                 1 <= self.snapshot_chunk_bytes <= DEFAULT_MAX_FRAME_SIZE - FRAME_HEADROOM
             ),
             "snapshot_max_inflight must be >= 1": self.snapshot_max_inflight >= 1,
+            "catchup_margin must be >= 0": self.catchup_margin >= 0,
+            "election_priority must be >= -1": self.election_priority >= -1,
             "snapshot_throttle_bytes must be 0 or >= snapshot_chunk_bytes": (
                 self.snapshot_throttle_bytes == 0
                 or self.snapshot_throttle_bytes >= self.snapshot_chunk_bytes
@@ -111,18 +120,25 @@ class RaftOptions:
 
 @dataclass(frozen=True)
 class NodeOptions:
-    """Who this node is and whom it starts with."""
+    """Who this node is and whom it starts with.
+
+    `initial_conf` bootstraps a brand-new cluster: it is used only while the node's own log and
+    snapshot hold no configuration (afterwards the durable one rules, whatever this says).
+    With `join` a brand-new node starts with no configuration at all: it never campaigns,
+    follows a leader among `initial_conf`'s peers (contact hints only) and learns its
+    configuration from the log once that leader has added it."""
 
     peer_id: str
     initial_conf: Configuration
     raft: RaftOptions = field(default_factory=RaftOptions)
+    join: bool = False
 
     def __post_init__(self) -> None:
         if not self.peer_id:
             raise OptionsError("peer_id must not be empty")
         if not self.initial_conf.peers:
             raise OptionsError("initial_conf must name at least one peer")
-        if self.peer_id not in self.initial_conf.all_peers():
+        if not self.join and self.peer_id not in self.initial_conf.all_peers():
             raise OptionsError(
                 f"peer_id {self.peer_id} is not in the configuration {self.initial_conf}"
             )

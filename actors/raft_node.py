@@ -29,7 +29,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pykka
@@ -37,8 +37,10 @@ import pykka
 from actors.clock import Clock, RealClock
 from actors.errors import NodeStoppedError, OptionsError
 from actors.futures import CompletionFuture, fail, fail_all
+from actors.membership import ChangeRequest, Op
 from actors.messages import (
     Apply,
+    ChangeMembership,
     FatalError,
     GetStatus,
     ReadAt,
@@ -250,6 +252,62 @@ class RaftNode:
         (no handover within an election timeout: this peer leads on)."""
         future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
         self._tell(self._node, TransferLeadership(to, future), future)
+        return future
+
+    # -- membership (actors/membership.py) ---------------------------------------------------
+    #
+    # Each asks this peer, which must lead, to change the configuration; the future (`reply`,
+    # if given) completes with the new actors.configuration.Configuration once it is committed
+    # (`.as_dict()`: {"voters", "learners"}), and fails with NotLeaderError (see its hint),
+    # ChangeInProgressError (busy: another change or a transfer; retry), UnknownPeerError,
+    # MembershipChangeError (not a valid change), CatchUpError (a new voter did not catch up:
+    # nothing changed) or LeadershipLostError (outcome unknown: look at the members). A change
+    # to what already is completes at once.
+
+    def add_peer(self, peer: str, reply: pykka.Future[Any] | None = None) -> pykka.Future[Any]:
+        """Make `peer` a voter (a learner is promoted): it first catches up, then joint
+        consensus moves the cluster to the new voters."""
+        return self._change(Op.ADD_PEER, [peer], reply)
+
+    def remove_peer(self, peer: str, reply: pykka.Future[Any] | None = None) -> pykka.Future[Any]:
+        """Remove voter or learner `peer`. Removing this leader makes it hand leadership to
+        the most up-to-date remaining voter once the change is committed."""
+        return self._change(Op.REMOVE_PEER, [peer], reply)
+
+    def change_peers(
+        self, peers: Iterable[str], reply: pykka.Future[Any] | None = None
+    ) -> pykka.Future[Any]:
+        """Make `peers` the voters, all at once (joint consensus); learners stay learners
+        unless named."""
+        return self._change(Op.CHANGE_PEERS, peers, reply)
+
+    def add_learners(
+        self, peers: Iterable[str], reply: pykka.Future[Any] | None = None
+    ) -> pykka.Future[Any]:
+        """Replicate to `peers` as learners: never counted in a quorum, never candidates."""
+        return self._change(Op.ADD_LEARNERS, peers, reply)
+
+    def remove_learners(
+        self, peers: Iterable[str], reply: pykka.Future[Any] | None = None
+    ) -> pykka.Future[Any]:
+        return self._change(Op.REMOVE_LEARNERS, peers, reply)
+
+    def promote_learner(
+        self, peer: str, reply: pykka.Future[Any] | None = None
+    ) -> pykka.Future[Any]:
+        """Make learner `peer` a voter (once it has caught up)."""
+        return self._change(Op.PROMOTE_LEARNER, [peer], reply)
+
+    def _change(
+        self, op: Op, peers: Iterable[str], reply: pykka.Future[Any] | None
+    ) -> pykka.Future[Any]:
+        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        try:
+            request = ChangeRequest.of(op, [peers] if isinstance(peers, str) else peers)
+        except ValueError as error:
+            fail(future, error)
+            return future
+        self._tell(self._node, ChangeMembership(request, future), future)
         return future
 
     def status(self, timeout: float = 5.0) -> NodeStatus:

@@ -32,6 +32,7 @@ target's votes are granted without regard to it (node.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +55,9 @@ class Round:
 class ReadOnly:
     """A leader's read rounds, for one term (the Node makes a new one per term)."""
 
-    def __init__(self, peer_id: str, conf: Configuration) -> None:
+    def __init__(self, peer_id: str, conf: Callable[[], Configuration]) -> None:
         self.peer_id = peer_id
-        self.conf = conf
+        self._conf = conf  # the configuration in force now: it may change within a term
         # The first index of this leader's term, once the LogManager has said (0: not yet;
         # no read is served before).
         self.term_first_index = 0
@@ -98,14 +99,14 @@ class ReadOnly:
         """`peer` acknowledged round `number`. Returns the round's reads, each with its read
         index, once a quorum has (and ends the round); None otherwise."""
         current = self.round
-        if current is None or current.number != number or peer not in self.conf.all_peers():
+        if current is None or current.number != number or peer not in self._conf().all_peers():
             return None
         current.acks.add(peer)
         return self._maybe_confirmed()
 
     def _maybe_confirmed(self) -> list[tuple[int, Any]] | None:
         current = self.round
-        if current is None or not self.conf.has_quorum(current.acks | {self.peer_id}):
+        if current is None or not self._conf().has_quorum(current.acks | {self.peer_id}):
             return None
         self.round = None
         return self._indexed(current.reads)
@@ -137,13 +138,13 @@ class ReadOnly:
     def lease_start(self, now: float) -> float:
         """The quorum-th latest send time a follower acknowledged (the leader's own: now); no
         other leader can be elected before it plus the election timeout."""
-        times = {p: self.acked_sent_at.get(p, -float("inf")) for p in self.conf.all_peers()}
+        times = {p: self.acked_sent_at.get(p, -float("inf")) for p in self._conf().all_peers()}
         times[self.peer_id] = now
         ordered = sorted(times.items(), key=lambda item: item[1], reverse=True)
         chosen: set[str] = set()
         for peer, at in ordered:
             chosen.add(peer)
-            if self.conf.has_quorum(chosen):
+            if self._conf().has_quorum(chosen):
                 return at
         return -float("inf")
 

@@ -21,7 +21,7 @@ class NodeStatus:
     applied_index: int
     last_log_index: int
     pid: int
-    conf: list[str]
+    conf: list[str]  # the voters in force (while joint: of both configurations)
     first_log_index: int = 1  # entries before it were compacted into the snapshot
     snapshot_index: int = 0  # the newest snapshot's last index (0: none)
     snapshot_term: int = 0
@@ -32,6 +32,11 @@ class NodeStatus:
     rejected: dict[str, int] = field(default_factory=dict)  # untrusted input refused, by reason
     # What the transport refused: {"bad_frames": {reason: n}, "refused_connections": {...}}
     transport: dict[str, dict[str, int]] = field(default_factory=dict)
+    learners: list[str] = field(default_factory=list)
+    old_conf: list[str] = field(default_factory=list)  # while joint: the old voters
+    conf_index: int = 0  # the configuration entry in force (0: bootstrap)
+    # leader: the membership change under way ("catching_up", "joint", "stable") or None
+    membership_change: str | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -54,7 +59,12 @@ class NodeStatus:
             "first_log_index": self.first_log_index,
             "snapshot_index": self.snapshot_index,
             "snapshot_term": self.snapshot_term,
+            "learners": list(self.learners),
+            "old_conf": list(self.old_conf),
+            "conf_index": self.conf_index,
         }
+        if self.membership_change:
+            out["membership_change"] = self.membership_change
         if self.error:
             out["error"] = self.error
         if self.replicators:

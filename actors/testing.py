@@ -94,6 +94,7 @@ class RecordingTransport:
         self._local_id = local_id
         self.sent: list[tuple[str, RpcMessage]] = []
         self.transcript = transcript
+        self.peers: set[str] = set()  # every id ensure_peer was called with
 
     @property
     def local_id(self) -> str:
@@ -113,6 +114,9 @@ class RecordingTransport:
 
     def stop(self) -> None:
         pass
+
+    def ensure_peer(self, peer_id: str) -> None:
+        self.peers.add(peer_id)
 
     def take(self, message_type: type[T] | None = None) -> list[tuple[str, Any]]:
         """Return and forget the recorded sends (only those of `message_type` if given)."""

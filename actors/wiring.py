@@ -18,6 +18,7 @@ import pykka
 
 from actors.ballot_box import BallotBox
 from actors.clock import Clock
+from actors.configuration import Configuration
 from actors.fsm_caller import FSMCaller
 from actors.log_manager import LogManager
 from actors.log_view import LogView
@@ -148,8 +149,13 @@ def assemble_peer(
     snapshots = snapshot_storage if state_machine.supports_snapshots() else None
     if snapshot_storage is not None and snapshots is None:
         log.warning("%s: the state machine cannot snapshot; snapshots are off", peer_id)
+    # A joining peer has no configuration until its leader's log gives it one.
+    bootstrap = Configuration.of(()) if options.join else options.initial_conf
     log_view = LogView(
-        log_storage, raft.log_tail_entries, snapshots.latest() if snapshots is not None else None
+        log_storage,
+        raft.log_tail_entries,
+        snapshots.latest() if snapshots is not None else None,
+        bootstrap,
     )
     node, log_manager, ballot_box, fsm = (MailboxSlot(n) for n in ("node", "lm", "bb", "fsm"))
     executor = MailboxSlot("snapshot") if snapshots is not None else None
@@ -177,7 +183,7 @@ def assemble_peer(
         log_view,
         node,
         raft,
-        options.initial_conf,
+        bootstrap,
         snapshots,
         executor,
         metrics=metrics,

@@ -46,3 +46,9 @@ class Transport(Protocol):
     def stop(self) -> None:
         """Stop the I/O thread and close every socket. Idempotent."""
         ...
+
+    def ensure_peer(self, peer_id: str) -> None:
+        """From now on send to `peer_id` as a peer (its own connection, its address derived
+        from its id), unless it is already known. Membership changes call it for new members;
+        any thread, idempotent, cheap for a known peer."""
+        ...

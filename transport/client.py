@@ -6,6 +6,15 @@
 It finds the leader itself: it remembers who answered last, follows NOT_LEADER redirect hints,
 and moves on to another peer when one is down, slow or not leading, until `timeout` runs out.
 
+It follows the cluster's membership (`KnownPeers`), so that a long-lived client keeps working
+after peers were added and removed, even all of those it was given: it adds a peer that a
+redirect names, and takes the members ("conf", "learners", "old_conf") from every status
+answer it gets - those of `status()`, and those it asks every peer for whenever it has tried
+each one it knows without success. A leader's status also drops the peers that are no longer
+members. It needs one peer it knows to still answer (or to redirect) while the membership
+changes; with `keys`, a new peer's public key must be in the key directory (read again, at most
+every few seconds, when a peer without a key there is named).
+
 Errors:
 - ValueError / TypeError: a malformed operation (an empty or oversized key, a non-string
   value), refused before anything is sent.
@@ -35,7 +44,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -44,6 +53,10 @@ import zmq
 from transport import codec
 from transport.errors import DecodeError, TransportError
 from transport.kv_protocol import (
+    ADMIN_ADD_LEARNER,
+    ADMIN_ADD_PEER,
+    ADMIN_PROMOTE,
+    ADMIN_REMOVE_PEER,
     ADMIN_SNAPSHOT,
     ADMIN_TRANSFER_LEADER,
     ANYWHERE,
@@ -68,11 +81,13 @@ from transport.rpc import (
     StatusRequest,
     StatusResponse,
 )
-from transport.security import ADMINS, CLIENTS, ClientSecurity
+from transport.security import ADMINS, CLIENTS, ClientSecurity, KeyDirectoryError
 
 _NO_LEADER_PAUSE = 0.05  # after every peer said "no leader" (an election is on): wait a little
 _OVERLOAD_BACKOFF = (0.005, 0.5)  # first and longest wait after OVERLOADED (doubling, jittered)
 _CONNECT_WAIT_MS = 200  # how long a send waits for a connection to a peer to come up
+_KEYS_REREAD_INTERVAL = 5.0  # at most this often, read the key directory again for a new peer
+_MEMBER_KEYS = ("conf", "old_conf", "learners")  # where a status lists the members
 
 
 class KVError(TransportError):
@@ -85,6 +100,101 @@ class ClientTimeout(KVError):
 
 class CommandError(KVError):
     """The service refused the operation definitely; it was not applied."""
+
+
+class KnownPeers:
+    """The peers a client talks to, kept in step with the cluster's membership. Pure; its
+    owner serialises the calls (KVClient: under its lock). `peers` is replaced, never changed
+    in place, so a reader without the lock still sees a whole list; it is never empty.
+
+    - `learn(peer)`: a redirect named `peer`: it is added.
+    - `note_status(status)`: the members a status reports ("conf", "old_conf", "learners") are
+      added. A leader's status is authoritative: the peers it does not list (itself aside: a
+      leader removing itself still leads until its change commits) are dropped, unless that
+      would leave none, and a leader's status of an older term than one already taken is
+      ignored. A peer dropped by the leader of term T comes back only by a redirect, a later
+      leader's status, or another peer's status of a term above T (a removed follower, no
+      longer replicated to, may go on reporting the old configuration).
+
+    `reachable(peer)` says whether a new peer could be connected to (with keys: its public
+    key is known); one that cannot is not added.
+    """
+
+    def __init__(
+        self, peers: Sequence[str], reachable: Callable[[str], bool] = lambda peer: True
+    ) -> None:
+        if not peers:
+            raise ValueError("KVClient needs at least one peer")
+        for peer in peers:
+            parse_peer(peer)  # a clear ValueError for a malformed address
+        self.peers: list[str] = list(dict.fromkeys(peers))
+        self._reachable = reachable
+        self._leader_term = -1  # the term of the newest leader status taken (-1: none yet)
+        self._dropped: dict[str, int] = {}  # peer -> the term of the leader status that dropped it
+
+    def learn(self, peer: str) -> bool:
+        """Add `peer` (a redirect named it); whether it is known now: False for an address
+        that is not HOST:PORT or a peer that cannot be reached."""
+        if peer in self.peers:
+            return True
+        if not _is_address(peer) or not self._reachable(peer):
+            return False
+        self._dropped.pop(peer, None)
+        self.peers = [*self.peers, peer]
+        return True
+
+    def note_status(self, status: Mapping[str, Any]) -> list[str]:
+        """Take the members `status` reports (see the class docstring); the peers dropped."""
+        term = status.get("term")
+        if type(term) is not int:
+            return []
+        members = _members(status)
+        if status.get("role") != "leader":
+            for peer in members:
+                if self._dropped.get(peer, -1) < term:
+                    self.learn(peer)
+            return []
+        if term < self._leader_term or not members:
+            return []
+        self._leader_term = term
+        speaker = status.get("id")
+        keep = set(members) | ({speaker} if isinstance(speaker, str) else set())
+        kept = [p for p in self.peers if p in keep]
+        added = [p for p in members if p not in kept and self._reachable(p)]
+        if not kept and not added:
+            return []  # never drop to nobody
+        dropped = [p for p in self.peers if p not in keep]
+        for peer in dropped:
+            self._dropped[peer] = term
+        for peer in added:
+            self._dropped.pop(peer, None)
+        self.peers = kept + added
+        return dropped
+
+    def next_after(self, peer: str) -> str:
+        """The peer to try after `peer` (the first one if `peer` is not known any more)."""
+        peers = self.peers
+        if peer not in peers:
+            return peers[0]
+        return peers[(peers.index(peer) + 1) % len(peers)]
+
+
+def _is_address(peer: object) -> bool:
+    try:
+        parse_peer(peer)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
+def _members(status: Mapping[str, Any]) -> list[str]:
+    """The valid HOST:PORT members a status lists, voters first, each once."""
+    found: dict[str, None] = {}
+    for key in _MEMBER_KEYS:
+        listed = status.get(key)
+        if isinstance(listed, list):
+            found.update((p, None) for p in listed if isinstance(p, str) and _is_address(p))
+    return list(found)
 
 
 class KVClient:
@@ -105,18 +215,16 @@ class KVClient:
         every peer (round robin) - each still linearizable (a follower asks the leader for a
         read index and answers from its own state once it has applied it) unless the get
         asks for less."""
-        if not peers:
-            raise ValueError("KVClient needs at least one peer")
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
-        for peer in peers:
-            parse_peer(peer)  # a clear ValueError for a malformed address
-        self.peers = list(peers)
+        self._known = KnownPeers(peers, self._has_key)  # ValueError for a bad or empty list
         if read_from not in ("leader", "any"):
             raise ValueError('read_from must be "leader" or "any"')
         self.read_from = read_from
         # Raises KeyDirectoryError (a clear message) for a missing or incomplete directory.
+        self._keys = keys
         self._security = ClientSecurity(keys, self.KEY_KINDS) if keys is not None else None
+        self._keys_read_at = -float("inf")  # when _has_key last read the directory again
         if self._security is not None:
             self._security.check_peers(self.peers)
         self.timeout = timeout
@@ -125,6 +233,7 @@ class KVClient:
         self._context = context or zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._poller = zmq.Poller()  # every socket of _sockets, registered as it is made
+        self._retiring: set[str] = set()  # peers dropped whose sockets `_begin` closes
         self._leader: str | None = None
         self._seq = 0
         self._request_ids = itertools.count(1)
@@ -132,6 +241,12 @@ class KVClient:
         self._closed = False
         self._rng = random.Random()
         self._next_read = self._rng.randrange(len(self.peers))  # read_from="any": round robin
+
+    @property
+    def peers(self) -> list[str]:
+        """The peers this client knows now: those given, as the cluster's membership changed
+        them (see the module docstring). A copy: changing it changes nothing."""
+        return list(self._known.peers)
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -158,12 +273,15 @@ class KVClient:
         return bool(self._call(KVCommand(CAS, key, expected, new)))
 
     def status(self) -> list[dict[str, Any]]:
-        """One dict per peer, in the order given: id, role, term, leader, commit_index,
-        applied_index, last_log_index, pid; {"id", "role": "unreachable"} for a silent peer."""
+        """One dict per peer this client knows (those given, until it learns of membership
+        changes), in order: id, role, term, leader, commit_index, applied_index,
+        last_log_index, pid, conf, learners, ...; {"id", "role": "unreachable"} for a silent
+        peer. The members the answers report update the peers known (for the next call)."""
         with self._lock:
-            self._check_open()
+            self._begin()
+            asked = self.peers
             wanted: dict[int, str] = {}
-            for peer in self.peers:
+            for peer in asked:
                 request_id = next(self._request_ids)
                 if self._send(peer, StatusRequest(self.client_id, request_id)):
                     wanted[request_id] = peer
@@ -174,7 +292,7 @@ class KVClient:
                     source = wanted.get(reply.request_id)
                     if isinstance(reply, StatusResponse) and source is not None:
                         answers[source] = dict(reply.status)
-            return [answers.get(p, {"id": p, "role": "unreachable"}) for p in self.peers]
+            return [answers.get(p, {"id": p, "role": "unreachable"}) for p in asked]
 
     def close(self) -> None:
         with self._lock:
@@ -199,7 +317,7 @@ class KVClient:
         except DecodeError as exc:
             raise ValueError(f"invalid {command.op}: {exc}") from None
         with self._lock:
-            self._check_open()
+            self._begin()
             if not command.is_read:
                 self._seq += 1  # kept across retries: that is what makes them idempotent
             seq = 0 if command.is_read else self._seq
@@ -210,8 +328,14 @@ class KVClient:
                 peer = self.peers[self._next_read % len(self.peers)]
                 self._next_read += 1
             refusals = 0
+            misses = 0  # attempts in a row that got nowhere (no answer, or no leader)
             backoff = _OVERLOAD_BACKOFF[0]
             while time.monotonic() < deadline:
+                if misses >= len(self.peers):
+                    # Every peer known tried in vain: maybe the membership changed. Ask them
+                    # all who the members are; the answers are taken as they arrive.
+                    misses = 0
+                    self._ask_members()
                 request_id = next(self._request_ids)
                 request = ClientRequest(self.client_id, request_id, seq, payload)
                 reply = None
@@ -221,17 +345,19 @@ class KVClient:
                     )
                 if reply is None or reply.status == ClientStatus.UNKNOWN:
                     self._leader = None  # silent, down, or lost leadership: ask someone else
-                    peer = self._next_peer(peer)
+                    peer = self._known.next_after(peer)
+                    misses += 1
                 elif reply.status == ClientStatus.OK:
                     if not spread:
                         self._leader = peer
                     return decode_result(reply.result)
                 elif reply.status == ClientStatus.NOT_LEADER:
                     hint = reply.leader_hint
-                    if hint in self.peers and hint != peer:
-                        peer = hint
+                    if hint and hint != peer and self._known.learn(hint):
+                        peer = hint  # a redirect, maybe to a peer added since we started
                         continue
-                    peer = self._next_peer(peer)
+                    peer = self._known.next_after(peer)
+                    misses += 1
                     refusals += 1
                     if refusals % len(self.peers) == 0:
                         time.sleep(_NO_LEADER_PAUSE)  # nobody leads yet: an election is on
@@ -248,8 +374,50 @@ class KVClient:
                 "taken effect"
             )
 
-    def _next_peer(self, peer: str) -> str:
-        return self.peers[(self.peers.index(peer) + 1) % len(self.peers)]
+    def _ask_members(self) -> None:
+        """Send a StatusRequest to every peer known, without waiting for any connection;
+        `_receive_any` takes the answers' members whenever they arrive."""
+        for peer in self.peers:
+            self._send(peer, StatusRequest(self.client_id, next(self._request_ids)), wait=False)
+
+    def _note_status(self, status: Mapping[str, Any]) -> None:
+        """The members a status answer reports (KnownPeers.note_status). The sockets of the
+        peers dropped are closed when the next operation begins (`_begin`): answers already on
+        their way (a status round) still arrive."""
+        dropped = self._known.note_status(status)
+        self._retiring.update(dropped)
+        if self._leader in dropped:
+            self._leader = None
+
+    def _begin(self) -> None:
+        """Start an operation (lock held): refuse if closed; close the sockets of the peers
+        dropped since the last one (unless learnt again meanwhile)."""
+        self._check_open()
+        known = self.peers
+        for peer in self._retiring:
+            sock = self._sockets.pop(peer, None) if peer not in known else None
+            if sock is not None:
+                self._poller.unregister(sock)
+                sock.close(linger=0)
+        self._retiring.clear()
+
+    def _has_key(self, peer: str) -> bool:
+        """Whether this client can connect to `peer`: always without keys; with keys, when
+        the directory holds its public key. For a peer it has none of, the directory is read
+        again (at most every _KEYS_REREAD_INTERVAL s): a new peer's key may have been
+        distributed since this client started."""
+        security = self._security
+        if security is None or peer in security.peer_keys:
+            return True
+        now = time.monotonic()
+        if self._keys is None or now - self._keys_read_at < _KEYS_REREAD_INTERVAL:
+            return False
+        self._keys_read_at = now
+        try:
+            self._security = ClientSecurity(self._keys, self.KEY_KINDS)
+        except KeyDirectoryError:
+            return False  # the directory is unreadable now: keep the keys read before
+        return peer in self._security.peer_keys
 
     def _socket(self, peer: str) -> zmq.Socket[bytes]:
         sock = self._sockets.get(peer)
@@ -269,8 +437,15 @@ class KVClient:
             self._poller.register(sock, zmq.POLLIN)
         return sock
 
-    def _send(self, peer: str, message: ClientRequest | StatusRequest | AdminRequest) -> bool:
-        """Hand `message` to the peer's socket; False if the peer is not reachable now."""
+    def _send(
+        self,
+        peer: str,
+        message: ClientRequest | StatusRequest | AdminRequest,
+        *,
+        wait: bool = True,
+    ) -> bool:
+        """Hand `message` to the peer's socket; False if the peer is not reachable now (with
+        `wait`, after waiting a moment for a connection to come up)."""
         sock = self._socket(peer)
         frame = codec.encode(message)
         for attempt in range(2):
@@ -280,7 +455,7 @@ class KVClient:
             except zmq.Again:
                 # IMMEDIATE: nothing is queued while unconnected. A new socket needs a moment
                 # to connect, so wait once for it to become writable.
-                if attempt == 0 and not sock.poll(_CONNECT_WAIT_MS, zmq.POLLOUT):
+                if not wait or (attempt == 0 and not sock.poll(_CONNECT_WAIT_MS, zmq.POLLOUT)):
                     return False
             except zmq.ZMQError as exc:
                 raise KVError(f"cannot send to {peer}: {exc}") from exc
@@ -307,6 +482,9 @@ class KVClient:
                     replies.append(codec.decode(frame))
                 except DecodeError:
                     continue  # garbage from a peer is not the client's problem
+        for reply in replies:  # after the receiving: this may change the peers known
+            if isinstance(reply, StatusResponse):
+                self._note_status(reply.status)
         return replies
 
     def _check_open(self) -> None:
@@ -319,15 +497,26 @@ class AdminClient(KVClient):
 
         a = AdminClient(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"], timeout=5.0)
         a.members()           # {"leader": id or None, "voters": [...], "learners": [...]}
+        a.add_peer("H:P")     # make it a voter (a new peer, `run --join`, catches up first)
+        a.add_learner("H:P")  # replicate to it, never counted in a quorum
+        a.promote("H:P")      # make that learner a voter
+        a.remove_peer("H:P")  # remove a voter (the leader too: it hands over) or a learner
         a.snapshot()          # the leader snapshots now: {"peer", "index", "term", "bytes"}
         a.snapshot("H:P")     # that peer does
         a.transfer_leader()   # hand leadership to the most up-to-date voter: {"from", "to"}
         a.transfer_leader("H:P")  # or to that one
 
-    Errors as KVClient's: CommandError for a definite refusal (e.g. snapshots are off there),
-    ClientTimeout when no answer came in time. (Membership changes arrive with their own
-    issue.) With `keys=DIR` it uses an admin key (admins/), which a
-    cluster run with `--keys` requires for admin operations."""
+    A membership change answers {"leader": the leader that made it, "voters": [...],
+    "learners": [...]} once the new configuration is committed. Requests for the leader
+    follow it (redirect hints, statuses) until `timeout`.
+
+    Errors as KVClient's: ValueError for a peer that is not HOST:PORT; CommandError for a
+    definite refusal, named (e.g. "ChangeInProgressError: ..." while another change or a
+    transfer runs, UnknownPeerError, CatchUpError: a new peer did not catch up, nothing
+    changed; snapshots off); ClientTimeout when no answer came in time, or the leader lost its
+    leadership during the change: its outcome is unknown then (look at `members()`). With
+    `keys=DIR` it uses an admin key (admins/), which a cluster run with `--keys` requires for
+    admin operations."""
 
     KEY_KINDS = (ADMINS, CLIENTS)
 
@@ -344,12 +533,27 @@ class AdminClient(KVClient):
             "learners": list(source.get("learners", [])),
         }
 
+    def add_peer(self, peer: str) -> dict[str, Any]:
+        """Make `peer` a voter; a learner is promoted, a new peer first catches up."""
+        return self._on_leader(ADMIN_ADD_PEER, _checked(peer))
+
+    def add_learner(self, peer: str) -> dict[str, Any]:
+        """Make `peer` a learner: it receives the log, never votes, never leads."""
+        return self._on_leader(ADMIN_ADD_LEARNER, _checked(peer))
+
+    def promote(self, peer: str) -> dict[str, Any]:
+        """Make learner `peer` a voter, once it has caught up."""
+        return self._on_leader(ADMIN_PROMOTE, _checked(peer))
+
+    def remove_peer(self, peer: str) -> dict[str, Any]:
+        """Remove voter or learner `peer`; a leader removing itself then hands leadership to
+        the most up-to-date remaining voter."""
+        return self._on_leader(ADMIN_REMOVE_PEER, _checked(peer))
+
     def snapshot(self, peer: str | None = None) -> dict[str, Any]:
         """Have `peer` (default: the leader) take a snapshot now; its index, term and size."""
         deadline = time.monotonic() + self.timeout
-        if peer is not None:
-            parse_peer(peer)
-        target = peer or self._await_leader(deadline)
+        target = _checked(peer) if peer is not None else self._await_leader(deadline)
         reply = self._admin(target, ADMIN_SNAPSHOT, "", deadline)
         if reply is None:
             raise ClientTimeout(f"{target} did not answer within {self.timeout}s")
@@ -360,23 +564,33 @@ class AdminClient(KVClient):
         voter); {"from": old leader, "to": new leader} once the old one stepped down for it.
         CommandError when refused: no such voter, a transfer under way, or the target did not
         take over within an election timeout (the old leader then leads on)."""
+        return self._on_leader(ADMIN_TRANSFER_LEADER, _checked(to) if to is not None else "")
+
+    def _on_leader(self, op: str, target: str) -> dict[str, Any]:
+        """Send `op` to the leader, following it (a NOT_LEADER answer's hint, else the leader
+        the statuses name) until `timeout`; its result map."""
         deadline = time.monotonic() + self.timeout
-        if to is not None:
-            parse_peer(to)
+        leader: str | None = None
         while True:
-            leader = self._await_leader(deadline)
-            reply = self._admin(leader, ADMIN_TRANSFER_LEADER, to or "", deadline)
+            if leader is None:
+                leader = self._await_leader(deadline)
+            reply = self._admin(leader, op, target, deadline)
             if reply is None:
                 raise ClientTimeout(f"{leader} did not answer within {self.timeout}s")
             if reply.status != ClientStatus.NOT_LEADER:
                 return self._admin_result(leader, reply)
-            time.sleep(_NO_LEADER_PAUSE)  # it stopped leading meanwhile: ask the next one
+            # It does not lead (any more): where it says, else whoever the statuses name.
+            hint = reply.leader_hint
+            with self._lock:
+                follow = bool(hint) and hint != leader and self._known.learn(hint)
+            leader = hint if follow else None
+            time.sleep(_NO_LEADER_PAUSE)
 
     def _admin(self, peer: str, op: str, target: str, deadline: float) -> ClientResponse | None:
         """Send one AdminRequest to `peer` and wait for its answer until `deadline` (an admin
         operation takes a while: wait for it, not for an attempt); None if none came."""
         with self._lock:
-            self._check_open()
+            self._begin()
             while time.monotonic() < deadline:
                 request_id = next(self._request_ids)
                 if self._send(peer, AdminRequest(self.client_id, request_id, op, target)):
@@ -388,6 +602,11 @@ class AdminClient(KVClient):
 
     @staticmethod
     def _admin_result(peer: str, reply: ClientResponse) -> dict[str, Any]:
+        if reply.status == ClientStatus.UNKNOWN:
+            raise ClientTimeout(
+                f"{peer}: {reply.message or 'no definite answer'}; the operation may or may "
+                "not have taken effect"
+            )
         if reply.status != ClientStatus.OK:
             raise CommandError(reply.message or "refused by the service")
         try:
@@ -396,10 +615,17 @@ class AdminClient(KVClient):
             raise KVError(f"{peer} answered garbage: {exc}") from None
 
     def _await_leader(self, deadline: float) -> str:
+        """The peer that leads in the highest term the statuses report."""
         while time.monotonic() < deadline:
-            leaders = [s["id"] for s in self.status() if s.get("role") == "leader"]
+            leaders = [s for s in self.status() if s.get("role") == "leader"]
             if leaders:
-                leader: str = leaders[0]
+                leader: str = max(leaders, key=lambda s: s.get("term", 0))["id"]
                 return leader
             time.sleep(_NO_LEADER_PAUSE)
         raise ClientTimeout(f"no leader known within {self.timeout}s")
+
+
+def _checked(peer: str) -> str:
+    """`peer`, once known to be HOST:PORT (ValueError otherwise)."""
+    parse_peer(peer)
+    return peer

@@ -29,6 +29,13 @@ ADMIN_SNAPSHOT = "snapshot"  # -> {"peer", "index", "term", "bytes"} of the snap
 # To the leader; `target` the voter to hand over to ("" for the most up-to-date one)
 # -> {"from": the old leader, "to": the new one}.
 ADMIN_TRANSFER_LEADER = "transfer-leader"
+# Membership changes, to the leader; `target` the peer (HOST:PORT) -> {"leader": the leader
+# that made the change, "voters": [...], "learners": [...]}, the configuration once committed.
+ADMIN_ADD_PEER = "add-peer"  # make a voter (a new peer catches up first; a learner is promoted)
+ADMIN_ADD_LEARNER = "add-learner"  # replicate to it, never counted in a quorum
+ADMIN_PROMOTE = "promote"  # make a learner a voter
+ADMIN_REMOVE_PEER = "remove-peer"  # remove a voter (the leader itself too) or a learner
+MEMBERSHIP_OPS = (ADMIN_ADD_PEER, ADMIN_ADD_LEARNER, ADMIN_PROMOTE, ADMIN_REMOVE_PEER)
 
 
 @dataclass(frozen=True, slots=True)

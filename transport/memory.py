@@ -109,6 +109,9 @@ class MemoryTransport:
         only for programming errors (see the module docstring)."""
         self._network._send(self, to, message)
 
+    def ensure_peer(self, peer_id: str) -> None:
+        """Nothing to do: the network reaches every endpoint by id."""
+
     def stop(self) -> None:
         """Stop receiving and sending (later messages to and from it are dropped). Idempotent."""
         self._stopped = True

@@ -369,6 +369,13 @@ class ZmqTransport:
             self._peers[peer_id] = address if address is not None else peer_address(peer_id)
         self._reconcile_later(peer_id)
 
+    def ensure_peer(self, peer_id: str) -> None:
+        """add_peer(peer_id) unless it is known (or us): a known peer keeps its address."""
+        with self._lock:
+            if peer_id == self._local_id or peer_id in self._peers:
+                return
+        self.add_peer(peer_id)
+
     def remove_peer(self, peer_id: str) -> None:
         """Forget `peer_id` and close its DEALER (frames still queued for it are lost). Any
         thread. Afterwards `send(peer_id, ...)` routes to a client of that id, if any."""

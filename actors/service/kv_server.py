@@ -40,13 +40,19 @@ from actors.service.kv_store import STALE
 from transport.base import Transport
 from transport.errors import DecodeError
 from transport.kv_protocol import (
+    ADMIN_ADD_LEARNER,
+    ADMIN_ADD_PEER,
+    ADMIN_PROMOTE,
+    ADMIN_REMOVE_PEER,
     ADMIN_SNAPSHOT,
     ADMIN_TRANSFER_LEADER,
+    MEMBERSHIP_OPS,
     LoggedCommand,
     decode_command,
     encode_logged,
     encode_result,
 )
+from transport.peers import parse_peer
 from transport.rpc import (
     AdminRequest,
     ClientRequest,
@@ -67,6 +73,9 @@ STATUS_NAMES = {
     ClientStatus.OVERLOADED: "overloaded",
 }
 INVALID_OP = "invalid"  # the op label of a command that does not decode
+
+AdminReply = Callable[..., None]
+"""Answers one AdminRequest: reply(status, result map=None, message="", hint="")."""
 
 
 def snapshot_json(peer_id: str, meta: Any) -> dict[str, Any]:
@@ -217,41 +226,80 @@ class KVServer:
         )
 
     def _on_admin(self, req: AdminRequest) -> None:
-        """Operator requests about this peer itself (they never go through the log)."""
+        """Operator requests (they never go through the client write path): a snapshot of
+        this peer, or, to the leader, a leadership transfer or a membership change. Each is
+        answered when its future settles (`_admin_future`)."""
 
-        def reply(status: int, result: dict[str, Any] | None = None, message: str = "") -> None:
+        def reply(
+            status: int, result: dict[str, Any] | None = None, message: str = "", hint: str = ""
+        ) -> None:
             self._count("admin", status)
             body = msgpack.packb(result) if result is not None else b""
-            response = ClientResponse(req.request_id, status, body, "", message, self.peer_id)
+            response = ClientResponse(req.request_id, status, body, hint, message, self.peer_id)
             self.transport.send(req.client_id, response)
 
-        if req.op == ADMIN_TRANSFER_LEADER:
-            self._transfer_leader(req.target or None, reply)
-            return
-        if req.op != ADMIN_SNAPSHOT:
+        if req.op == ADMIN_SNAPSHOT:
+            self.node.snapshot(self._admin_future(reply, self._snapshot_result))
+        elif req.op == ADMIN_TRANSFER_LEADER:
+            future = self._admin_future(reply, lambda to: {"from": self.peer_id, "to": to})
+            self.node.transfer_leadership(req.target or None, future)
+        elif req.op in MEMBERSHIP_OPS:
+            self._change_membership(req.op, req.target, reply)
+        else:
             reply(ClientStatus.ERROR, message=f"unknown admin operation {req.op[:40]!r}")
+
+    def _change_membership(self, op: str, target: str, reply: AdminReply) -> None:
+        """add-peer, add-learner, promote or remove-peer `target` (a HOST:PORT peer id)."""
+        try:
+            parse_peer(target)
+        except ValueError as error:
+            reply(ClientStatus.ERROR, message=f"{op}: {str(error)[:200]}")
             return
+        node = self.node
+        start: dict[str, Callable[[str, CompletionFuture], Any]] = {
+            ADMIN_ADD_PEER: node.add_peer,
+            ADMIN_ADD_LEARNER: lambda peer, future: node.add_learners([peer], future),
+            ADMIN_PROMOTE: node.promote_learner,
+            ADMIN_REMOVE_PEER: node.remove_peer,
+        }
+        start[op](target, self._admin_future(reply, self._members_result))
 
-        def done(meta: Any, error: BaseException | None) -> None:
-            if error is not None:
-                reply(ClientStatus.ERROR, message=f"{type(error).__name__}: {error}")
-            elif meta is None:
-                reply(ClientStatus.ERROR, message="nothing applied yet: no snapshot to take")
-            else:
-                reply(ClientStatus.OK, snapshot_json(self.peer_id, meta))
+    def _admin_future(
+        self, reply: AdminReply, result: Callable[[Any], dict[str, Any] | str]
+    ) -> CompletionFuture:
+        """A future whose outcome answers an admin request: `result(value)` is the answer's
+        map (a str: a definite refusal, its message). NotLeaderError -> NOT_LEADER (with the
+        hint), an error whose outcome is unknown -> UNKNOWN, any other -> ERROR, named."""
 
-        self.node.snapshot(CompletionFuture(done))
-
-    def _transfer_leader(self, target: str | None, reply: Callable[..., None]) -> None:
-        def done(new_leader: Any, error: BaseException | None) -> None:
+        def done(value: Any, error: BaseException | None) -> None:
             if isinstance(error, NotLeaderError):
-                reply(ClientStatus.NOT_LEADER, message=str(error))
+                reply(ClientStatus.NOT_LEADER, message=str(error), hint=error.leader_hint or "")
+            elif isinstance(error, RaftError) and error.outcome_unknown:
+                reply(ClientStatus.UNKNOWN, message=f"{type(error).__name__}: {error}")
             elif error is not None:
                 reply(ClientStatus.ERROR, message=f"{type(error).__name__}: {error}")
             else:
-                reply(ClientStatus.OK, {"from": self.peer_id, "to": new_leader})
+                answer = result(value)
+                if isinstance(answer, str):
+                    reply(ClientStatus.ERROR, message=answer)
+                else:
+                    reply(ClientStatus.OK, answer)
 
-        self.node.transfer_leadership(target, CompletionFuture(done))
+        return CompletionFuture(done)
+
+    def _snapshot_result(self, meta: Any) -> dict[str, Any] | str:
+        if meta is None:
+            return "nothing applied yet: no snapshot to take"
+        return snapshot_json(self.peer_id, meta)
+
+    def _members_result(self, conf: Any) -> dict[str, Any]:
+        """What a membership change answers: this leader and the configuration it made."""
+        members = conf.as_dict()
+        return {
+            "leader": self.peer_id,
+            "voters": list(members["voters"]),
+            "learners": list(members.get("learners", [])),
+        }
 
     def _on_status(self, req: StatusRequest) -> None:
         def done(status: Any, error: BaseException | None) -> None:

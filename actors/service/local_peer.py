@@ -48,6 +48,10 @@ def peer_command(
         command += ["--http", config.http]
     if config.keys is not None:
         command += ["--keys", str(config.keys)]
+    if config.join:
+        command.append("--join")
+    if config.priority != PeerConfig.priority:
+        command += ["--priority", str(config.priority)]
     command += ["--log-level", log_level]
     if supervisor_pid is not None:
         # The peer stops by itself once this process is gone: no orphan outlives its starter.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from actors.clock import RealClock
 from actors.configuration import Configuration
+from actors.errors import OptionsError
 from actors.options import NodeOptions, RaftOptions
 from actors.raft_node import RaftNode
 from actors.service.errors import ServiceError
@@ -71,6 +72,10 @@ class PeerConfig:
     snapshot_throttle_bytes: int = 0  # per follower, bytes/s; 0 = unthrottled
     http: str | None = None  # H:P of the operators' HTTP server (/metrics, /health, ...)
     keys: Path | None = None  # CurveZMQ key directory (transport.security); None: plaintext
+    # A brand-new peer that waits to be added (`admin add-peer`) instead of bootstrapping:
+    # `peers` are then only contact hints, and need not include `peer_id`.
+    join: bool = False
+    priority: int = RaftOptions.election_priority  # -1: disabled, 0: never leads, higher wins
     # The Raft clock's rate against the machine's (actors.clock.RealClock): the chaos runner's
     # clock nemesis only, through the launcher's hidden --clock-rate.
     clock_rate: float = 1.0
@@ -79,15 +84,32 @@ class PeerConfig:
     def peer_dir(self) -> Path:
         return peer_data_dir(self.data_dir, self.peer_id)
 
+    @property
+    def contacts(self) -> tuple[str, ...]:
+        """The other peers of `peers`: whom the transport connects to at start (more are
+        added as the configuration names them)."""
+        return tuple(p for p in self.peers if p != self.peer_id)
+
     def node_options(self) -> NodeOptions:
-        """Raises OptionsError for a bad configuration (e.g. peer_id not among peers)."""
+        """Raises OptionsError for a bad configuration (e.g. peer_id not among peers without
+        `join`, or a joining peer with no other peer to contact). Whatever `peers` says, a peer
+        with durable state uses the configuration of its own log and snapshot."""
         raft = RaftOptions(
             election_timeout=self.election_timeout_ms / 1000,
             snapshot_threshold=self.snapshot_threshold,
             snapshot_interval=self.snapshot_interval_s,
             snapshot_log_margin=self.snapshot_log_margin,
             snapshot_throttle_bytes=self.snapshot_throttle_bytes,
+            election_priority=self.priority,
         )
+        if self.join:
+            if not self.contacts:
+                raise OptionsError(
+                    f"a joining peer needs the address of a running peer besides itself "
+                    f"({self.peer_id})"
+                )
+            # Contact hints only: the configuration comes from the leader that adds it.
+            return NodeOptions(self.peer_id, Configuration.of(self.contacts), raft, join=True)
         return NodeOptions(self.peer_id, Configuration.of(self.peers), raft)
 
 
@@ -120,12 +142,12 @@ def run_peer(
     try:
         security = None
         if config.keys is not None:
-            security = PeerSecurity(config.keys, config.peer_id)
-            security.check_peers(list(config.peers))
+            security = PeerSecurity(config.keys, config.peer_id)  # checks our own key
+            security.check_peers(list(config.contacts))
     except KeyDirectoryError as error:
         raise PeerStartError(f"cannot use keys: {error}") from error
     transport = ZmqTransport(
-        config.peer_id, peer_address(config.peer_id), config.peers, security=security
+        config.peer_id, peer_address(config.peer_id), config.contacts, security=security
     )
     failure: list[str] = []
     clock = RealClock(config.clock_rate)  # ours, not the node's: stopped after the node

@@ -71,6 +71,11 @@ class ServiceCluster:
         keys = ["--keys", str(self.keys)] if self.keys is not None else []
         return ["--peers", ",".join(self.ids), *keys]
 
+    def admin_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`launcher.py admin ARGS` against this cluster: its exit code, stdout and stderr."""
+        command = [sys.executable, LAUNCHER, "admin", *self.contact_flags(), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
     def statuses(self) -> list[dict[str, Any]]:
         with KVClient(self.ids, timeout=1.0, attempt_timeout=0.5, keys=self.keys) as client:
             return client.status()

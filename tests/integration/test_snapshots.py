@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 from actors.service.offline import read_peer_disk
 
-from .conftest import LAUNCHER, WAIT, ServiceCluster, wait_until
+from .conftest import WAIT, ServiceCluster, wait_until
 
 pytestmark = pytest.mark.integration
 MakeService = Callable[..., ServiceCluster]
@@ -88,11 +86,6 @@ def test_a_follower_whose_data_is_deleted_rejoins_through_install_snapshot(
     assert follower_disk.snapshot_index > 0 and leader_disk.snapshot_index > 0
 
 
-def admin(cluster: ServiceCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, LAUNCHER, "admin", *cluster.contact_flags(), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
-
-
 def test_admin_snapshot_by_hand_on_the_leader_and_on_a_follower(service: MakeService) -> None:
     cluster = service(3, snapshot_threshold=0, snapshot_interval_s=0.0)  # never by itself
     client = cluster.client()
@@ -100,18 +93,18 @@ def test_admin_snapshot_by_hand_on_the_leader_and_on_a_follower(service: MakeSer
         client.put(f"k{n}", "v")
     leader = cluster.leader()
     assert all(s["snapshot_index"] == 0 for s in by_id(cluster).values())
-    result = admin(cluster, "snapshot")
+    result = cluster.admin_cli("snapshot")
     assert result.returncode == 0, result.stderr
     taken = json.loads(result.stdout)
     assert taken["peer"] == leader and taken["index"] >= 30 and taken["bytes"] > 0
     assert by_id(cluster)[leader]["snapshot_index"] == taken["index"]
     follower = next(p for p in cluster.ids if p != leader)
-    on_follower = json.loads(admin(cluster, "snapshot", follower).stdout)
+    on_follower = json.loads(cluster.admin_cli("snapshot", follower).stdout)
     assert on_follower["peer"] == follower and on_follower["index"] >= 30
     # Nothing applied since: the same snapshot again, not a new one.
-    again = json.loads(admin(cluster, "snapshot", follower).stdout)
+    again = json.loads(cluster.admin_cli("snapshot", follower).stdout)
     assert again == on_follower
-    members = json.loads(admin(cluster, "members").stdout)
+    members = json.loads(cluster.admin_cli("members").stdout)
     assert members == {"leader": leader, "voters": sorted(cluster.ids), "learners": []}
 
 
@@ -119,5 +112,5 @@ def test_admin_snapshot_of_a_peer_that_is_down_times_out(service: MakeService) -
     cluster = service(3)
     down = cluster.ids[0]
     cluster.peers[down].kill()
-    result = admin(cluster, "--timeout", "1", "snapshot", down)
+    result = cluster.admin_cli("--timeout", "1", "snapshot", down)
     assert result.returncode == 3 and "did not answer" in result.stderr

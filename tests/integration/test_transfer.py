@@ -5,14 +5,12 @@ there afterwards, and bad requests get clear errors."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import LAUNCHER, ServiceCluster
+from tests.integration.conftest import WAIT, ServiceCluster, wait_until
 from transport.client import AdminClient, ClientTimeout, CommandError
 
 pytestmark = pytest.mark.integration
@@ -43,6 +41,10 @@ class Writer(threading.Thread):
         except BaseException as error:
             self.error = error
 
+    def wait_for(self, count: int) -> None:
+        """Until `count` writes are acknowledged (a deadline of WAIT)."""
+        wait_until(lambda: len(self.acked) >= count or self.error, f"{count} writes", WAIT)
+
     def finish(self) -> list[int]:
         self.stop_event.set()
         self.join(timeout=30)
@@ -61,6 +63,7 @@ def test_transfer_to_a_named_voter_and_to_any_under_writes_loses_nothing(
     writer = Writer(cluster)
     writer.start()
     try:
+        writer.wait_for(10)  # writes before, during and after the transfers
         old = cluster.leader()
         target = next(p for p in cluster.ids if p != old)
         with _admin(cluster) as admin:
@@ -69,6 +72,7 @@ def test_transfer_to_a_named_voter_and_to_any_under_writes_loses_nothing(
             moved = admin.transfer_leader()
             assert moved["from"] == target and moved["to"] in set(cluster.ids) - {target}
             assert cluster.leader() == moved["to"]
+        writer.wait_for(len(writer.acked) + 10)
     finally:
         acked = writer.finish()
     assert len(acked) >= 20
@@ -91,14 +95,7 @@ def test_the_cli_transfers_leadership_and_reports_bad_arguments(service: MakeSer
     old = cluster.leader()
     target = next(p for p in cluster.ids if p != old)
 
-    def admin(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, LAUNCHER, "admin", *cluster.contact_flags(), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
+    admin = cluster.admin_cli
     done = admin("transfer-leader", target)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"from": old, "to": target}

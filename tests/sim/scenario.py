@@ -14,6 +14,7 @@ from typing import Any
 import pykka
 
 from actors.errors import CommandTooLargeError, RaftError
+from actors.membership import ChangeRequest, Op
 from actors.node import Role
 from storage.entry import EntryType, LogEntry
 from transport.rpc import MAX_TERM, AppendEntriesRequest, RequestVoteRequest, RequestVoteResponse
@@ -38,6 +39,10 @@ FAULTS = (
     "wipe",
     "crash_mid_snapshot",
     "transfer",
+    "add_peer",
+    "remove_peer",
+    "replace_peer",
+    "learner",
     "calm",
 )
 STRANGER = "10.0.0.66:7000"  # not a member: every message of it must be refused
@@ -62,15 +67,23 @@ class Outcome:
     snapshots_saved: int = 0
     snapshots_installed: int = 0
     reads: int = 0  # reads answered, each checked against the linearizable order
+    changes: int = 0  # membership changes committed
     trace: list[str] | None = None
 
 
 def run_scenario(
-    seed: int, size: int = 3, fault_seconds: float = 6.0, record_trace: bool = False
+    seed: int,
+    size: int = 3,
+    fault_seconds: float = 6.0,
+    record_trace: bool = False,
+    faults: tuple[str, ...] = FAULTS,
 ) -> Outcome:
+    """`faults`: the kinds to choose from (a subset of FAULTS, repeats weigh more)."""
     sim = Simulation(seed, size=size, record_trace=record_trace)
+    changes: list[pykka.Future[Any]] = []
     rng = sim.rng
     outcome = Outcome(seed, "", 0, 0.0, dict.fromkeys(FAULTS, 0))
+    kinds = faults
     acked: list[tuple[int, bytes]] = []
     pending: list[tuple[pykka.Future[Any], bytes]] = []
     oversized: list[pykka.Future[Any]] = []
@@ -153,13 +166,17 @@ def run_scenario(
     def faults() -> None:
         if sim.time < fault_seconds:
             restart_failed(sim)  # the supervisor: a peer in ERROR restarts (crash-only)
-            kind = rng.choice(FAULTS)
+            kind = rng.choice(kinds)
             outcome.faults[kind] += 1
             if kind == "oversized":
                 alive = sim.alive()
                 if alive:
                     big = b"x" * (MAX_COMMAND_BYTES + 1)
                     oversized.append(sim.propose(rng.choice(alive), big))
+            elif kind in MEMBERSHIP_FAULTS:
+                future = change_membership(sim, kind)
+                if future is not None:
+                    changes.append(future)
             else:
                 inject(sim, kind)
             sim.schedule(rng.uniform(0.2, 1.2), faults, f"fault {kind}")
@@ -215,6 +232,8 @@ def run_scenario(
     outcome.snapshots_saved = sim.delivered["SnapshotSaved"]
     outcome.snapshots_installed = sim.delivered["InstallLog"]
     outcome.trace = sim.trace
+    outcome.changes = sum(_succeeded(f) for f in changes)
+    check_membership_agreed(sim, seed)
     return outcome
 
 
@@ -249,7 +268,7 @@ def inject(sim: Simulation, kind: str) -> None:
         if alive:
             sim.crash(rng.choice(alive))
     elif kind == "restart":
-        down = [p for p in ids if not sim.peers[p].alive]
+        down = [p for p in sim.ever_started() if not sim.peers[p].alive]
         if down:
             sim.start(rng.choice(down))
     elif kind == "partition":
@@ -303,6 +322,73 @@ def inject(sim: Simulation, kind: str) -> None:
     # "calm": nothing this time
 
 
+MEMBERSHIP_FAULTS = ("add_peer", "remove_peer", "replace_peer", "learner")
+MAX_VOTERS = 5
+MIN_VOTERS = 3  # below it a crash or two would make the final liveness check moot
+
+
+def change_membership(sim: Simulation, kind: str) -> pykka.Future[Any] | None:
+    """Ask a leader for a membership change: add a voter (a spare, a learner or a peer
+    removed before; started if it is down), remove one (the leader itself, sometimes) or a
+    learner, add a learner or promote one. Whatever comes of it (done, busy, catch-up failed,
+    leadership lost), the invariants must hold."""
+    rng = sim.rng
+    leaders = [p for p in sim.alive() if sim.peers[p].node.role is Role.LEADER]
+    if not leaders:
+        return None
+    leader = rng.choice(leaders)
+    conf = sim.peers[leader].node.conf
+    outside = [p for p in sim.ids if p not in conf.members()]
+    request = None
+    if kind == "add_peer" and len(conf.peers) < MAX_VOTERS:
+        choices = sorted(conf.learners) + outside
+        if choices:
+            request = ChangeRequest.of(Op.ADD_PEER, [rng.choice(choices)])
+    elif kind == "remove_peer":
+        choices = sorted(conf.learners) + (
+            sorted(conf.peers) if len(conf.peers) > MIN_VOTERS else []
+        )
+        if choices:
+            request = ChangeRequest.of(Op.REMOVE_PEER, [rng.choice(choices)])
+    elif kind == "replace_peer" and outside:
+        # One voter out, another in, at once: C_old and C_new majorities differ.
+        voters = sorted(conf.peers)
+        voters[rng.randrange(len(voters))] = rng.choice(outside)
+        request = ChangeRequest.of(Op.CHANGE_PEERS, voters)
+    elif kind == "learner":
+        if conf.learners and (not outside or rng.random() < 0.5):
+            if len(conf.peers) < MAX_VOTERS:
+                request = ChangeRequest.of(Op.PROMOTE_LEARNER, [rng.choice(sorted(conf.learners))])
+        elif outside:
+            request = ChangeRequest.of(Op.ADD_LEARNERS, [rng.choice(outside)])
+    if request is None:
+        return None
+    for peer in request.peers:
+        if not sim.peers[peer].alive:
+            sim.start(peer)
+    return sim.change(leader, request)
+
+
+def check_membership_agreed(sim: Simulation, seed: int) -> None:
+    """Once healed and writing again, every voter of the leader's configuration that is up
+    has caught up with the configuration entries the final write followed."""
+    leaders = [p for p in sim.alive() if sim.peers[p].node.role is Role.LEADER]
+    if not leaders:
+        return
+    conf = sim.peers[leaders[0]].node.conf
+    if conf.is_joint:
+        return  # a roll-forward still under way: nothing settled to compare
+    commit = sim.peers[leaders[0]].node.log_view.committed_index
+    for peer in sorted(conf.all_peers()):
+        node = sim.peers[peer].node if sim.peers[peer].alive else None
+        if node is None or node.log_view.committed_index < commit:
+            continue  # not caught up yet; only settled peers are compared
+        if node.conf.all_peers() != conf.all_peers():
+            raise AssertionError(
+                f"seed {seed}: {peer} is on configuration {node.conf}, the leader on {conf}"
+            )
+
+
 def send_hostile(sim: Simulation, target: str) -> None:
     """A stranger claims leadership in a high term with an entry of its own, asks for votes
     and grants one, each in a term the members must neither adopt nor answer."""
@@ -326,9 +412,14 @@ def wipe_one(sim: Simulation) -> None:
     candidates = [p for p in sim.ids if p not in leaders and sim.peers[p].meta.term < term]
     # Nor one whose loss leaves a quorum that lacks a committed entry: that quorum (the empty
     # peer among them) could elect a leader without it (seed 38 of the reads change did).
-    lacking = {p for p in sim.ids if not _holds_committed(sim, p)}
-    majority = len(sim.ids) // 2 + 1
-    candidates = [p for p in candidates if len(lacking | {p}) < majority]
+    conf = sim.peers[leaders[0]].node.conf
+    voter_sets = [conf.peers, conf.old_peers] if conf.is_joint else [conf.peers]
+    lacking = {p for p in conf.all_peers() if not _holds_committed(sim, p)}
+    candidates = [
+        p
+        for p in candidates
+        if all(len((lacking | {p}) & voters) <= len(voters) // 2 for voters in voter_sets)
+    ]
     if not candidates:
         return
     victim = sim.rng.choice(candidates)
@@ -367,5 +458,5 @@ def heal_all(sim: Simulation) -> None:
     restart_failed(sim)
     for peer in sim.peers.values():
         peer.disk_latency = 0.0
-        if not peer.alive:
+        if not peer.alive and peer.incarnation:  # a spare never added stays down
             sim.start(peer.id)

@@ -31,7 +31,16 @@ from actors.configuration import Configuration
 from actors.fsm_caller import FSMCaller
 from actors.futures import CompletionFuture
 from actors.log_manager import LogManager
-from actors.messages import Apply, Flush, ReadAt, ReadIndex, TakeSnapshot, TransferLeadership
+from actors.membership import ChangeRequest
+from actors.messages import (
+    Apply,
+    ChangeMembership,
+    Flush,
+    ReadAt,
+    ReadIndex,
+    TakeSnapshot,
+    TransferLeadership,
+)
 from actors.node import Node, Role
 from actors.options import NodeOptions, RaftOptions
 from actors.snapshot_executor import SnapshotExecutor
@@ -107,6 +116,7 @@ class SimPeer:
     endpoint: MemoryTransport | None = None
     node_actor: Node | None = None
     disk_latency: float = 0.0
+    wiped: bool = False  # lost its disk once: it comes back as a new peer would (--join)
 
     @property
     def alive(self) -> bool:
@@ -129,7 +139,10 @@ class Simulation:
         election_timeout: float = 1.0,
         network_delay: float = 0.001,
         record_trace: bool = False,
+        spares: int = 2,
     ) -> None:
+        """`size` peers bootstrap the cluster; `spares` more exist (down, never started) for
+        membership changes to add."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.time = 0.0
@@ -141,7 +154,8 @@ class Simulation:
         self.clock = SimClock(self)
         self.network = MemoryNetwork(rng=random.Random(self.rng.random()), clock=self.clock)
         self.network.set_delay(network_delay)
-        self.ids = [f"10.0.0.{n}:7000" for n in range(1, size + 1)]
+        self.ids = [f"10.0.0.{n}:7000" for n in range(1, size + spares + 1)]
+        self.initial = self.ids[:size]  # the bootstrap configuration
         # A small command limit keeps the oversized-command fault cheap. Snapshots come often
         # (a seeded threshold) with a small margin and small chunks, so compaction, several
         # chunks per InstallSnapshot and crashes in the middle of either happen in most runs.
@@ -160,7 +174,8 @@ class Simulation:
         }
         self._trace = hashlib.blake2b(digest_size=16)
         self.trace: list[str] | None = [] if record_trace else None
-        for peer_id in self.ids:
+        self._commit_checked: dict[tuple[str, int], int] = {}
+        for peer_id in self.initial:
             self.start(peer_id)
 
     # -- scheduling --------------------------------------------------------------------------
@@ -208,6 +223,36 @@ class Simulation:
                     peer.sm.applied,
                     len(peer.sm.loaded),
                 )
+                if peer.node_actor.role is Role.LEADER:
+                    self._check_commit_quorum(peer)
+
+    def _check_commit_quorum(self, peer: SimPeer) -> None:
+        """What a leader commits is held by a quorum of its configuration: of both sets while
+        joint. An entry before the configuration in force may have committed under the one
+        before it (the BallotBox switches when the entry is appended)."""
+        assert peer.actors is not None
+        view = peer.actors.log_view
+        key = (peer.id, peer.incarnation)
+        commit = view.committed_index
+        if commit <= self._commit_checked.get(key, 0) or commit <= view.snapshot_index:
+            return
+        self._commit_checked[key] = commit
+        term = view.term_at(commit)
+        holders = {p for p in self.ids if self._holds(p, commit, term)}
+        state = view.conf_state
+        confs = [state.conf] if commit >= state.index else [state.conf, state.previous]
+        if not any(conf.has_quorum(holders) for conf in confs):
+            self.checker.fail(
+                f"Commit quorum: {peer.id} committed {commit}@{term} held only by "
+                f"{sorted(holders)}, no quorum of {' or '.join(map(str, confs))}"
+            )
+
+    def _holds(self, peer_id: str, index: int, term: int) -> bool:
+        """Whether `peer_id`'s storage holds entry index@term (or a snapshot covering it)."""
+        peer = self.peers[peer_id]
+        latest = peer.snapshots.latest()
+        covered = latest is not None and latest.last_index >= index
+        return covered or peer.log.get_term(index) == term
 
     def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         end = self.time + timeout
@@ -253,7 +298,8 @@ class Simulation:
             member.alive = False
             member.actor.on_stop()
 
-        options = NodeOptions(peer_id, Configuration.of(self.ids), self.options)
+        join = peer_id not in self.initial or peer.wiped
+        options = NodeOptions(peer_id, Configuration.of(self.initial), self.options, join=join)
         peer.actors = assemble_peer(
             options,
             peer.sm,
@@ -298,10 +344,14 @@ class Simulation:
         peer.log = ObservedLog(peer_id, MemoryLogStorage(), self.checker)
         peer.meta = MemoryMetaStorage()
         peer.snapshots = MemorySnapshotStorage()
+        peer.wiped = True
         self._record(f"{self.time:.6f} wipe {peer_id}")
 
     def alive(self) -> list[str]:
         return [p for p in self.ids if self.peers[p].alive]
+
+    def ever_started(self) -> list[str]:
+        return [p for p in self.ids if self.peers[p].incarnation]
 
     def crash_actor(self, peer_id: str, rng: random.Random) -> str:
         """Make one of the peer's actors (chosen by `rng`) raise in a handler, as a bug would:
@@ -336,6 +386,12 @@ class Simulation:
         does."""
         future: pykka.Future[Any] = pykka.ThreadingFuture()
         self.peers[peer_id].node.self_mailbox.tell(TransferLeadership(target, future))
+        return future
+
+    def change(self, peer_id: str, request: ChangeRequest) -> pykka.Future[Any]:
+        """Ask `peer_id` for a membership change, as RaftNode.add_peer and friends do."""
+        future: pykka.Future[Any] = pykka.ThreadingFuture()
+        self.peers[peer_id].node.self_mailbox.tell(ChangeMembership(request, future))
         return future
 
     # -- clients -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.configuration import Configuration
+from actors.configuration import Configuration, _majority_match
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import CheckVote
@@ -93,6 +93,42 @@ def test_a_broken_vote_rule_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         except SafetyViolationError as violation:
             caught.append(str(violation))
     assert any("Leader Completeness" in c for c in caught), "the simulation has no teeth"
+
+
+MEMBERSHIP_HEAVY = (
+    "add_peer",
+    "remove_peer",
+    "replace_peer",
+    "replace_peer",
+    "learner",
+    "crash",
+    "restart",
+    "partition",
+    "heal",
+    "drops",
+    "calm",
+)
+
+
+def test_membership_changes_commit_and_stay_safe() -> None:
+    changes = sum(run_scenario(seed, faults=MEMBERSHIP_HEAVY).changes for seed in range(8))
+    assert changes >= 8  # the faults did change the membership, many times
+
+
+def test_a_broken_joint_quorum_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation check: commit by the new voters' majority alone while joint (§4.3 removed)."""
+
+    def new_voters_only(self: Configuration, match: dict[str, int]) -> int:
+        return _majority_match(self.peers, match)
+
+    monkeypatch.setattr(Configuration, "quorum_match", new_voters_only)
+    for seed in range(60):
+        try:
+            run_scenario(seed, faults=MEMBERSHIP_HEAVY)
+        except SafetyViolationError as violation:
+            assert "Commit quorum" in str(violation)
+            return
+    raise AssertionError("the simulation has no teeth for joint consensus")
 
 
 # -- the checker alone ------------------------------------------------------------------------

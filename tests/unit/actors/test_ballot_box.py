@@ -7,7 +7,14 @@ import pytest
 
 from actors.ballot_box import BallotBox
 from actors.configuration import Configuration
-from actors.messages import ClearPending, Commit, Committed, Grant, ResetPending
+from actors.messages import (
+    ClearPending,
+    Commit,
+    Committed,
+    Grant,
+    ResetPending,
+    SetConfiguration,
+)
 from actors.testing import ActorHarness, RecordingMailbox, Transcript
 
 ABC = Configuration.of(["a", "b", "c"])
@@ -115,10 +122,41 @@ def test_commit_never_goes_backwards(box: Box) -> None:
     assert box.commits() == committed(6)
 
 
-def test_grants_from_unknown_peers_are_ignored(box: Box) -> None:
+def test_grants_from_non_voters_never_count(box: Box) -> None:
+    # Learners and peers still catching up are replicated to, but hold no ballot.
     box.send(ResetPending(2, 1, ABC), Grant("a", 5, 2), Grant("x", 5, 2), Grant("y", 5, 2))
     assert box.commits() == []
-    assert "x" not in box.actor.match
+
+
+def test_a_new_configuration_counts_grants_already_received(box: Box) -> None:
+    # x and y caught up before the joint configuration made them voters: with it, a and x
+    # and y are a majority of {a,x,y} but not of {a,b,c}; b then completes both.
+    box.send(ResetPending(2, 1, ABC), Grant("a", 5, 2), Grant("x", 5, 2), Grant("y", 4, 2))
+    box.send(SetConfiguration(2, Configuration.of(["a", "x", "y"], ["a", "b", "c"])))
+    assert box.commits() == []
+    box.send(Grant("b", 5, 2))
+    assert box.commits() == committed(5)
+    # C_new alone: a majority of {a,x,y} commits without b or c.
+    box.send(SetConfiguration(2, Configuration.of(["a", "x", "y"])), Grant("a", 7, 2))
+    assert box.commits() == []
+    box.send(Grant("y", 6, 2))
+    assert box.commits() == committed(6)
+
+
+def test_a_smaller_configuration_commits_at_once(box: Box) -> None:
+    box.send(ResetPending(2, 1, ABCDE), Grant("a", 5, 2), Grant("b", 5, 2))
+    assert box.commits() == []
+    box.send(SetConfiguration(2, Configuration.of(["a", "b", "c"], ["a", "b", "c", "d", "e"])))
+    assert box.commits() == []  # still needs 3 of the old five
+    box.send(SetConfiguration(2, ABC))
+    assert box.commits() == committed(5)
+
+
+def test_a_configuration_of_another_term_is_ignored(box: Box) -> None:
+    box.send(ResetPending(3, 1, ABCDE), Grant("a", 5, 3), Grant("b", 5, 3))
+    box.send(SetConfiguration(2, ABC))
+    assert box.commits() == []
+    assert box.actor.conf == ABCDE
 
 
 def test_grants_of_another_term_are_ignored(box: Box) -> None:

@@ -9,6 +9,7 @@ import pykka
 import pytest
 
 from actors.clock import ManualClock
+from actors.configuration import Configuration
 from actors.errors import (
     LeadershipLostError,
     NodeFailedError,
@@ -47,7 +48,10 @@ D, N, C = EntryType.DATA, EntryType.NO_OP, EntryType.CONFIGURATION
 
 def make_view(types: Sequence[EntryType], term: int = 1) -> LogView:
     storage = MemoryLogStorage()
-    storage.append_entries([LogEntry(i, term, t, b"c%d" % i) for i, t in enumerate(types, start=1)])
+    conf = Configuration.of(["a"]).encode()
+    storage.append_entries(
+        [LogEntry(i, term, t, conf if t == C else b"c%d" % i) for i, t in enumerate(types, 1)]
+    )
     return LogView(storage)
 
 

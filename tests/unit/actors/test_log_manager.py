@@ -15,12 +15,14 @@ from actors.errors import NodeFailedError, NotLeaderError, OverloadedError
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import (
+    AppendConfiguration,
     AppendLeaderEntries,
     BecomeLeader,
     CheckVote,
     ClearPending,
     Commit,
     Committed,
+    ConfigurationChanged,
     EnterError,
     FatalError,
     FollowerAppend,
@@ -33,6 +35,7 @@ from actors.messages import (
     RegisterPending,
     RequestVotes,
     ResetPending,
+    SetConfiguration,
     StepDown,
     Subscribe,
     VoteGranted,
@@ -94,7 +97,7 @@ class Fixture:
         if entries:
             MemoryLogStorage.append_entries(self.storage, entries)
         self.meta = RecordingMeta(self.transcript)
-        self.log_view = LogView(self.storage)
+        self.log_view = LogView(self.storage, bootstrap_conf=CONF)
         self.transport = RecordingTransport(ME, self.transcript)
         self.node = RecordingMailbox("node", self.transcript)
         self.ballot = RecordingMailbox("ballot_box", self.transcript)
@@ -274,18 +277,19 @@ def test_truncating_at_or_below_the_commit_index_is_fatal_not_silent() -> None:
 # -- leader -------------------------------------------------------------------------------------
 
 
-def test_become_leader_resets_ballots_and_appends_a_no_op_of_its_term() -> None:
+def test_become_leader_resets_ballots_and_appends_the_configuration_in_its_term() -> None:
     f = Fixture([data(1, 1), data(2, 1)])
-    f.send(BecomeLeader(3, CONF))
+    applied = pykka.ThreadingFuture()
+    f.send(BecomeLeader(3, applied))
     assert f.ballot.take() == [ResetPending(3, 3, CONF), Grant(ME, 3, 3)]
-    assert f.fsm.take() == [LeaderStart(3, 3)]
+    assert f.fsm.take() == [LeaderStart(3, 3), RegisterPending(3, (applied,))]
     assert f.node.take() == [LeaderLogReady(3, 3)]
-    assert f.log_view.entry(3) == LogEntry(3, 3, EntryType.NO_OP)
+    assert f.log_view.entry(3) == LogEntry(3, 3, EntryType.CONFIGURATION, CONF.encode())
 
 
 def test_leader_append_registers_futures_then_wakes_replicators_then_grants_after_fsync() -> None:
     f = Fixture()
-    f.send(BecomeLeader(1, CONF))
+    f.send(BecomeLeader(1))
     replicator = RecordingMailbox("replicator", f.transcript)
     f.send(Subscribe(B, replicator))
     f.transcript.clear()
@@ -301,7 +305,7 @@ def test_leader_append_registers_futures_then_wakes_replicators_then_grants_afte
 
 def test_leader_append_in_a_stale_term_fails_definitely() -> None:
     f = Fixture()
-    f.send(BecomeLeader(1, CONF))
+    f.send(BecomeLeader(1))
     f.send(StepDown(1))
     assert f.ballot.take()[-1] == ClearPending(1)
     assert f.fsm.take()[-1] == LeaderStop(1)
@@ -318,7 +322,7 @@ def test_leader_append_in_a_stale_term_fails_definitely() -> None:
 def test_an_empty_leader_append_is_a_no_op() -> None:
     """Reproduced: an empty batch raised IndexError here and the LogManager died silently."""
     f = Fixture()
-    f.send(BecomeLeader(1, CONF))
+    f.send(BecomeLeader(1))
     f.transcript.clear()
     f.send(AppendLeaderEntries(1, (), ()))
     assert f.transcript.entries == [] and f.log() == [(1, 1)]
@@ -328,7 +332,7 @@ def test_proposals_beyond_the_in_flight_bound_fail_fast_and_nothing_is_appended(
     """Back-pressure: at most max_pending_entries appended but unapplied; past it, a proposal is
     refused at once with OverloadedError (definite, retryable) instead of queuing for ever."""
     f = Fixture(raft_options=RaftOptions(max_pending_entries=4))
-    f.send(BecomeLeader(1, CONF))  # the no-op is 1 pending entry
+    f.send(BecomeLeader(1))  # the no-op is 1 pending entry
     accepted = (pykka.ThreadingFuture(), pykka.ThreadingFuture(), pykka.ThreadingFuture())
     f.send(AppendLeaderEntries(1, (b"a", b"b", b"c"), accepted))
     refused: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
@@ -346,7 +350,7 @@ def test_proposals_beyond_the_in_flight_bound_fail_fast_and_nothing_is_appended(
 
 def test_proposals_beyond_the_byte_bound_fail_fast() -> None:
     f = Fixture(raft_options=RaftOptions(max_pending_bytes=1000, max_command_bytes=1000))
-    f.send(BecomeLeader(1, CONF))
+    f.send(BecomeLeader(1))
     f.send(AppendLeaderEntries(1, (b"x" * 600,), (pykka.ThreadingFuture(),)))
     refused: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
     f.send(AppendLeaderEntries(1, (b"y" * 600,), (refused,)))
@@ -359,7 +363,7 @@ def test_proposals_beyond_the_byte_bound_fail_fast() -> None:
 
 def test_enter_error_writes_acks_and_votes_nothing_more_and_tells_the_fsm_caller() -> None:
     f = Fixture([data(1, 1)])
-    f.send(BecomeLeader(2, CONF))
+    f.send(BecomeLeader(2))
     f.ballot.clear(), f.fsm.clear(), f.transport.take()
     f.send(EnterError("FSMCaller: boom"))
     assert f.ballot.take() == [ClearPending(2)]
@@ -391,7 +395,7 @@ def test_a_failed_log_manager_neither_becomes_leader_nor_accepts_proposals() -> 
     f = Fixture([data(1, 1)])
     f.send(EnterError("Node: bug"))
     f.transcript.clear()
-    f.send(BecomeLeader(2, CONF))
+    f.send(BecomeLeader(2))
     assert f.transcript.entries == [] and f.log() == [(1, 1)]
     future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
     f.send(AppendLeaderEntries(2, (b"x",), (future,)))
@@ -421,7 +425,7 @@ def test_each_group_commit_observes_the_time_of_its_append_and_fsync() -> None:
 
 def test_leader_proposals_are_counted_appended_or_by_why_they_were_refused() -> None:
     f = Fixture(raft_options=RaftOptions(max_pending_entries=3))
-    f.send(BecomeLeader(1, CONF))  # the no-op is not a proposal
+    f.send(BecomeLeader(1))  # the no-op is not a proposal
     f.send(AppendLeaderEntries(1, (b"a", b"b"), (pykka.ThreadingFuture(), pykka.ThreadingFuture())))
     f.send(AppendLeaderEntries(1, (b"c",), (pykka.ThreadingFuture(),)))  # 4 in flight > 3
     f.send(AppendLeaderEntries(2, (b"d",), (pykka.ThreadingFuture(),)))  # not this term
@@ -433,3 +437,66 @@ def test_leader_proposals_are_counted_appended_or_by_why_they_were_refused() -> 
         "not_leader": 1,
         "failed": 1,
     }
+
+
+# -- configurations -------------------------------------------------------------------------
+
+
+def conf_entry(index: int, term: int, conf: Configuration) -> LogEntry:
+    return LogEntry(index, term, EntryType.CONFIGURATION, conf.encode())
+
+
+def test_a_leaders_configuration_entry_is_in_force_when_appended_and_counted_by_it() -> None:
+    f = Fixture()
+    f.send(BecomeLeader(1))
+    f.transcript.clear()
+    new = Configuration.of((ME, B, C, "d:4"), (ME, B, C))
+    applied = pykka.ThreadingFuture()
+    f.send(AppendConfiguration(1, new, applied))
+    # The BallotBox counts by it before any Grant for it; its future is the FSMCaller's.
+    assert f.transcript.entries[:2] == [
+        ("ballot_box", SetConfiguration(1, new)),
+        ("fsm_caller", RegisterPending(2, (applied,))),
+    ]
+    assert f.log_view.conf == new and f.log_view.conf_state.index == 2
+    assert f.log_view.conf_state.previous == CONF
+
+
+def test_a_configuration_entry_of_another_term_fails_definitely() -> None:
+    f = Fixture()
+    f.send(BecomeLeader(2))
+    applied = pykka.ThreadingFuture()
+    f.send(AppendConfiguration(1, Configuration.of((ME,)), applied))
+    with pytest.raises(NotLeaderError):
+        applied.get(timeout=0)
+    assert f.log_view.last_index == 1 and f.log_view.conf == CONF
+
+
+def test_a_follower_adopts_appended_configurations_and_drops_truncated_ones() -> None:
+    f = Fixture()
+    grown = Configuration.of((ME, B, C, "d:4"))
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1), conf_entry(2, 1, grown)]), 1))
+    assert f.log_view.conf == grown
+    assert f.node.take() == [ConfigurationChanged()]
+    # A new leader of term 2 never had entry 2: it goes, and its configuration with it.
+    f.send(FollowerAppend(append_req(2, 1, 1, [data(2, 2)]), 2))
+    assert f.log_view.conf == CONF
+    assert f.node.take() == [ConfigurationChanged()]
+    f.send(FollowerAppend(append_req(2, 2, 2, [data(3, 2)]), 2))
+    assert f.node.take() == []  # no configuration changed: nothing told
+
+
+def test_a_configuration_that_does_not_decode_is_never_appended() -> None:
+    f = Fixture()
+    bad = LogEntry(2, 1, EntryType.CONFIGURATION, b"\xc1garbage")
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1), bad]), 1))
+    assert f.log() == [] and f.log_view.last_index == 0
+    assert f.transport.take() == []  # and nothing acknowledged
+
+
+def test_a_restarted_log_uses_its_own_newest_configuration() -> None:
+    grown = Configuration.of((ME, B, C, "d:4"))
+    storage = MemoryLogStorage()
+    storage.append_entries([data(1, 1), conf_entry(2, 1, grown), data(3, 1)])
+    view = LogView(storage, bootstrap_conf=CONF)
+    assert (view.conf, view.conf_state.index, view.conf_state.previous) == (grown, 2, CONF)

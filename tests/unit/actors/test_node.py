@@ -91,6 +91,7 @@ class Fixture:
         peers: tuple[str, ...] = (A, B, C),
         term: int = 0,
         raft_options: RaftOptions | None = None,
+        join: bool = False,
     ) -> None:
         self.errors: list[str] = []
         self.clock = ManualClock()
@@ -99,12 +100,13 @@ class Fixture:
         self.replicators = Replicators()
         self.metrics = RaftMetrics()
         raft = raft_options or RaftOptions(election_timeout=TIMEOUT, initial_election_advance=False)
-        options = NodeOptions(A, Configuration.of(peers), raft)
+        options = NodeOptions(A, Configuration.of(peers), raft, join=join)
+        bootstrap = Configuration.of(()) if join else options.initial_conf
         self.node = Node(
             options,
             term=term,
             voted_for=None,
-            log_view=LogView(MemoryLogStorage()),
+            log_view=LogView(MemoryLogStorage(), bootstrap_conf=bootstrap),
             log_manager=self.lm,
             transport=self.transport,
             replicators=self.replicators,
@@ -124,6 +126,7 @@ class Fixture:
         self.send(RequestVoteResponse(0, True, True, B, 1))
         self.send(RequestVoteResponse(1, True, False, B, 1))
         assert self.node.role is Role.LEADER
+        [self.become] = [m for m in self.lm.told if isinstance(m, BecomeLeader)]
         self.send(LeaderLogReady(1, 1))
         self.lm.clear()
         self.transport.take()
@@ -167,7 +170,8 @@ def test_vote_quorum_makes_leader_which_starts_replicators(f: Fixture) -> None:
     f.lm.clear()
     f.send(RequestVoteResponse(1, True, False, C, 1))
     assert f.node.role is Role.LEADER and f.node.leader_id == A
-    assert f.lm.take() == [BecomeLeader(1, Configuration.of((A, B, C)))]
+    [become] = f.lm.take()
+    assert isinstance(become, BecomeLeader) and become.term == 1
     f.send(LeaderLogReady(1, 5))
     assert f.replicators.started == [(B, 1, 5), (C, 1, 5)]
     assert f.lm.take() == [

@@ -63,7 +63,7 @@ class Fixture:
             options,
             term=term,
             voted_for=None,
-            log_view=log_view or LogView(MemoryLogStorage()),
+            log_view=log_view or LogView(MemoryLogStorage(), bootstrap_conf=options.initial_conf),
             log_manager=self.lm,
             transport=self.transport,
             replicators=NoReplicators(),

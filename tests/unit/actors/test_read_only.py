@@ -11,7 +11,8 @@ A, B, C, D, E = "a", "b", "c", "d", "e"
 
 
 def ready(peers: tuple[str, ...] = (A, B, C), first: int = 10) -> ReadOnly:
-    reads = ReadOnly(A, Configuration.of(peers))
+    conf = Configuration.of(peers)
+    reads = ReadOnly(A, lambda: conf)
     reads.term_first_index = first
     return reads
 
@@ -19,7 +20,8 @@ def ready(peers: tuple[str, ...] = (A, B, C), first: int = 10) -> ReadOnly:
 def test_a_new_leader_serves_nothing_before_its_terms_first_entry() -> None:
     """§6.4 step 1: until an entry of its term commits, the leader does not know the commit
     index; the read index is at least the term's first entry, so the read waits for it."""
-    reads = ReadOnly(A, Configuration.of((A, B, C)))
+    conf = Configuration.of((A, B, C))
+    reads = ReadOnly(A, lambda: conf)
     reads.add(4, "r1")
     assert reads.start_round() is None  # the term has not begun: no round, no read
     reads.term_first_index = 10
@@ -82,7 +84,8 @@ def test_a_cluster_of_one_confirms_alone() -> None:
 
 
 def test_a_joint_configuration_needs_both_quorums() -> None:
-    reads = ReadOnly(A, Configuration.of((A, D, E), old_peers=(A, B, C)))
+    conf = Configuration.of((A, D, E), old_peers=(A, B, C))
+    reads = ReadOnly(A, lambda: conf)
     reads.term_first_index = 1
     reads.add(5, "r1")
     started = reads.start_round()

@@ -10,14 +10,19 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.configuration import Configuration
 from actors.errors import (
+    CatchUpError,
+    ChangeInProgressError,
     CommandTooLargeError,
     LeadershipLostError,
+    MembershipChangeError,
     NodeFailedError,
     NodeStoppedError,
     NotLeaderError,
     OverloadedError,
     RaftError,
+    UnknownPeerError,
 )
 from actors.futures import complete, fail
 from actors.metrics import Counter, Metrics
@@ -25,7 +30,12 @@ from actors.service.kv_server import STATUS_NAMES, KVServer
 from actors.testing import RecordingTransport
 from storage.snapshot_storage import SnapshotMeta
 from transport.kv_protocol import (
+    ADMIN_ADD_LEARNER,
+    ADMIN_ADD_PEER,
+    ADMIN_PROMOTE,
+    ADMIN_REMOVE_PEER,
     ADMIN_SNAPSHOT,
+    ADMIN_TRANSFER_LEADER,
     ANYWHERE,
     GET,
     LINEARIZABLE,
@@ -62,6 +72,7 @@ class StubNode:
         self.drained: Any = None
         self.batches: list[int] = []  # the size of each apply_batch call
         self.refuse: Exception | None = None  # apply_batch raises it
+        self.admin_calls: list[tuple[str, Any, pykka.Future[Any]]] = []
         self.metrics = Metrics()
 
     def set_client_handler(self, handler: Any, drained: Any = None) -> None:
@@ -90,6 +101,26 @@ class StubNode:
 
     def status_async(self, reply: pykka.Future[Any]) -> None:
         self.statuses.append(reply)
+
+    # Leader-side admin operations: each recorded as (method, argument, future).
+    def transfer_leadership(self, to: str | None, reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        return self._record("transfer_leadership", to, reply)
+
+    def add_peer(self, peer: str, reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        return self._record("add_peer", peer, reply)
+
+    def add_learners(self, peers: list[str], reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        return self._record("add_learners", list(peers), reply)
+
+    def promote_learner(self, peer: str, reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        return self._record("promote_learner", peer, reply)
+
+    def remove_peer(self, peer: str, reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        return self._record("remove_peer", peer, reply)
+
+    def _record(self, method: str, argument: Any, reply: pykka.Future[Any]) -> pykka.Future[Any]:
+        self.admin_calls.append((method, argument, reply))
+        return reply
 
 
 def answered(node: StubNode) -> dict[tuple[str, ...], int]:
@@ -282,6 +313,123 @@ def test_an_unknown_admin_operation_is_refused_and_does_nothing(
     ((_, response),) = transport.take()
     assert response.status == ClientStatus.ERROR and "unknown admin operation" in response.message
     assert node.snapshots == [] and node.proposals == []
+
+
+# -- leadership transfer and membership changes -----------------------------------------------
+
+
+def only_admin_answer(transport: RecordingTransport) -> ClientResponse:
+    ((to, response),) = transport.take()
+    assert to == "admin-1" and isinstance(response, ClientResponse)
+    return response
+
+
+@pytest.mark.parametrize(
+    ("op", "method", "argument"),
+    [
+        (ADMIN_ADD_PEER, "add_peer", "d:4"),
+        (ADMIN_ADD_LEARNER, "add_learners", ["d:4"]),
+        (ADMIN_PROMOTE, "promote_learner", "d:4"),
+        (ADMIN_REMOVE_PEER, "remove_peer", "d:4"),
+    ],
+)
+def test_a_membership_change_answers_with_the_configuration_once_committed(
+    server: tuple[KVServer, StubNode, RecordingTransport], op: str, method: str, argument: Any
+) -> None:
+    kv, node, transport = server
+    deliver(kv, AdminRequest("admin-1", 11, op, "d:4"))
+    [(called, given, future)] = node.admin_calls
+    assert (called, given) == (method, argument)
+    assert transport.take() == []  # answered once the change is committed, not before
+    complete(future, Configuration.of([ME, "b:2", "d:4"], learners=["e:5"]))
+    response = only_admin_answer(transport)
+    assert (response.request_id, response.status) == (11, ClientStatus.OK)
+    assert decode_admin_result(response.result) == {
+        "leader": ME,
+        "voters": [ME, "b:2", "d:4"],
+        "learners": ["e:5"],
+    }
+    assert answered(node) == {("admin", "ok"): 1}
+
+
+@pytest.mark.parametrize("target", ["", "d", "d:0", "d:4:5", "d: 4", "x" * 10_000])
+def test_a_membership_change_of_a_target_that_is_not_host_port_is_refused_at_once(
+    server: tuple[KVServer, StubNode, RecordingTransport], target: str
+) -> None:
+    kv, node, transport = server
+    deliver(kv, AdminRequest("admin-1", 12, ADMIN_ADD_PEER, target))
+    response = only_admin_answer(transport)
+    assert response.status == ClientStatus.ERROR
+    assert response.message.startswith("add-peer: bad peer address")
+    assert len(response.message) < 300  # a huge target is not echoed back whole
+    assert node.admin_calls == []
+
+
+@pytest.mark.parametrize(
+    ("op", "target"), [(ADMIN_ADD_PEER, "d:4"), (ADMIN_TRANSFER_LEADER, "b:2")]
+)
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (NotLeaderError("c:3"), ClientStatus.NOT_LEADER, "not the leader; leader is c:3"),
+        (
+            ChangeInProgressError("busy: a change is under way"),
+            ClientStatus.ERROR,
+            "ChangeInProgressError: busy: a change is under way",
+        ),
+        (
+            UnknownPeerError("d:4 not a member"),
+            ClientStatus.ERROR,
+            "UnknownPeerError: d:4 not a member",
+        ),
+        (
+            CatchUpError("d:4 did not catch up"),
+            ClientStatus.ERROR,
+            "CatchUpError: d:4 did not catch up",
+        ),
+        (
+            MembershipChangeError("no voter left"),
+            ClientStatus.ERROR,
+            "MembershipChangeError: no voter left",
+        ),
+        # The leader stepped down with the change in its log: it may still take effect.
+        (
+            LeadershipLostError("stepped down"),
+            ClientStatus.UNKNOWN,
+            "LeadershipLostError: stepped down",
+        ),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_leader_admin_refusals_are_named_and_not_leader_carries_the_hint(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+    op: str,
+    target: str,
+    error: Exception,
+    status: int,
+    message: str,
+) -> None:
+    """The same answers for a transfer as for a membership change (one code path)."""
+    kv, node, transport = server
+    deliver(kv, AdminRequest("admin-1", 13, op, target))
+    fail(node.admin_calls[0][2], error)
+    response = only_admin_answer(transport)
+    assert (response.status, response.message) == (status, message)
+    assert response.leader_hint == ("c:3" if status == ClientStatus.NOT_LEADER else "")
+    assert response.result == b""
+
+
+def test_a_transfer_answers_who_handed_over_to_whom(
+    server: tuple[KVServer, StubNode, RecordingTransport],
+) -> None:
+    kv, node, transport = server
+    deliver(kv, AdminRequest("admin-1", 14, ADMIN_TRANSFER_LEADER, ""))
+    [(called, to, future)] = node.admin_calls
+    assert (called, to) == ("transfer_leadership", None)  # "": the most up-to-date voter
+    complete(future, "b:2")
+    response = only_admin_answer(transport)
+    assert response.status == ClientStatus.OK
+    assert decode_admin_result(response.result) == {"from": ME, "to": "b:2"}
 
 
 # -- metrics -----------------------------------------------------------------------------------

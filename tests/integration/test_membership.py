@@ -1,0 +1,242 @@
+"""Membership changes through real peer processes, under concurrent writes: grow 3 -> 5 and
+shrink back, replace a kill -9'ed peer by a new one on a new port, remove the leader, learners,
+restarts with and without --join, and the CLI. After each: every acknowledged write is there,
+and every member agrees on the configuration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.service.local_peer import LocalPeer
+from actors.service.peer import PeerConfig
+from tests.integration.conftest import (
+    ELECTION_TIMEOUT_MS,
+    WAIT,
+    ServiceCluster,
+    free_ports,
+    wait_until,
+)
+from tests.integration.test_transfer import Writer
+from transport.client import AdminClient, CommandError, KVClient
+
+pytestmark = pytest.mark.integration
+
+MakeService = Callable[..., ServiceCluster]
+
+
+def _join(cluster: ServiceCluster, contacts: list[str]) -> str:
+    """Start a brand-new peer on a new port with --join; it is killed with the cluster."""
+    [peer_id] = [f"127.0.0.1:{port}" for port in free_ports(1)]
+    data_dir = next(iter(cluster.peers.values())).config.data_dir
+    config = PeerConfig(peer_id, tuple(contacts), data_dir, ELECTION_TIMEOUT_MS, join=True)
+    peer = LocalPeer(config, log_path=data_dir / "logs" / f"{config.peer_dir.name}.log")
+    cluster.peers[peer_id] = peer
+    peer.start_and_wait()
+    return peer_id
+
+
+def _admin(peers: list[str]) -> AdminClient:
+    return AdminClient(peers, timeout=WAIT, attempt_timeout=0.5)
+
+
+def _statuses(peers: list[str]) -> list[dict[str, Any]]:
+    with KVClient(peers, timeout=1.0, attempt_timeout=0.5) as client:
+        return client.status()
+
+
+def _agreed(peers: list[str], voters: set[str], learners: frozenset[str] = frozenset()) -> None:
+    """Wait until every peer of `peers` is up and reports exactly this configuration, not
+    joint, from the same configuration entry, which it knows is committed."""
+
+    def settled() -> bool:
+        statuses = _statuses(peers)
+        if len(statuses) != len(peers) or len({s["conf_index"] for s in statuses}) != 1:
+            return False
+        return all(
+            set(s["conf"]) == voters
+            and set(s.get("learners", ())) == learners
+            and not s.get("old_conf")
+            and s["commit_index"] >= s["conf_index"]  # and it is committed there
+            for s in statuses
+        )
+
+    try:
+        wait_until(settled, f"{sorted(peers)} agreeing on voters {sorted(voters)}", WAIT)
+    except TimeoutError as timeout:
+        keys = ("id", "role", "term", "conf", "learners", "old_conf", "conf_index", "commit_index")
+        seen = [{k: s.get(k) for k in keys} for s in _statuses(peers)]
+        raise AssertionError(f"{timeout}; they report {seen}") from None
+
+
+def _leader(peers: list[str]) -> str:
+    """The one peer of `peers` that leads, once every one of them names it."""
+
+    def agreed() -> str | None:
+        statuses = _statuses(peers)
+        leaders = [s["id"] for s in statuses if s.get("role") == "leader"]
+        named = {s.get("leader") for s in statuses}
+        return leaders[0] if len(statuses) == len(peers) and named == set(leaders[:1]) else None
+
+    found: str = wait_until(agreed, f"a leader agreed by {sorted(peers)}", WAIT)
+    return found
+
+
+def _check_writes(peers: list[str], acked: list[int]) -> None:
+    assert len(acked) >= 10, "the writer hardly wrote"
+    with KVClient(peers, timeout=WAIT, attempt_timeout=0.5) as reader:
+        assert [reader.get(f"k{n}") for n in acked] == [f"v{n}" for n in acked]
+
+
+def test_grow_three_to_five_and_shrink_back_under_writes(service: MakeService) -> None:
+    cluster = service(3)
+    first = list(cluster.ids)
+    writer = Writer(cluster)  # its client knows only the first three
+    writer.start()
+    try:
+        d, e = _join(cluster, first), _join(cluster, first)
+        with _admin(first) as admin:
+            assert set(admin.add_peer(d)["voters"]) == {*first, d}
+            assert set(admin.add_peer(e)["voters"]) == {*first, d, e}
+            _agreed([*first, d, e], {*first, d, e})
+            leader = _leader([*first, d, e])
+            # Shrink by the first two peers, the leader among them if it is one.
+            gone = sorted({leader, first[0]} if leader in first else set(first[:2]))[:2]
+            for peer in gone:
+                result = admin.remove_peer(peer)
+                assert peer not in result["voters"]
+        remaining = [p for p in [*first, d, e] if p not in gone]
+        _agreed(remaining, set(remaining))
+    finally:
+        acked = writer.finish()
+    _check_writes(remaining, acked)
+
+
+def test_replace_a_killed_peer_by_a_new_one_on_a_new_port(service: MakeService) -> None:
+    cluster = service(3)
+    writer = Writer(cluster)
+    writer.start()
+    try:
+        leader = cluster.leader()
+        dead = next(p for p in cluster.ids if p != leader)
+        cluster.peers[dead].kill()  # kill -9: its disk is as good as gone
+        fresh = _join(cluster, cluster.ids)
+        with _admin(cluster.ids) as admin:
+            admin.add_peer(fresh)
+            result = admin.remove_peer(dead)
+        voters = {*cluster.ids, fresh} - {dead}
+        assert set(result["voters"]) == voters
+        _agreed(sorted(voters), voters)
+    finally:
+        acked = writer.finish()
+    _check_writes(sorted(voters), acked)
+
+
+def test_remove_the_leader_then_restart_an_added_peer_with_and_without_join(
+    service: MakeService,
+) -> None:
+    cluster = service(3)
+    writer = Writer(cluster)
+    writer.start()
+    try:
+        d = _join(cluster, cluster.ids)
+        with _admin(cluster.ids) as admin:
+            admin.add_peer(d)
+            leader = cluster.leader()
+            result = admin.remove_peer(leader)
+        voters = {*cluster.ids, d} - {leader}
+        assert set(result["voters"]) == voters
+        new_leader = _leader(sorted(voters))
+        assert new_leader != leader
+        _agreed(sorted(voters), voters)
+        # The removed leader is up and stays out of the way: it never campaigns.
+        removed = next(s for s in _statuses([leader]))
+        assert removed["role"] == "follower"
+        # The added peer restarts from its own durable configuration, with --join or without
+        # (then --peers must name it, and its --peers list is only hints either way).
+        for join in (True, False):
+            peer = cluster.peers[d]
+            peer.stop()
+            config = peer.config
+            peers = config.peers if join else (*config.peers, d)
+            restarted = LocalPeer(
+                PeerConfig(d, peers, config.data_dir, ELECTION_TIMEOUT_MS, join=join),
+                log_path=config.data_dir / "logs" / f"{config.peer_dir.name}-{join}.log",
+            )
+            cluster.peers[d] = restarted
+            restarted.start_and_wait()
+            _agreed(sorted(voters), voters)
+    finally:
+        acked = writer.finish()
+    _check_writes(sorted(voters), acked)
+    [removed_now], [d_now] = _statuses([leader]), _statuses([d])
+    assert removed_now["term"] <= d_now["term"]  # it never campaigned since
+
+
+def test_a_restarted_peer_uses_its_durable_configuration_not_its_flags(
+    service: MakeService, tmp_path: Path
+) -> None:
+    cluster = service(3)
+    first = list(cluster.ids)
+    d = _join(cluster, first)
+    with _admin(first) as admin:
+        admin.add_peer(d)
+    _agreed([*first, d], {*first, d})
+    # Every original peer restarts with --peers naming only the first three.
+    for peer_id in first:
+        cluster.peers[peer_id].stop()
+        cluster.peers[peer_id] = LocalPeer(
+            cluster.peers[peer_id].config, log_path=tmp_path / f"again-{peer_id[-5:]}.log"
+        )
+        cluster.peers[peer_id].start_and_wait()
+    _agreed([*first, d], {*first, d})
+    # A client that knows only the added peer finds the leader through it.
+    with KVClient([d], timeout=WAIT, attempt_timeout=0.5) as client:
+        client.put("after", "restart")
+        assert client.get("after") == "restart"
+
+
+def test_learners_and_the_cli(service: MakeService) -> None:
+    cluster = service(3)
+    d = _join(cluster, cluster.ids)
+
+    admin = cluster.admin_cli
+    added = admin("add-learner", d)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["learners"] == [d]
+    _agreed([*cluster.ids, d], set(cluster.ids), frozenset({d}))
+    members = json.loads(admin("members").stdout)
+    assert (set(members["voters"]), members["learners"]) == (set(cluster.ids), [d])
+    # A learner holds the data but never counts: kill it and writes go on.
+    with KVClient(cluster.ids, timeout=WAIT, attempt_timeout=0.5) as client:
+        client.put("x", "1")
+        cluster.peers[d].kill()
+        client.put("y", "2")
+        cluster.peers[d].start_and_wait()
+        promoted = admin("promote", d)
+        assert promoted.returncode == 0, promoted.stderr
+        assert d in json.loads(promoted.stdout)["voters"]
+        _agreed([*cluster.ids, d], {*cluster.ids, d})
+        assert client.get("y") == "2"
+    unknown = admin("remove-peer", "127.0.0.1:1")
+    assert unknown.returncode == 1 and "UnknownPeerError" in unknown.stderr
+    bad = admin("add-peer", "not-a-peer")
+    assert bad.returncode == 2
+    with _admin(cluster.ids) as client, pytest.raises(CommandError, match="UnknownPeerError"):
+        client.promote("127.0.0.1:1")
+
+
+def test_a_peer_that_cannot_catch_up_fails_the_change_and_nothing_changes(
+    service: MakeService,
+) -> None:
+    cluster = service(3)
+    [nobody] = [f"127.0.0.1:{port}" for port in free_ports(1)]  # no process listens there
+    with _admin(cluster.ids) as admin:
+        with pytest.raises(CommandError, match="CatchUpError"):
+            admin.add_peer(nobody)
+        assert set(admin.members()["voters"]) == set(cluster.ids)
+    _agreed(cluster.ids, set(cluster.ids))
