@@ -487,6 +487,7 @@ class LogManager(RaftActor):
                 pre_vote=req.pre_vote,
                 voter_id=self.peer_id,
                 req_term=req.term,
+                priority=self.raft_options.election_priority,
             ),
         )
 

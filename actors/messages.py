@@ -54,6 +54,13 @@ class Timer:
     generation: int
 
 
+class PreVoteGrace(Timer):
+    """Pre-vote with a quorum: time to decide without the voters that have not answered
+    (priority election, actors/priority.py)."""
+
+    __slots__ = ()
+
+
 class ElectionTimeout(Timer):
     """Follower: time to check whether a leader was heard from lately."""
 

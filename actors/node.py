@@ -88,6 +88,7 @@ from actors.messages import (
     LeaseCheck,
     PeerContact,
     PersistTermVote,
+    PreVoteGrace,
     ReadIndex,
     ReadRoundTimeout,
     RequestVotes,
@@ -102,6 +103,7 @@ from actors.messages import (
 )
 from actors.metrics import RaftMetrics
 from actors.options import NodeOptions
+from actors.priority import PriorityElection
 from actors.read_only import FollowerReads, ReadOnly
 from actors.rejections import Rejections
 from actors.status import NodeStatus, transport_refusals
@@ -196,7 +198,10 @@ class Node(RaftActor):
         self._vote_gen = 0
         self._pre_vote_term = 0  # while running a pre-vote: the term it is for, else 0
         self._votes: set[str] = set()
+        self._answered: set[str] = set()  # pre-vote: the voters that answered, either way
+        self._priority = PriorityElection(options.raft.election_priority)
         self._lease_gen = 0
+        self._grace_gen = -1  # the pre-vote (_vote_gen) a PreVoteGrace was armed for
         self._peer_contact: dict[str, float] = {}
         self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
@@ -486,9 +491,9 @@ class Node(RaftActor):
     # -- elections: as candidate -------------------------------------------------------------
 
     def _start_pre_vote(self) -> None:
-        if self.peer_id not in self.conf.all_peers():
-            # Not a voter (a learner, removed, or joining): never campaigns, but keeps
-            # checking, as a configuration entry may make it one.
+        if self.peer_id not in self.conf.all_peers() or not self._priority.may_campaign:
+            # Not a voter (a learner, removed, or joining), or priority 0: never campaigns,
+            # but keeps checking, as a configuration entry may make it a voter.
             self._election_reset_at = self.clock.now()
             self._arm_election_timer()
             return
@@ -502,15 +507,45 @@ class Node(RaftActor):
         self._pre_vote_term = self.term + 1
         self._pre_votes["started"].inc()
         self._votes = {self.peer_id}
+        self._answered = {self.peer_id}
+        self._priority.start_round()
         self._arm_vote_timer()
         log.debug("%s: pre-vote for term %d", self.peer_id, self._pre_vote_term)
         self.log_manager.tell(RequestVotes(self._pre_vote_term, self._others, pre_vote=True))
         self._maybe_won_pre_vote()
 
-    def _maybe_won_pre_vote(self) -> None:
-        if self._pre_vote_term and self.conf.has_quorum(self._votes):
-            self._pre_votes["won"].inc()
-            self._start_election()
+    def _maybe_won_pre_vote(self, grace_over: bool = False) -> None:
+        if not self._pre_vote_term or not self.conf.has_quorum(self._votes):
+            return
+        priority = self._priority
+        if priority.enabled and not grace_over and not self.conf.all_peers() <= self._answered:
+            # A voter that has not answered yet may have a higher priority: wait a little.
+            if self._grace_gen != self._vote_gen:
+                self._grace_gen = self._vote_gen
+                delay = 2 * self.raft_options.heartbeat_interval
+                self.tell_later(self.clock, delay, PreVoteGrace(self._vote_gen))
+            return
+        if priority.should_yield():
+            log.info(
+                "%s: a voter of priority %d answered; not campaigning (priority %d)",
+                self.peer_id,
+                priority.heard,
+                priority.priority,
+            )
+            priority.yielded()
+            self._pre_votes["lost"].inc()
+            self._pre_vote_term = 0
+            self._vote_gen += 1
+            self._election_reset_at = self.clock.now()
+            self._arm_election_timer()
+            return
+        self._pre_votes["won"].inc()
+        self._start_election()
+
+    @handles(PreVoteGrace)
+    def on_pre_vote_grace(self, msg: PreVoteGrace) -> None:
+        if msg.generation == self._vote_gen:
+            self._maybe_won_pre_vote(grace_over=True)
 
     def _start_election(self, transfer: bool = False) -> None:
         self._pre_vote_term = 0
@@ -541,7 +576,12 @@ class Node(RaftActor):
         if resp.term > self.term:
             self._become_follower(resp.term, None)
             return
+        if resp.pre_vote and self._pre_vote_term and resp.req_term == self._pre_vote_term:
+            self._answered.add(resp.voter_id)
+            self._priority.heard_from(resp.priority)
         if not resp.granted:
+            if resp.pre_vote:
+                self._maybe_won_pre_vote()  # the last answer may be the one waited for
             return
         if resp.pre_vote:
             if self._pre_vote_term and resp.req_term == self._pre_vote_term:
@@ -589,7 +629,9 @@ class Node(RaftActor):
     def _refuse_vote(self, req: RequestVoteRequest) -> None:
         self.transport.send(
             req.candidate_id,
-            RequestVoteResponse(self.term, False, req.pre_vote, self.peer_id, req.term),
+            RequestVoteResponse(
+                self.term, False, req.pre_vote, self.peer_id, req.term, self._priority.priority
+            ),
         )
 
     @handles(VoteGranted)
@@ -1041,6 +1083,7 @@ class Node(RaftActor):
         self.leader_id = req.leader_id
         self._count_leader()
         self._last_leader_contact = self.clock.now()
+        self._priority.leader_heard()
         if req.leader_id not in self._known_peers:  # answers go over a connection of our own
             self.transport.ensure_peer(req.leader_id)
             self._known_peers.add(req.leader_id)

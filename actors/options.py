@@ -85,7 +85,7 @@ class RaftOptions:
             ),
             "snapshot_max_inflight must be >= 1": self.snapshot_max_inflight >= 1,
             "catchup_margin must be >= 0": self.catchup_margin >= 0,
-            "election_priority must be >= -1": self.election_priority >= -1,
+            "election_priority must be in -1..2**31-1": -1 <= self.election_priority < 2**31,
             "snapshot_throttle_bytes must be 0 or >= snapshot_chunk_bytes": (
                 self.snapshot_throttle_bytes == 0
                 or self.snapshot_throttle_bytes >= self.snapshot_chunk_bytes

@@ -69,8 +69,8 @@ __all__ = [
 ]
 
 # 2: AppendEntriesResponse carries conflict_term/conflict_index; 3: RequestVoteRequest.transfer
-# and TimeoutNowRequest (leadership transfer).
-PROTOCOL_VERSION: Final = 3
+# and TimeoutNowRequest (leadership transfer); 4: RequestVoteResponse.priority.
+PROTOCOL_VERSION: Final = 4
 
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 """Largest frame `decode` accepts by default. An AppendEntriesRequest is bounded by the
@@ -336,6 +336,7 @@ _Decoder = Callable[[list[Any]], RpcMessage]
 # expects, or None for the structured kinds handled separately below.
 _SCALAR_CHECKS: Final[Mapping[str, tuple[str, str]]] = {
     "int": ("type({v}) is not int or {v} < 0", "a non-negative int"),
+    "priority": ("type({v}) is not int or not -1 <= {v} <= _MAX_PRIORITY", "-1..2**31-1"),
     "term": ("type({v}) is not int or not 1 <= {v} <= _MAX_TERM", "a term in 1..MAX_TERM"),
     "*_term": ("type({v}) is not int or not 0 <= {v} <= _MAX_TERM", "a term in 0..MAX_TERM"),
     "*_index": ("type({v}) is not int or not 0 <= {v} <= _MAX_INDEX", "an index <= MAX_INDEX"),
@@ -366,6 +367,8 @@ def _int_kind(cls: type, name: str) -> str:
         return "*_term"
     if name.endswith("_index"):
         return "*_index"
+    if name == "priority":
+        return "priority"
     return "int"
 
 
@@ -435,6 +438,7 @@ def _generate(cls: type, tag: int) -> tuple[_Encoder, _Decoder, str]:
         "_encode_status": _encode_status,
         "_MAX_TERM": MAX_TERM,
         "_MAX_INDEX": MAX_INDEX,
+        "_MAX_PRIORITY": 2**31 - 1,
     }
     exec(compile(source, f"<transport.codec {name}>", "exec"), namespace)
     return namespace[f"_encode_{name}"], namespace[f"_decode_{name}"], source

@@ -49,6 +49,9 @@ class RequestVoteResponse:
     pre_vote: bool
     voter_id: str
     req_term: int  # the term of the request this answers
+    # The voter's RaftOptions.election_priority (-1: disabled): a candidate that hears of a
+    # higher one yields to it (actors/priority.py).
+    priority: int = -1
 
     @property
     def sender(self) -> str:

@@ -5,6 +5,7 @@ and every member agrees on the configuration."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -240,3 +241,27 @@ def test_a_peer_that_cannot_catch_up_fails_the_change_and_nothing_changes(
             admin.add_peer(nobody)
         assert set(admin.members()["voters"]) == set(cluster.ids)
     _agreed(cluster.ids, set(cluster.ids))
+
+
+def test_with_priorities_the_highest_live_peer_is_elected(tmp_path: Path) -> None:
+    """Whoever leads first (a peer that starts early may win before the others are up), each
+    election among live peers picks the highest priority of them."""
+    cluster = ServiceCluster(3, tmp_path / "data")
+    priorities = dict(zip(cluster.ids, (1, 5, 3), strict=True))
+    for peer_id, peer in list(cluster.peers.items()):
+        config = dataclasses.replace(peer.config, priority=priorities[peer_id])
+        cluster.peers[peer_id] = LocalPeer(config, log_path=peer.log_path)
+    try:
+        cluster.start()
+        with KVClient(cluster.ids, timeout=WAIT, attempt_timeout=0.5) as client:
+            for round_ in range(2):
+                leader = cluster.leader()
+                client.put("k", str(round_))
+                cluster.peers[leader].kill()
+                rest = [p for p in cluster.ids if p != leader]
+                elected = _leader(rest)
+                assert priorities[elected] == max(priorities[p] for p in rest)
+                cluster.peers[leader].start_and_wait()
+            assert client.get("k") == "1"
+    finally:
+        cluster.shutdown()

@@ -15,6 +15,7 @@ tests check two runs agree (also across processes with different hash seeds).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -168,6 +169,13 @@ class Simulation:
             snapshot_chunk_bytes=self.rng.choice((64, 512, 4096)),
             snapshot_max_inflight=self.rng.choice((1, 3)),
         )
+        # Priority election in a third of the runs: seeded priorities, at most one peer of
+        # priority 0 (never leads), so that every configuration of >= 3 voters can elect.
+        self.priorities = dict.fromkeys(self.ids, -1)
+        if self.rng.random() < 1 / 3:
+            levels = [self.rng.choice((-1, 1, 5, 9)) for _ in self.ids]
+            levels[self.rng.randrange(len(levels))] = 0
+            self.priorities = dict(zip(self.ids, levels, strict=True))
         self.checker = SafetyChecker()
         self.peers = {
             p: SimPeer(p, ObservedLog(p, MemoryLogStorage(), self.checker)) for p in self.ids
@@ -299,7 +307,8 @@ class Simulation:
             member.actor.on_stop()
 
         join = peer_id not in self.initial or peer.wiped
-        options = NodeOptions(peer_id, Configuration.of(self.initial), self.options, join=join)
+        raft = dataclasses.replace(self.options, election_priority=self.priorities[peer_id])
+        options = NodeOptions(peer_id, Configuration.of(self.initial), raft, join=join)
         peer.actors = assemble_peer(
             options,
             peer.sm,

@@ -25,6 +25,7 @@ SAMPLES: list[Any] = [
     rpc.RequestVoteRequest(MAX_TERM, "", 0, 0, True),
     rpc.RequestVoteRequest(6, "b:2", 10, 4, False, transfer=True),
     rpc.RequestVoteResponse(5, True, True, "127.0.0.1:7002", 6),
+    rpc.RequestVoteResponse(5, False, True, "127.0.0.1:7002", 6, 2**31 - 1),
     rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 10, 2, ENTRIES, 9, 77),
     rpc.AppendEntriesRequest(3, "127.0.0.1:7001", 0, 0, (), 0, 0),
     rpc.AppendEntriesRequest(
@@ -119,6 +120,7 @@ _INT_STRATEGIES: dict[str, st.SearchStrategy[int]] = {
     "*_term": st.integers(0, MAX_TERM),
     "*_index": st.integers(0, MAX_INDEX),
     "int": uints,
+    "priority": st.integers(-1, 2**31 - 1),
 }
 
 
@@ -134,6 +136,8 @@ def int_kind(cls: type, name: str) -> str:
         return "term"
     if name == "term" or name.endswith("_term"):
         return "*_term"
+    if name == "priority":
+        return "priority"
     return "*_index" if name.endswith("_index") else "int"
 
 

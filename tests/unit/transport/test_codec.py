@@ -103,11 +103,11 @@ def test_wire_layout() -> None:
         9,
         7,
     )
-    assert fields_of(encode(request)) == [3, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
+    assert fields_of(encode(request)) == [4, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
     assert encode(rpc.RequestVoteResponse(7, True, False, "b", 6)) == bytes.fromhex(
-        "97030207c3c2a16206"
+        "98040207c3c2a16206ff"
     )
-    assert fields_of(encode(rpc.TimeoutNowRequest(4, "l:1"))) == [3, 20, 4, "l:1"]
+    assert fields_of(encode(rpc.TimeoutNowRequest(4, "l:1"))) == [4, 20, 4, "l:1"]
 
 
 # ---- what decode rejects ----------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_not_a_message_array(value: Any) -> None:
     expect_decode_error(repack(value), "array")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, -1, True, "3", 3.0, None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, -1, True, "4", 4.0, None])
 def test_unknown_version(version: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[0] = version
@@ -162,6 +162,7 @@ def test_wrong_arity(message: Any) -> None:
 # Wrong values for each field kind; the right kind itself is excluded per field below.
 WRONG: dict[str, list[Any]] = {
     "int": [True, False, -1, 1.0, "1", b"1", None, [], {}],
+    "priority": [True, -2, 2**31, 1.0, "1", None],
     "bool": [0, 1, "true", None, 1.0],
     "str": [b"x", 1, None, ["x"], True],
     "bytes": ["x", 1, None, [b"x"], True],
@@ -175,7 +176,7 @@ def field_cases() -> list[Any]:
         pytest.param(message, position, wrong, id=f"{cls.__name__}.{field.name}={wrong!r}")
         for cls, message in one_per_class.items()
         for position, field in enumerate(dataclasses.fields(message))
-        for wrong in WRONG.get(str(field.type), [])
+        for wrong in WRONG.get("priority" if field.name == "priority" else str(field.type), [])
     ]
 
 
@@ -371,7 +372,7 @@ def test_encode_errors(message: Any) -> None:
 
 def test_generated_source_is_available() -> None:
     assert "def _decode_AppendEntriesRequest(a):" in codec.GENERATED_SOURCE
-    assert PROTOCOL_VERSION == 3
+    assert PROTOCOL_VERSION == 4
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
