@@ -28,6 +28,9 @@ the term nor be followed. Terms never pass MAX_TERM (the codec refuses larger on
 term this peer sends can be encoded and decoded by every other. MAX_TERM is the last term: a
 peer there cannot campaign again (2**62 elections away; only a faulty member gets there).
 
+Leadership transfer and membership changes are the Node's too; their handlers live in
+actors/leadership.py (a mixin) so that each part reads in one sitting.
+
 Supervision: the Node is the peer's supervisor. Any actor of the peer that cannot go on tells
 it FatalError; the Node enters ERROR at once (stops leading, so no more heartbeats; refuses
 votes and commands), tells the LogManager (which tells the FSMCaller) to fail what is pending,
@@ -36,7 +39,6 @@ and calls the `on_error` hook (the service exits, for its supervisor to restart 
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import random
@@ -47,8 +49,6 @@ from actors.base import RaftActor, handles
 from actors.clock import Clock
 from actors.configuration import Configuration
 from actors.errors import (
-    CatchUpError,
-    ChangeInProgressError,
     CommandTooLargeError,
     LeadershipLostError,
     LeadershipUnconfirmedError,
@@ -57,22 +57,16 @@ from actors.errors import (
     NodeStoppedError,
     NotLeaderError,
     RaftError,
-    TransferLeadershipError,
-    UnknownPeerError,
 )
 from actors.futures import CompletionFuture, complete, fail, fail_all
+from actors.leadership import LeadershipChanges
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
-from actors.membership import Catchup, ConfChange, Stage
 from actors.messages import (
-    AppendConfiguration,
     AppendLeaderEntries,
     Apply,
     BecomeLeader,
-    CatchupCheck,
-    ChangeMembership,
     CheckVote,
-    ConfEntryApplied,
     ConfigurationChanged,
     ConfirmLeadership,
     ElectionTimeout,
@@ -93,10 +87,7 @@ from actors.messages import (
     ReadRoundTimeout,
     RequestVotes,
     StepDown,
-    Subscribe,
     TermEntryApplied,
-    TransferLeadership,
-    TransferTimeout,
     Unsubscribe,
     VoteGranted,
     VoteTimeout,
@@ -106,8 +97,8 @@ from actors.options import NodeOptions
 from actors.priority import PriorityElection
 from actors.read_only import FollowerReads, ReadOnly
 from actors.rejections import Rejections
+from actors.role import Role
 from actors.status import NodeStatus, transport_refusals
-from actors.transfer import Transfer, pick_target
 from transport.base import Transport
 from transport.rpc import (
     MAX_TERM,
@@ -119,18 +110,9 @@ from transport.rpc import (
     ReadIndexResponse,
     RequestVoteRequest,
     RequestVoteResponse,
-    TimeoutNowRequest,
 )
 
 log = logging.getLogger(__name__)
-
-
-class Role(enum.Enum):
-    FOLLOWER = "follower"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-    ERROR = "error"  # stopped serving after a fatal error; says why in status
-    SHUTDOWN = "shutdown"
 
 
 class ReplicatorFactory(Protocol):
@@ -142,7 +124,7 @@ class ReplicatorFactory(Protocol):
     def stop(self, peer_id: str) -> None: ...
 
 
-class Node(RaftActor):
+class Node(LeadershipChanges, RaftActor):
     def __init__(
         self,
         options: NodeOptions,
@@ -207,12 +189,12 @@ class Node(RaftActor):
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
         self._reads = ReadOnly(self.peer_id, self._conf)  # leader: this term's read rounds
         self._follower_reads = FollowerReads()  # follower: reads waiting for a read index
-        self._transfer: Transfer | None = None  # leader: a leadership transfer under way
+        self._transfer = None  # state of actors/leadership.py: see LeadershipChanges
         self._transfer_gen = 0
-        self._change: ConfChange | None = None  # leader: a membership change under way
+        self._change = None
         self._change_gen = 0
-        self._term_committed = False  # leader: its term's first entry is applied
-        self._waiting_change: ChangeMembership | None = None  # leader: asked before that
+        self._term_committed = False
+        self._waiting_change = None
 
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
@@ -711,259 +693,11 @@ class Node(RaftActor):
         self._reads.term_first_index = msg.first_index
         self._start_read_round()  # reads that arrived before the term began
 
-    def _replication_targets(self) -> frozenset[str]:
-        """Whom a leader replicates to: every member of the configuration in force, and while
-        a change runs also those it adds (catching up) and removes (until C_new commits)."""
-        targets = self.conf.members()
-        change = self._change
-        if change is not None:
-            targets |= change.old.members() | change.new.members()
-        return targets - {self.peer_id}
-
-    def _sync_replicators(self, next_index: int | None = None) -> None:
-        """Leader: run a Replicator for exactly the replication targets. A new one starts at
-        `next_index` (default: after the last entry; it probes back from there)."""
-        wanted = self._replication_targets()
-        for peer in sorted(set(self._replicating) - wanted):
-            self.log_manager.tell(Unsubscribe(peer))
-            self.replicators.stop(peer)
-            del self._replicating[peer]
-            self._peer_contact.pop(peer, None)
-            self._peer_report.pop(peer, None)
-        start = next_index if next_index is not None else self.log_view.last_index + 1
-        now = self.clock.now()
-        for peer in sorted(wanted - set(self._replicating)):
-            if peer not in self._known_peers:
-                self.transport.ensure_peer(peer)
-                self._known_peers.add(peer)
-            mailbox = self.replicators.start(peer, self.term, start)
-            self._replicating[peer] = mailbox
-            self._peer_contact.setdefault(peer, now)
-            self.log_manager.tell(Subscribe(peer, mailbox))
-
     @handles(HigherTermSeen)
     def on_higher_term_seen(self, msg: HigherTermSeen) -> None:
         if msg.term > self.term:
             log.info("%s: %s is in term %d; stepping down", self.peer_id, msg.source, msg.term)
             self._become_follower(msg.term, None)
-
-    # -- leadership transfer (actors/transfer.py) ---------------------------------------------
-
-    @handles(TransferLeadership)
-    def on_transfer_leadership(self, msg: TransferLeadership) -> None:
-        if self._transfer is not None:
-            fail(msg.reply, ChangeInProgressError(f"handing over to {self._transfer.target}"))
-            return
-        if self._change is not None and self.role is Role.LEADER:
-            fail(msg.reply, ChangeInProgressError("a membership change is under way"))
-            return
-        if self.role is not Role.LEADER:
-            fail(msg.reply, self._not_leading())
-            return
-        if msg.target == self.peer_id:
-            complete(msg.reply, self.peer_id)  # already there
-            return
-        match = {peer: self._match_index(peer) for peer in self._others}
-        try:
-            target = pick_target(self.peer_id, self.conf, msg.target, match)
-        except UnknownPeerError as error:
-            fail(msg.reply, error)
-            return
-        self._transfer_gen += 1
-        self._transfer = Transfer(target, msg.reply, self._transfer_gen)
-        log.info("%s: handing leadership of term %d to %s", self.peer_id, self.term, target)
-        delay = self.raft_options.election_timeout
-        self.tell_later(self.clock, delay, TransferTimeout(self._transfer_gen))
-        self._maybe_send_timeout_now()
-
-    def _maybe_send_timeout_now(self) -> None:
-        transfer = self._transfer
-        assert transfer is not None
-        if transfer.ready(self._match_index(transfer.target), self.log_view.last_index):
-            transfer.timeout_now_sent = True
-            self._reads.lease_revoked = True  # before the target can collect a single vote
-            self.transport.send(transfer.target, TimeoutNowRequest(self.term, self.peer_id))
-
-    @handles(TransferTimeout)
-    def on_transfer_timeout(self, msg: TransferTimeout) -> None:
-        transfer = self._transfer
-        if transfer is None or transfer.generation != msg.generation:
-            return
-        log.warning("%s: %s did not take over in time; leading on", self.peer_id, transfer.target)
-        self._transfer = None
-        fail(
-            transfer.reply,
-            TransferLeadershipError(
-                f"{transfer.target} did not take over within the election timeout"
-            ),
-        )
-
-    def _end_transfer(self) -> None:
-        """Leadership ended: a transfer that sent TimeoutNow did its part (the new term is,
-        most likely, the target's); one that had not got that far failed."""
-        transfer, self._transfer = self._transfer, None
-        if transfer is None:
-            return
-        if transfer.timeout_now_sent:
-            complete(transfer.reply, transfer.target)
-        else:
-            fail(transfer.reply, TransferLeadershipError("stepped down before the handover"))
-
-    @handles(TimeoutNowRequest)
-    def handle_timeout_now(self, req: TimeoutNowRequest) -> None:
-        if req.leader_id != self.leader_id and req.leader_id not in self.conf.all_peers():
-            self.rejections.refuse("timeout_now_from_non_member", req.leader_id)
-            return
-        current = req.term == self.term and req.leader_id == self.leader_id
-        if self.role is not Role.FOLLOWER or not current or self.peer_id not in self.conf.peers:
-            log.info(
-                "%s: ignoring TimeoutNow from %s (term %d)", self.peer_id, req.leader_id, req.term
-            )
-            return
-        if self.term >= MAX_TERM:
-            return
-        log.info("%s: %s hands leadership over; campaigning now", self.peer_id, req.leader_id)
-        self._start_election(transfer=True)
-
-    # -- membership changes (actors/membership.py) --------------------------------------------
-
-    @handles(ChangeMembership)
-    def on_change_membership(self, msg: ChangeMembership) -> None:
-        if self.role is not Role.LEADER or self._transfer is not None:
-            fail(msg.reply, self._not_leading())
-            return
-        if self._change is not None:
-            busy = f"a change to {self._change.new} is {self._change.stage.value}"
-            fail(msg.reply, ChangeInProgressError(busy))
-            return
-        if not self._term_committed:
-            # A leader changes nothing before its own term's first entry commits (a round
-            # trip after winning): the request waits for it, as the only one that may.
-            if self._waiting_change is not None:
-                fail(msg.reply, ChangeInProgressError("another change waits for this term"))
-            else:
-                self._waiting_change = msg
-            return
-        try:
-            new = msg.request.target(self.conf)
-        except RaftError as error:
-            fail(msg.reply, error)
-            return
-        if new == self.conf:
-            complete(msg.reply, new)  # nothing to change: done already
-            return
-        self._change_gen += 1
-        change = ConfChange(self.conf, new, msg.reply, self._change_gen)
-        log.info("%s: changing the configuration %s -> %s", self.peer_id, change.old, new)
-        now = self.clock.now()
-        for peer in change.new_voters():
-            change.catching_up[peer] = Catchup(now, self._match_index(peer), now)
-        self._change = change
-        self._sync_replicators()
-        self._arm_catchup_check()
-        self._advance_change()
-
-    def _advance_change(self) -> None:
-        """Move the change on as far as it can go now."""
-        change = self._change
-        assert change is not None
-        if change.stage is not Stage.CATCHING_UP or change.catching_up:
-            return
-        if change.voters_change:
-            change.stage = Stage.JOINT
-            self._append_conf(change.joint())
-        else:
-            change.stage = Stage.STABLE
-            self._append_conf(change.new)
-
-    def _append_conf(self, conf: Configuration) -> None:
-        change = self._change
-        assert change is not None
-        generation = change.generation
-        applied = CompletionFuture(
-            lambda _, error: self.self_mailbox.tell(ConfEntryApplied(generation, error))
-        )
-        self.log_manager.tell(AppendConfiguration(self.term, conf, applied))
-
-    def _arm_catchup_check(self) -> None:
-        delay = self.raft_options.election_timeout / 2
-        self.tell_later(self.clock, delay, CatchupCheck(self._change_gen))
-
-    @handles(CatchupCheck)
-    def on_catchup_check(self, msg: CatchupCheck) -> None:
-        change = self._change
-        if change is None or change.generation != msg.generation:
-            return
-        if change.stage is not Stage.CATCHING_UP:
-            return
-        stalled = change.stalled(self.clock.now(), self.raft_options.election_timeout)
-        if stalled and change.stage is Stage.CATCHING_UP:
-            log.warning("%s: %s did not catch up; change abandoned", self.peer_id, stalled)
-            self._end_change(
-                CatchUpError(
-                    f"{','.join(stalled)} made no progress catching up for an election "
-                    f"timeout (unreachable or too slow): nothing changed"
-                )
-            )
-            self._sync_replicators()
-        elif change.stage is Stage.CATCHING_UP:
-            self._arm_catchup_check()
-
-    @handles(ConfEntryApplied)
-    def on_conf_entry_applied(self, msg: ConfEntryApplied) -> None:
-        change = self._change
-        if change is None or change.generation != msg.generation or self.role is not Role.LEADER:
-            return
-        if msg.error is not None:
-            self._end_change(msg.error)
-            return
-        if change.stage is Stage.JOINT:
-            change.stage = Stage.STABLE
-            self._append_conf(change.new)
-            return
-        log.info("%s: configuration %s committed", self.peer_id, change.new)
-        self._change = None
-        if change.reply is not None:
-            complete(change.reply, change.new)
-        self._sync_replicators()
-        if self.peer_id not in change.new.peers:
-            self._leave()
-
-    def _leave(self) -> None:
-        """This leader is no voter of the configuration it just committed: hand leadership to
-        the most up-to-date voter (TimeoutNow, no waiting) and step down."""
-        match = {peer: self._match_index(peer) for peer in self.conf.peers}
-        try:
-            target = pick_target(self.peer_id, self.conf, None, match)
-        except UnknownPeerError:
-            target = None
-        log.info("%s: removed; handing leadership to %s", self.peer_id, target)
-        if target is not None:
-            self.transport.send(target, TimeoutNowRequest(self.term, self.peer_id))
-        self._become_follower(self.term, None)
-
-    def _end_change(self, error: BaseException) -> None:
-        change, self._change = self._change, None
-        if change is not None and change.reply is not None:
-            fail(change.reply, error)
-
-    @handles(TermEntryApplied)
-    def on_term_entry_applied(self, msg: TermEntryApplied) -> None:
-        if msg.error is not None or self.role is not Role.LEADER or msg.term != self.term:
-            return
-        self._term_committed = True
-        waiting, self._waiting_change = self._waiting_change, None
-        conf = self.conf
-        if conf.is_joint and self._change is None:
-            # A predecessor's change stopped half-way: C_old,new is committed again (this
-            # term's first entry), so finish it (Raft dissertation §4.3).
-            log.info("%s: rolling the joint configuration %s forward", self.peer_id, conf)
-            self._change_gen += 1
-            old = Configuration.of(conf.old_peers, (), conf.learners)
-            self._change = ConfChange(old, conf.stable(), None, self._change_gen, Stage.STABLE)
-            self._append_conf(conf.stable())
-        if waiting is not None:
-            self.on_change_membership(waiting)  # busy if the roll-forward runs
 
     # -- supervision -------------------------------------------------------------------------
 
