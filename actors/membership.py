@@ -6,8 +6,8 @@ Stages of one change, one at a time per leader:
 1. CATCHING_UP: peers that are to become voters and are not replicated to yet get a Replicator
    (as learners would: never counted). Once every one of them holds the leader's log up to
    `catchup_margin` entries, the change moves on. A peer that makes no progress (no answer, or
-   no higher match index) for an election timeout fails the change with CatchUpError; nothing
-   changed, and the Replicators of the peers it added stop.
+   no higher match index) for an election timeout (for its first answer: FIRST_ANSWER_PATIENCE)
+   fails the change with CatchUpError; nothing changed, and the Replicators it added stop.
 2. JOINT: the leader appends C_old,new (voters `peers` and `old_peers`). A configuration takes
    effect when appended: from then on every decision needs a majority of both sets. When
    C_old,new is committed (its entry applied), the leader appends C_new.
@@ -31,6 +31,10 @@ from typing import Any
 
 from actors.configuration import Configuration
 from actors.errors import MembershipChangeError, UnknownPeerError
+
+FIRST_ANSWER_PATIENCE = 5.0
+"""Seconds a new peer has for its first answer: its connections may need a reconnect or two
+(the transport backs off up to 2 s; with CurveZMQ the peers must first read its new key)."""
 
 
 class Op(enum.Enum):
@@ -152,8 +156,9 @@ class ConfChange:
         progress = self.catching_up.get(peer)
         if progress is None:
             return
-        if answered_at >= progress.started:
-            progress.answered = True
+        if answered_at >= progress.started and not progress.answered:
+            progress.answered = True  # its first answer: the clock of progress starts now
+            progress.progress_at = max(progress.progress_at, answered_at)
         if match > progress.match or (installing and answered_at > progress.progress_at):
             progress.progress_at = max(progress.progress_at, answered_at)
         progress.match = max(progress.match, match)
@@ -161,5 +166,11 @@ class ConfChange:
             del self.catching_up[peer]
 
     def stalled(self, now: float, patience: float) -> list[str]:
-        """The peers catching up that made no progress for `patience` seconds."""
-        return sorted(p for p, c in self.catching_up.items() if now - c.progress_at > patience)
+        """The peers catching up that made no progress for `patience` seconds, or, for one
+        that never answered yet, for FIRST_ANSWER_PATIENCE if that is longer."""
+        first = max(patience, FIRST_ANSWER_PATIENCE)
+        return sorted(
+            p
+            for p, c in self.catching_up.items()
+            if now - c.progress_at > (patience if c.answered else first)
+        )

@@ -26,8 +26,10 @@ the connection). `authorize` then decides per message:
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ from zmq.utils import z85
 from transport.errors import TransportError
 from transport.peers import parse_peer
 from transport.rpc import AdminRequest, ClientRequest, RpcMessage, StatusRequest
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ClientSecurity",
@@ -65,6 +69,11 @@ _CLIENT_MESSAGES: Final = (ClientRequest, StatusRequest)
 
 class KeyDirectoryError(TransportError):
     """A key directory is missing, incomplete or unreadable; the message says what to do."""
+
+
+REFRESH_INTERVAL: Final = 5.0
+"""Seconds between two readings of a key directory for a key it does not hold (a handshake
+with an unknown key may be an attack, and must not make a peer read its disk in a loop)."""
 
 
 def key_name(peer_id: str) -> str:
@@ -176,6 +185,11 @@ class _KeyHolder:
             _peer_id_of(name): pair.public for name, pair in _keys_in(root, PEERS).items()
         }
 
+    def refresh(self, min_interval: float = 0.0) -> bool:
+        """Read the directory again for keys added since (PeerSecurity does; a client makes
+        a new holder instead). Whether it read."""
+        return False
+
     def check_peers(self, peers: list[str]) -> None:
         """KeyDirectoryError naming the peers that have no public key in the directory."""
         missing = [p for p in peers if p not in self.peer_keys]
@@ -186,7 +200,9 @@ class _KeyHolder:
 
     def configure_client(self, socket: zmq.Socket[Any], peer_id: str) -> None:
         """Make `socket` a CURVE client of `peer_id` (it checks the peer's key, and shows ours);
-        KeyDirectoryError when that peer has no public key here."""
+        KeyDirectoryError when that peer has no public key here (read again first)."""
+        if peer_id not in self.peer_keys:
+            self.refresh(min_interval=0.0)
         server = self.peer_keys.get(peer_id)
         if server is None:
             raise KeyDirectoryError(f"no public key for peer {peer_id} in {self.root / PEERS}")
@@ -212,11 +228,40 @@ class PeerSecurity(_KeyHolder):
             )
         super().__init__(root, own)
         self.local_id = local_id
-        self.users: dict[bytes, str] = {}  # public key (z85) -> "role:holder"
+        self.users = self._read_users()  # public key (z85) -> "role:holder"
+        # The first unknown key reads the directory at once (a new peer connecting as it
+        # starts: libzmq does not retry a connection refused by authentication).
+        self._refreshed_at = -float("inf")
+
+    def _read_users(self) -> dict[bytes, str]:
+        users = {}
         for folder, role in _ROLE_OF_DIR.items():
-            for name, pair in _keys_in(root, folder).items():
+            for name, pair in _keys_in(self.root, folder).items():
                 holder = _peer_id_of(name) if folder == PEERS else name
-                self.users[pair.public] = f"{role}:{holder}"
+                users[pair.public] = f"{role}:{holder}"
+        return users
+
+    def refresh(self, min_interval: float = REFRESH_INTERVAL) -> bool:
+        """Read the directory again (at most every `min_interval` seconds), so that a peer
+        added to the cluster (its key generated and distributed after this peer started) is
+        known without a restart. Keys are only ever added here: a key removed from the
+        directory stays trusted until restart. Whether it read. Any thread: each table is
+        replaced whole."""
+        now = time.monotonic()
+        if now - self._refreshed_at < min_interval:
+            return False
+        self._refreshed_at = now
+        try:
+            peers = {
+                _peer_id_of(name): pair.public for name, pair in _keys_in(self.root, PEERS).items()
+            }
+            users = self._read_users()
+        except KeyDirectoryError as error:
+            log.warning("key directory %s unreadable: %s; keeping the keys read", self.root, error)
+            return False
+        self.peer_keys = {**self.peer_keys, **peers}
+        self.users = {**self.users, **users}
+        return True
 
     def user_id(self, public_z85: bytes) -> str | None:
         """The holder of a public key, or None: a key this cluster does not know."""
@@ -252,7 +297,11 @@ class PeerSecurity(_KeyHolder):
 
         class KnownKeys:
             def callback(self, domain: str, key: bytes) -> bool:
-                return domain == ZAP_DOMAIN and security.user_id(key) is not None
+                if domain != ZAP_DOMAIN:
+                    return False
+                if security.user_id(key) is None:
+                    security.refresh()  # a new peer's or client's key, distributed since?
+                return security.user_id(key) is not None
 
         authenticator = Authenticator(context)
         authenticator.start()

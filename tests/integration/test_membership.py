@@ -24,6 +24,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_transfer import Writer
 from transport.client import AdminClient, CommandError, KVClient
+from transport.security import generate_keys
 
 pytestmark = pytest.mark.integration
 
@@ -34,28 +35,37 @@ def _join(cluster: ServiceCluster, contacts: list[str]) -> str:
     """Start a brand-new peer on a new port with --join; it is killed with the cluster."""
     [peer_id] = [f"127.0.0.1:{port}" for port in free_ports(1)]
     data_dir = next(iter(cluster.peers.values())).config.data_dir
-    config = PeerConfig(peer_id, tuple(contacts), data_dir, ELECTION_TIMEOUT_MS, join=True)
+    if cluster.keys is not None:
+        generate_keys(cluster.keys, [peer_id])  # `launcher.py keygen`, into the shared directory
+    config = PeerConfig(
+        peer_id, tuple(contacts), data_dir, ELECTION_TIMEOUT_MS, keys=cluster.keys, join=True
+    )
     peer = LocalPeer(config, log_path=data_dir / "logs" / f"{config.peer_dir.name}.log")
     cluster.peers[peer_id] = peer
     peer.start_and_wait()
     return peer_id
 
 
-def _admin(peers: list[str]) -> AdminClient:
-    return AdminClient(peers, timeout=WAIT, attempt_timeout=0.5)
+def _admin(peers: list[str], keys: Path | None = None) -> AdminClient:
+    return AdminClient(peers, timeout=WAIT, attempt_timeout=0.5, keys=keys)
 
 
-def _statuses(peers: list[str]) -> list[dict[str, Any]]:
-    with KVClient(peers, timeout=1.0, attempt_timeout=0.5) as client:
+def _statuses(peers: list[str], keys: Path | None = None) -> list[dict[str, Any]]:
+    with KVClient(peers, timeout=1.0, attempt_timeout=0.5, keys=keys) as client:
         return client.status()
 
 
-def _agreed(peers: list[str], voters: set[str], learners: frozenset[str] = frozenset()) -> None:
+def _agreed(
+    peers: list[str],
+    voters: set[str],
+    learners: frozenset[str] = frozenset(),
+    keys: Path | None = None,
+) -> None:
     """Wait until every peer of `peers` is up and reports exactly this configuration, not
     joint, from the same configuration entry, which it knows is committed."""
 
     def settled() -> bool:
-        statuses = _statuses(peers)
+        statuses = _statuses(peers, keys)
         if len(statuses) != len(peers) or len({s["conf_index"] for s in statuses}) != 1:
             return False
         return all(
@@ -69,8 +79,8 @@ def _agreed(peers: list[str], voters: set[str], learners: frozenset[str] = froze
     try:
         wait_until(settled, f"{sorted(peers)} agreeing on voters {sorted(voters)}", WAIT)
     except TimeoutError as timeout:
-        keys = ("id", "role", "term", "conf", "learners", "old_conf", "conf_index", "commit_index")
-        seen = [{k: s.get(k) for k in keys} for s in _statuses(peers)]
+        shown = ("id", "role", "term", "conf", "learners", "old_conf", "conf_index", "commit_index")
+        seen = [{k: s.get(k) for k in shown} for s in _statuses(peers, keys)]
         raise AssertionError(f"{timeout}; they report {seen}") from None
 
 
@@ -265,3 +275,42 @@ def test_with_priorities_the_highest_live_peer_is_elected(tmp_path: Path) -> Non
             assert client.get("k") == "1"
     finally:
         cluster.shutdown()
+
+
+def test_with_keys_a_new_peer_is_added_once_its_key_is_in_the_directory(
+    service: MakeService, tmp_path: Path
+) -> None:
+    """The running peers read the key directory again for a key they do not hold: no
+    restart is needed to add a peer whose key was generated after they started."""
+    keys = tmp_path / "keys"
+    cluster = service(3, keys=keys)
+    d = _join(cluster, cluster.ids)
+    with _admin(cluster.ids, keys) as admin:
+        assert d in admin.add_peer(d)["voters"]
+    _agreed([*cluster.ids, d], {*cluster.ids, d}, keys=keys)
+    with KVClient([d], timeout=WAIT, attempt_timeout=0.5, keys=keys) as client:
+        client.put("k", "v")
+        assert client.get("k") == "v"
+
+
+def test_a_long_lived_client_follows_a_complete_change_of_membership(
+    service: MakeService,
+) -> None:
+    cluster = service(3)
+    first = list(cluster.ids)
+    client = cluster.client()  # knows A, B and C only, and is in use throughout
+    client.put("before", "1")
+    new = [_join(cluster, first) for _ in range(3)]
+    with _admin(first) as admin:
+        for n, peer in enumerate(new):
+            admin.add_peer(peer)
+            client.put(f"added{n}", "x")
+        for n, peer in enumerate(first):
+            admin.remove_peer(peer)
+            client.put(f"removed{n}", "x")
+    _agreed(new, set(new))
+    for peer in first:
+        cluster.peers[peer].kill()  # the old peers are gone for good
+    client.put("after", "2")
+    assert (client.get("before"), client.get("after")) == ("1", "2")
+    assert set(new) <= set(client.peers)

@@ -150,3 +150,16 @@ def test_who_may_send_what(keys: Path, user: str, message: RpcMessage, refusal: 
         assert verdict is None
     else:
         assert verdict is not None and refusal in verdict
+
+
+def test_a_key_added_after_start_is_read_on_refresh_at_most_every_interval(keys: Path) -> None:
+    security = PeerSecurity(keys, A)
+    new = "127.0.0.1:7003"
+    generate_keys(keys, [new])
+    assert new not in security.peer_keys
+    assert security.refresh()  # the first unknown key reads the directory at once
+    assert new in security.peer_keys and f"peer:{new}" in security.users.values()
+    generate_keys(keys, ["127.0.0.1:7004"])
+    assert not security.refresh()  # within REFRESH_INTERVAL: not again
+    assert security.refresh(min_interval=0.0)  # a connection to a new member does
+    assert "127.0.0.1:7004" in security.peer_keys
