@@ -46,6 +46,7 @@ from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, T
 from storage.entry import EntryType, LogEntry
 from storage.errors import StorageError
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
+from storage.snapshot_storage import SnapshotMeta
 from transport.rpc import (
     AppendEntriesRequest,
     AppendEntriesResponse,
@@ -500,3 +501,21 @@ def test_a_restarted_log_uses_its_own_newest_configuration() -> None:
     storage.append_entries([data(1, 1), conf_entry(2, 1, grown), data(3, 1)])
     view = LogView(storage, bootstrap_conf=CONF)
     assert (view.conf, view.conf_state.index, view.conf_state.previous) == (grown, 2, CONF)
+
+
+def test_the_snapshots_configuration_rules_until_a_later_entry_and_installs_replace_it() -> None:
+    snapped = Configuration.of((ME, B, "d:4"))
+    storage = MemoryLogStorage(first_log_index=11)
+    storage.append_entries([data(11, 2), data(12, 2)])
+    view = LogView(storage, snapshot=SnapshotMeta(10, 2, snapped.encode()), bootstrap_conf=CONF)
+    assert (view.conf, view.conf_state.index) == (snapped, 10)  # not the bootstrap one
+    later = Configuration.of((ME, B, "d:4", "e:5"))
+    view.append_unstable([conf_entry(13, 2, later)])
+    view.persist([view.entry(13)])  # type: ignore[list-item]
+    # Compaction through 12 keeps the later entry in force; its predecessor is the snapshot's.
+    view.compact(SnapshotMeta(12, 2, snapped.encode()), 11)
+    assert (view.conf, view.conf_state.previous) == (later, snapped)
+    # A leader's snapshot past the log's end replaces all of it, configuration too.
+    other = Configuration.of(("x:1", "y:2", "z:3"))
+    view.install(SnapshotMeta(40, 5, other.encode()))
+    assert (view.conf, view.conf_state.index) == (other, 40)
