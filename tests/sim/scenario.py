@@ -380,6 +380,8 @@ def check_membership_agreed(sim: Simulation, seed: int) -> None:
         return  # a roll-forward still under way: nothing settled to compare
     commit = sim.peers[leaders[0]].node.log_view.committed_index
     for peer in sorted(conf.all_peers()):
+        if peer not in sim.peers:
+            continue  # the hostile-fault mutation test makes the stranger a member
         node = sim.peers[peer].node if sim.peers[peer].alive else None
         if node is None or node.log_view.committed_index < commit:
             continue  # not caught up yet; only settled peers are compared
@@ -414,7 +416,7 @@ def wipe_one(sim: Simulation) -> None:
     # peer among them) could elect a leader without it (seed 38 of the reads change did).
     conf = sim.peers[leaders[0]].node.conf
     voter_sets = [conf.peers, conf.old_peers] if conf.is_joint else [conf.peers]
-    lacking = {p for p in conf.all_peers() if not _holds_committed(sim, p)}
+    lacking = {p for p in conf.all_peers() if p not in sim.peers or not _holds_committed(sim, p)}
     candidates = [
         p
         for p in candidates
