@@ -235,9 +235,10 @@ class Node(LeadershipChanges, RaftActor):
         return tuple(sorted(self.conf.all_peers() - {self.peer_id}))
 
     def _may_lead(self, peer: str) -> bool:
-        """Whether this peer follows `peer` as a leader: a voter of the configuration in force
-        or of the one before it (a leader that removed itself leads until C_new commits, and
-        its followers append C_new first), or one of the --peers hints."""
+        """Whether this peer follows `peer` as a leader (and votes for it as a candidate): a
+        voter of the configuration in force or of the one before it (a leader that removed
+        itself leads until C_new commits, and its followers append C_new first), or one of the
+        --peers hints."""
         state = self.log_view.conf_state
         return (
             peer in state.conf.all_peers()
@@ -577,7 +578,10 @@ class Node(LeadershipChanges, RaftActor):
 
     @handles(RequestVoteRequest)
     def handle_request_vote(self, req: RequestVoteRequest) -> None:
-        if req.candidate_id not in self.conf.all_peers():
+        # Who may ask is who may lead: a peer just added (its own log has no configuration
+        # yet, or an older one) must still vote for a candidate of the cluster's - a vote is
+        # safe by the log check alone; the quorum is counted by the candidate's configuration.
+        if req.candidate_id == self.peer_id or not self._may_lead(req.candidate_id):
             self.rejections.refuse("vote_request_from_non_member", req.candidate_id)
             return
         if self.role in (Role.ERROR, Role.SHUTDOWN):

@@ -24,6 +24,7 @@ from actors.membership import FIRST_ANSWER_PATIENCE, ChangeRequest, Op
 from actors.messages import (
     AppendConfiguration,
     ChangeMembership,
+    CheckVote,
     ConfigurationChanged,
     GetStatus,
     HigherTermSeen,
@@ -38,7 +39,7 @@ from actors.options import RaftOptions
 from actors.testing import is_pending
 from storage.entry import EntryType, LogEntry
 from tests.unit.actors.test_node import FULL_TIMEOUT, TIMEOUT, A, B, C, Fixture
-from transport.rpc import AppendEntriesRequest, TimeoutNowRequest
+from transport.rpc import AppendEntriesRequest, RequestVoteRequest, TimeoutNowRequest
 
 D, E = "d:4", "e:5"
 LAST = 5  # the leader's last log index before any configuration entry
@@ -369,3 +370,15 @@ def test_subscriptions_follow_the_replicators(f: Fixture) -> None:
     f.lm.clear()
     _change(f, Op.ADD_LEARNERS, D)
     assert [m.peer_id for m in f.lm.told if isinstance(m, Subscribe)] == [D]
+
+
+def test_a_peer_just_added_votes_for_a_candidate_its_log_does_not_name_yet() -> None:
+    # Seed 497 of the sweep: C_new made a joining peer a voter before any entry reached it;
+    # had it refused the cluster's candidates as strangers, no candidate could win.
+    f = Fixture(join=True)
+    f.send(RequestVoteRequest(1, B, 5, 1, False))  # B: one of its --peers
+    assert CheckVote in [type(m) for m in f.lm.told]  # the log check decides
+    f.lm.clear()
+    f.send(RequestVoteRequest(1, "x:9", 5, 1, False))  # a stranger: refused
+    assert f.lm.told == []
+    assert f.send(GetStatus()).rejected == {"vote_request_from_non_member": 1}
