@@ -32,7 +32,6 @@ from actors.messages import (
     TermEntryApplied,
     TransferLeadership,
     TransferTimeout,
-    Unsubscribe,
 )
 from actors.role import Role
 from actors.transfer import Transfer, pick_target
@@ -68,17 +67,11 @@ class LeadershipChanges:
         `next_index` (default: after the last entry; it probes back from there)."""
         wanted = self._replication_targets()
         for peer in sorted(set(self._replicating) - wanted):
-            self.log_manager.tell(Unsubscribe(peer))
-            self.replicators.stop(peer)
-            del self._replicating[peer]
-            self._peer_contact.pop(peer, None)
-            self._peer_report.pop(peer, None)
+            self._stop_replicator(peer)
         start = next_index if next_index is not None else self.log_view.last_index + 1
         now = self.clock.now()
         for peer in sorted(wanted - set(self._replicating)):
-            if peer not in self._known_peers:
-                self.transport.ensure_peer(peer)
-                self._known_peers.add(peer)
+            self._reach(peer)
             mailbox = self.replicators.start(peer, self.term, start)
             self._replicating[peer] = mailbox
             self._peer_contact.setdefault(peer, now)

@@ -187,7 +187,7 @@ class Node(LeadershipChanges, RaftActor):
         self._peer_contact: dict[str, float] = {}
         self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
-        self._reads = ReadOnly(self.peer_id, self._conf)  # leader: this term's read rounds
+        self._reads = ReadOnly(self.peer_id, lambda: self.conf)  # leader: this term's rounds
         self._follower_reads = FollowerReads()  # follower: reads waiting for a read index
         self._transfer = None  # state of actors/leadership.py: see LeadershipChanges
         self._transfer_gen = 0
@@ -226,9 +226,6 @@ class Node(LeadershipChanges, RaftActor):
         when appended), published by the LogManager in the LogView."""
         return self.log_view.conf
 
-    def _conf(self) -> Configuration:
-        return self.log_view.conf
-
     @property
     def _others(self) -> tuple[str, ...]:
         """The other voters: whom to ask for votes."""
@@ -248,7 +245,12 @@ class Node(LeadershipChanges, RaftActor):
 
     def _learn_members(self) -> None:
         """Let the transport reach every member of the configuration (new ones included)."""
-        for peer in sorted(self.conf.members() - self._known_peers - {self.peer_id}):
+        for peer in sorted(self.conf.members() - {self.peer_id}):
+            self._reach(peer)
+
+    def _reach(self, peer: str) -> None:
+        """Make sure the transport sends to `peer` over a connection of our own (once)."""
+        if peer not in self._known_peers:
             self.transport.ensure_peer(peer)
             self._known_peers.add(peer)
 
@@ -661,7 +663,7 @@ class Node(LeadershipChanges, RaftActor):
         now = self.clock.now()
         self._peer_contact = dict.fromkeys(self._replication_targets(), now)
         self._peer_report = {}
-        self._reads = ReadOnly(self.peer_id, self._conf)
+        self._reads = ReadOnly(self.peer_id, lambda: self.conf)
         self._term_committed = False
         fail_all(self._follower_reads.drain(), NotLeaderError(None))  # retried, here now
         term = self.term
@@ -685,9 +687,14 @@ class Node(LeadershipChanges, RaftActor):
 
     def _stop_replicators(self) -> None:
         for peer in sorted(self._replicating):
-            self.log_manager.tell(Unsubscribe(peer))
-            self.replicators.stop(peer)
-        self._replicating.clear()
+            self._stop_replicator(peer)
+
+    def _stop_replicator(self, peer: str) -> None:
+        self.log_manager.tell(Unsubscribe(peer))
+        self.replicators.stop(peer)
+        del self._replicating[peer]
+        self._peer_contact.pop(peer, None)
+        self._peer_report.pop(peer, None)
 
     @handles(LeaderLogReady)
     def on_leader_log_ready(self, msg: LeaderLogReady) -> None:
@@ -822,9 +829,7 @@ class Node(LeadershipChanges, RaftActor):
         self._count_leader()
         self._last_leader_contact = self.clock.now()
         self._priority.leader_heard()
-        if req.leader_id not in self._known_peers:  # answers go over a connection of our own
-            self.transport.ensure_peer(req.leader_id)
-            self._known_peers.add(req.leader_id)
+        self._reach(req.leader_id)  # it may be a member our log does not name yet
         return True
 
     def _count_leader(self) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_service import percentile, start_peer, wait_leader  # noqa: E402
+from bench_service import print_latencies, start_peer, wait_leader  # noqa: E402
 from bench_transfer import PROCESSES, THREADS, _writers  # noqa: E402
 
 from actors.service.local_peer import LocalPeer  # noqa: E402
@@ -79,10 +79,7 @@ def main() -> None:
     print(f"{args.rounds} rounds, 3 peers + 1 joining, election timeout {timeout_ms} ms,")
     print(f"under puts from {PROCESSES * THREADS} KVClients in {PROCESSES} processes (fsync on)")
     for name, samples in (("add-peer (committed)", added), ("remove-peer (committed)", removed)):
-        p50, p90 = 1000 * percentile(samples, 0.5), 1000 * percentile(samples, 0.9)
-        print(
-            f"  {name:28s} p50 {p50:6.1f} ms  p90 {p90:6.1f} ms  max {1000 * max(samples):6.1f} ms"
-        )
+        print_latencies(name, samples)
     print(f"  remove the leader: committed {1000 * left:6.1f} ms, new leader serving a write "
           f"{1000 * serving:6.1f} ms")  # fmt: skip
     print(f"  longest put seen by a writer {1000 * longest_put:6.1f} ms")

@@ -60,6 +60,12 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def print_latencies(name: str, samples: list[float]) -> None:
+    """One line: p50 / p90 / max of `samples` (seconds), in ms."""
+    p50, p90 = 1000 * percentile(samples, 0.5), 1000 * percentile(samples, 0.9)
+    print(f"  {name:28s} p50 {p50:6.1f} ms  p90 {p90:6.1f} ms  max {1000 * max(samples):6.1f} ms")
+
+
 def wait_leader(peers: list[str], deadline_s: float = 30.0) -> str:
     end = time.monotonic() + deadline_s
     with KVClient(peers, timeout=10.0) as client:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_service import percentile, start_peer, wait_leader  # noqa: E402
+from bench_service import print_latencies, start_peer, wait_leader  # noqa: E402
 
 from transport.client import AdminClient, KVClient  # noqa: E402
 from transport.peers import free_ports  # noqa: E402
@@ -90,10 +90,7 @@ def main() -> None:
     print(f"{args.transfers} transfers, 3 peers, election timeout {args.election_timeout_ms} ms,")
     print(f"under puts from {PROCESSES * THREADS} KVClients in {PROCESSES} processes (fsync on)")
     for name, samples in (("handover", handovers), ("new leader serving a write", served)):
-        p50, p90 = 1000 * percentile(samples, 0.5), 1000 * percentile(samples, 0.9)
-        print(
-            f"  {name:28s} p50 {p50:6.1f} ms  p90 {p90:6.1f} ms  max {1000 * max(samples):6.1f} ms"
-        )
+        print_latencies(name, samples)
     print(f"  longest put seen by a writer {1000 * longest_put:6.1f} ms")
 
 

@@ -226,7 +226,7 @@ class KVClient:
         self._security = ClientSecurity(keys, self.KEY_KINDS) if keys is not None else None
         self._keys_read_at = -float("inf")  # when _has_key last read the directory again
         if self._security is not None:
-            self._security.check_peers(self.peers)
+            self._security.check_peers(self._known.peers)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout or min(1.0, timeout)
         self.client_id = f"client-{uuid.uuid4().hex}"
@@ -240,7 +240,7 @@ class KVClient:
         self._lock = threading.Lock()
         self._closed = False
         self._rng = random.Random()
-        self._next_read = self._rng.randrange(len(self.peers))  # read_from="any": round robin
+        self._next_read = self._rng.randrange(len(self._known.peers))  # read_from="any"
 
     @property
     def peers(self) -> list[str]:
@@ -279,7 +279,7 @@ class KVClient:
         peer. The members the answers report update the peers known (for the next call)."""
         with self._lock:
             self._begin()
-            asked = self.peers
+            asked = self._known.peers
             wanted: dict[int, str] = {}
             for peer in asked:
                 request_id = next(self._request_ids)
@@ -323,15 +323,15 @@ class KVClient:
             seq = 0 if command.is_read else self._seq
             deadline = time.monotonic() + self.timeout
             spread = command.is_read and self.read_from == "any"
-            peer = self._leader or self.peers[0]
+            peer = self._leader or self._known.peers[0]
             if spread:
-                peer = self.peers[self._next_read % len(self.peers)]
+                peer = self._known.peers[self._next_read % len(self._known.peers)]
                 self._next_read += 1
             refusals = 0
             misses = 0  # attempts in a row that got nowhere (no answer, or no leader)
             backoff = _OVERLOAD_BACKOFF[0]
             while time.monotonic() < deadline:
-                if misses >= len(self.peers):
+                if misses >= len(self._known.peers):
                     # Every peer known tried in vain: maybe the membership changed. Ask them
                     # all who the members are; the answers are taken as they arrive.
                     misses = 0
@@ -359,7 +359,7 @@ class KVClient:
                     peer = self._known.next_after(peer)
                     misses += 1
                     refusals += 1
-                    if refusals % len(self.peers) == 0:
+                    if refusals % len(self._known.peers) == 0:
                         time.sleep(_NO_LEADER_PAUSE)  # nobody leads yet: an election is on
                 elif reply.status == ClientStatus.OVERLOADED:
                     # Nothing was done: wait (jittered, doubling) and ask the same leader again,
@@ -377,7 +377,7 @@ class KVClient:
     def _ask_members(self) -> None:
         """Send a StatusRequest to every peer known, without waiting for any connection;
         `_receive_any` takes the answers' members whenever they arrive."""
-        for peer in self.peers:
+        for peer in self._known.peers:
             self._send(peer, StatusRequest(self.client_id, next(self._request_ids)), wait=False)
 
     def _note_status(self, status: Mapping[str, Any]) -> None:
@@ -393,7 +393,7 @@ class KVClient:
         """Start an operation (lock held): refuse if closed; close the sockets of the peers
         dropped since the last one (unless learnt again meanwhile)."""
         self._check_open()
-        known = self.peers
+        known = self._known.peers
         for peer in self._retiring:
             sock = self._sockets.pop(peer, None) if peer not in known else None
             if sock is not None:
