@@ -13,6 +13,8 @@
 the configuration of its own log and snapshot. `run --self H:P --peers EXISTING --join` starts a
 brand-new peer that waits to be added (`admin add-peer H:P`) instead of bootstrapping;
 `--priority N` is its election priority (-1, the default: off; 0: never leads; higher wins).
+A brand-new cluster's id (persisted by every peer; a peer follows only leaders of its own
+cluster) is derived from --peers and `--cluster-token TOKEN`: see actors/identity.py.
 
 `--keys DIR` (run, client, admin) turns on CurveZMQ: every connection encrypted and
 authenticated with the keys `keygen` made (see transport/security.py). Without it anyone who can
@@ -114,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="election priority: -1 off (the default), 0 never leads, a higher one is "
         "preferred as leader",
+    )
+    run.add_argument(
+        "--cluster-token",
+        default="",
+        metavar="TOKEN",
+        help="a brand-new cluster's id is derived from --peers and this token: give clusters "
+        "founded with the same --peers different tokens (ignored by a peer with data, or "
+        "with --join, which takes its leader's id)",
     )
     run.add_argument(
         "--snapshot-threshold",
@@ -327,6 +337,7 @@ def _peer_config(args: argparse.Namespace, peer: str, peers: list[str]) -> PeerC
         clock_rate=args.clock_rate,
         join=args.join,
         priority=args.priority,
+        cluster_token=args.cluster_token,
     )
 
 

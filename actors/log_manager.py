@@ -54,6 +54,7 @@ from actors.futures import fail, fail_all
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
+    AdoptClusterId,
     AppendConfiguration,
     AppendLeaderEntries,
     BecomeLeader,
@@ -437,6 +438,21 @@ class LogManager(RaftActor):
                 return
         self._persist(msg.term, voted_for)
 
+    @handles(AdoptClusterId)
+    def on_adopt_cluster_id(self, msg: AdoptClusterId) -> None:
+        """Before the entries of the leader that sent it (queued after this): a peer that
+        appended a cluster's entries without its id could follow another cluster's leader after
+        a restart."""
+        if self._failed or self.meta.cluster_id:
+            return  # an id never changes; the Node asks again until it sees this one published
+        try:
+            self.meta.set_cluster_id(msg.cluster_id)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self.log_view.cluster_id = msg.cluster_id
+        log.info("%s: joined cluster %s", self.peer_id, msg.cluster_id)
+
     @handles(RequestVotes)
     def on_request_votes(self, msg: RequestVotes) -> None:
         if self._failed:
@@ -454,6 +470,7 @@ class LogManager(RaftActor):
             last_log_term=self.log_view.last_term,
             pre_vote=msg.pre_vote,
             transfer=msg.transfer,
+            cluster_id=self.log_view.cluster_id,
         )
         for peer in msg.peers:
             self.transport.send(peer, request)

@@ -72,6 +72,10 @@ class LogView:
         # The one field the LogManager does not write: the FSMCaller publishes its progress here
         # (a single writer still), so that status never has to ask the FSMCaller.
         self.applied_index = self.snapshot_index
+        # The peer's cluster id (actors/identity.py; "" = none yet): set by the peer's assembly
+        # and by the LogManager when a joining peer adopts its leader's. Carried in every
+        # request a Replicator sends.
+        self.cluster_id = ""
         if snapshot is not None:
             base = _decode_conf(snapshot.conf, snapshot.last_index)
             self._confs = ConfigurationLog(base, snapshot.last_index)

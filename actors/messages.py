@@ -208,6 +208,14 @@ class PersistTermVote:
 
 
 @dataclass(frozen=True, slots=True)
+class AdoptClusterId:
+    """A joining peer's first leader is of cluster `cluster_id`: make it this peer's, durably,
+    before anything queued after it (the leader's entries). actors/identity.py."""
+
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class RequestVotes:
     """Start a (pre-)vote round in `term`: for a real vote first persist (term, self); then send
     RequestVote with this log's authoritative last id to `peers`."""

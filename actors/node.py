@@ -59,10 +59,12 @@ from actors.errors import (
     RaftError,
 )
 from actors.futures import CompletionFuture, complete, fail, fail_all
+from actors.identity import Kinship, compare
 from actors.leadership import LeadershipChanges
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
+    AdoptClusterId,
     AppendLeaderEntries,
     Apply,
     BecomeLeader,
@@ -231,17 +233,29 @@ class Node(LeadershipChanges, RaftActor):
         """The other voters: whom to ask for votes."""
         return tuple(sorted(self.conf.all_peers() - {self.peer_id}))
 
-    def _may_lead(self, peer: str) -> bool:
-        """Whether this peer follows `peer` as a leader (and votes for it as a candidate): a
-        voter of the configuration in force or of the one before it (a leader that removed
-        itself leads until C_new commits, and its followers append C_new first), or one of the
-        --peers hints."""
+    def _may_lead(self, peer: str, cluster_id: str) -> bool:
+        """Whether this peer follows `peer` as a leader (and votes for it as a candidate), given
+        the cluster id its request carries (actors/identity.py): one of this cluster's, by id,
+        even one this peer's log does not name yet (it was cut off while membership moved);
+        never one of another cluster's; and where either side has no id, by name: a voter of
+        the configuration in force or of the one before it (a leader that removed itself leads
+        until C_new commits, and its followers append C_new first), or one of the --peers
+        hints."""
+        kinship = compare(self.log_view.cluster_id, cluster_id)
+        if kinship is not Kinship.UNKNOWN:
+            return kinship is Kinship.SAME
         state = self.log_view.conf_state
         return (
             peer in state.conf.all_peers()
             or peer in state.previous.all_peers()
             or peer in self._contacts
         )
+
+    def _refuse_stranger(self, what: str, peer: str, cluster_id: str) -> None:
+        """Count a refused request: `what`_from_other_cluster when its id is not ours, else
+        `what`_from_non_member."""
+        other = compare(self.log_view.cluster_id, cluster_id) is Kinship.OTHER
+        self.rejections.refuse(f"{what}_from_{'other_cluster' if other else 'non_member'}", peer)
 
     def _learn_members(self) -> None:
         """Let the transport reach every member of the configuration (new ones included)."""
@@ -583,8 +597,10 @@ class Node(LeadershipChanges, RaftActor):
         # Who may ask is who may lead: a peer just added (its own log has no configuration
         # yet, or an older one) must still vote for a candidate of the cluster's - a vote is
         # safe by the log check alone; the quorum is counted by the candidate's configuration.
-        if req.candidate_id == self.peer_id or not self._may_lead(req.candidate_id):
-            self.rejections.refuse("vote_request_from_non_member", req.candidate_id)
+        if req.candidate_id == self.peer_id or not self._may_lead(
+            req.candidate_id, req.cluster_id
+        ):
+            self._refuse_stranger("vote_request", req.candidate_id, req.cluster_id)
             return
         if self.role in (Role.ERROR, Role.SHUTDOWN):
             return
@@ -782,12 +798,12 @@ class Node(LeadershipChanges, RaftActor):
 
     @handles(AppendEntriesRequest)
     def handle_append_entries(self, req: AppendEntriesRequest) -> None:
-        if self._accept_leader(req, "append_entries_from_non_member"):
+        if self._accept_leader(req, "append_entries"):
             self.log_manager.tell(FollowerAppend(req, self.term))
 
     @handles(InstallSnapshotRequest)
     def handle_install_snapshot(self, req: InstallSnapshotRequest) -> None:
-        if not self._accept_leader(req, "install_snapshot_from_non_member"):
+        if not self._accept_leader(req, "install_snapshot"):
             return
         if self.snapshot_executor is None:
             # Answered, so the leader backs off instead of resending: this peer cannot install.
@@ -796,14 +812,12 @@ class Node(LeadershipChanges, RaftActor):
             return
         self.snapshot_executor.tell(FollowerInstall(req, self.term))
 
-    def _accept_leader(
-        self, req: AppendEntriesRequest | InstallSnapshotRequest, stranger: str
-    ) -> bool:
+    def _accept_leader(self, req: AppendEntriesRequest | InstallSnapshotRequest, what: str) -> bool:
         """The term and leader checks of a leader's request (Raft Fig. 2): whether to act on
         it, as this term's follower of req.leader_id. Refusals are answered here."""
-        if req.leader_id == self.peer_id or not self._may_lead(req.leader_id):
+        if req.leader_id == self.peer_id or not self._may_lead(req.leader_id, req.cluster_id):
             # Before anything else: a stranger must neither move our term nor be followed.
-            self.rejections.refuse(stranger, req.leader_id)
+            self._refuse_stranger(what, req.leader_id, req.cluster_id)
             return False
         if self.role in (Role.ERROR, Role.SHUTDOWN):
             return False
@@ -830,6 +844,10 @@ class Node(LeadershipChanges, RaftActor):
         self._last_leader_contact = self.clock.now()
         self._priority.leader_heard()
         self._reach(req.leader_id)  # it may be a member our log does not name yet
+        if not self.log_view.cluster_id and req.cluster_id:
+            # A joining peer's first leader: its id is ours, durably before its entries
+            # (queued next). Asked again until the LogManager publishes it: idempotent.
+            self.log_manager.tell(AdoptClusterId(req.cluster_id))
         return True
 
     def _count_leader(self) -> None:
@@ -895,6 +913,7 @@ class Node(LeadershipChanges, RaftActor):
             learners=sorted(conf.learners),
             old_conf=sorted(conf.old_peers),
             conf_index=conf_state.index,
+            cluster_id=self.log_view.cluster_id,
             membership_change=self._change.stage.value if self._change is not None else None,
             error=self.error,
             replicators=(

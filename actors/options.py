@@ -126,12 +126,17 @@ class NodeOptions:
     snapshot hold no configuration (afterwards the durable one rules, whatever this says).
     With `join` a brand-new node starts with no configuration at all: it never campaigns,
     follows a leader among `initial_conf`'s peers (contact hints only) and learns its
-    configuration from the log once that leader has added it."""
+    configuration from the log once that leader has added it.
+
+    `cluster_token` tells apart clusters founded with the same peers: a founding node's cluster
+    id is derived from `initial_conf` and the token (actors/identity.py); a joining node takes
+    its leader's."""
 
     peer_id: str
     initial_conf: Configuration
     raft: RaftOptions = field(default_factory=RaftOptions)
     join: bool = False
+    cluster_token: str = ""
 
     def __post_init__(self) -> None:
         if not self.peer_id:

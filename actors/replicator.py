@@ -388,6 +388,7 @@ class Replicator(RaftActor):
             entries=tuple(entries),
             committed_index=self.log_view.committed_index,
             seq=seq,
+            cluster_id=self.log_view.cluster_id,
         )
         self.progress.sent(seq, len(entries), self.clock.now())
         try:
@@ -464,13 +465,17 @@ class Replicator(RaftActor):
             data=data,
             done=done,
             seq=seq,
+            cluster_id=self.log_view.cluster_id,
         )
         self._send_or_block(request)
 
     def _heartbeat_at_zero(self) -> AppendEntriesRequest:
         """An empty AppendEntries at index 0: every log matches there and it moves no commit
         index, so it only says "I lead" and asks for an answer (outside the pipeline)."""
-        return AppendEntriesRequest(self.term, self.leader_id, 0, 0, (), 0, self._next_seq())
+        seq = self._next_seq()
+        return AppendEntriesRequest(
+            self.term, self.leader_id, 0, 0, (), 0, seq, self.log_view.cluster_id
+        )
 
     def _heartbeat_during_transfer(self, now: float, timeout: float) -> None:
         """A heartbeat at index 0, and a resend of chunks overdue; if the follower has not

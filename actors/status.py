@@ -37,6 +37,7 @@ class NodeStatus:
     conf_index: int = 0  # the configuration entry in force (0: bootstrap)
     # leader: the membership change under way ("catching_up", "joint", "stable") or None
     membership_change: str | None = None
+    cluster_id: str = ""  # actors/identity.py; "" while a joining peer has not heard its leader
 
     @property
     def is_leader(self) -> bool:
@@ -62,6 +63,7 @@ class NodeStatus:
             "learners": list(self.learners),
             "old_conf": list(self.old_conf),
             "conf_index": self.conf_index,
+            "cluster_id": self.cluster_id,
         }
         if self.membership_change:
             out["membership_change"] = self.membership_change

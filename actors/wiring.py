@@ -20,6 +20,7 @@ from actors.ballot_box import BallotBox
 from actors.clock import Clock
 from actors.configuration import Configuration
 from actors.fsm_caller import FSMCaller
+from actors.identity import bootstrap_identity
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.mailbox import Mailbox, MailboxSlot
@@ -156,6 +157,15 @@ def assemble_peer(
         raft.log_tail_entries,
         snapshots.latest() if snapshots is not None else None,
         bootstrap,
+    )
+    fresh = meta_storage.term == 0 and log_view.last_index == 0
+    log_view.cluster_id = bootstrap_identity(
+        meta_storage,
+        not options.join,
+        fresh,
+        options.initial_conf.all_peers(),
+        options.cluster_token,
+        peer_id,
     )
     node, log_manager, ballot_box, fsm = (MailboxSlot(n) for n in ("node", "lm", "bb", "fsm"))
     executor = MailboxSlot("snapshot") if snapshots is not None else None

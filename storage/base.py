@@ -62,7 +62,8 @@ class LogStorage(Protocol):
 
 
 class MetaStorage(Protocol):
-    """Durable (current_term, voted_for). A write is atomic: after a crash, old or new."""
+    """Durable (current_term, voted_for, cluster_id). A write is atomic: after a crash, old or
+    new. The cluster id is "" until set, then never changes (actors/identity.py)."""
 
     @property
     def term(self) -> int: ...
@@ -70,8 +71,16 @@ class MetaStorage(Protocol):
     @property
     def voted_for(self) -> str | None: ...
 
+    @property
+    def cluster_id(self) -> str: ...
+
     def set_term_and_vote(self, term: int, voted_for: str | None) -> None:
         """Durably record both; returns only once they survive a crash."""
+        ...
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        """Durably record the cluster this peer belongs to. ValueError if it is empty, too
+        long, or another id is already recorded."""
         ...
 
     def close(self) -> None: ...

@@ -23,6 +23,7 @@ from pathlib import Path
 from storage.base import check_contiguous
 from storage.entry import LogEntry, clip_to_bytes
 from storage.errors import LogIndexError, SnapshotNotFoundError, StorageError
+from storage.meta_storage import validate_new_cluster_id
 from storage.snapshot_storage import (
     SnapshotMeta,
     SnapshotReader,
@@ -159,9 +160,10 @@ class MemoryLogStorage:
 class MemoryMetaStorage:
     """MetaStorage in two attributes (tests only); every write is durable at once."""
 
-    def __init__(self, term: int = 0, voted_for: str | None = None) -> None:
+    def __init__(self, term: int = 0, voted_for: str | None = None, cluster_id: str = "") -> None:
         self._term = term
         self._voted_for = voted_for
+        self._cluster_id = cluster_id
         self._closed = False
 
     @property
@@ -171,6 +173,16 @@ class MemoryMetaStorage:
     @property
     def voted_for(self) -> str | None:
         return self._voted_for
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        if self._closed:
+            raise StorageError("memory meta storage is closed")
+        validate_new_cluster_id(self._cluster_id, cluster_id)
+        self._cluster_id = cluster_id
 
     def set_term_and_vote(self, term: int, voted_for: str | None) -> None:
         if self._closed:
@@ -186,7 +198,7 @@ class MemoryMetaStorage:
 
     def crash(self) -> MemoryMetaStorage:
         """A copy: what a restarted process would find (everything, since writes are durable)."""
-        return MemoryMetaStorage(self._term, self._voted_for)
+        return MemoryMetaStorage(self._term, self._voted_for, self._cluster_id)
 
     def __repr__(self) -> str:
         return f"MemoryMetaStorage(term={self._term}, vote={self._voted_for!r})"

@@ -1,6 +1,6 @@
 """msgpack framing of the wire messages in transport.rpc.
 
-Wire format (PROTOCOL_VERSION 3): one ZeroMQ frame holds one msgpack array
+Wire format (PROTOCOL_VERSION 5): one ZeroMQ frame holds one msgpack array
 
     [PROTOCOL_VERSION, type_tag, field_1, field_2, ..., field_n]
 
@@ -70,7 +70,7 @@ __all__ = [
 
 # 2: AppendEntriesResponse carries conflict_term/conflict_index; 3: RequestVoteRequest.transfer
 # and TimeoutNowRequest (leadership transfer); 4: RequestVoteResponse.priority.
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 """Largest frame `decode` accepts by default. An AppendEntriesRequest is bounded by the

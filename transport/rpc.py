@@ -36,6 +36,7 @@ class RequestVoteRequest:
     # The candidate campaigns because its leader handed over (TimeoutNowRequest): voters grant
     # even though they heard from that leader recently (the dissertation's §3.10).
     transfer: bool = False
+    cluster_id: str = ""  # the sender's cluster (actors/identity.py); "" = none yet
 
     @property
     def sender(self) -> str:
@@ -68,6 +69,7 @@ class AppendEntriesRequest:
     entries: tuple[LogEntry, ...]
     committed_index: int
     seq: int
+    cluster_id: str = ""  # the sender's cluster (actors/identity.py); "" = none yet
 
     @property
     def sender(self) -> str:
@@ -115,6 +117,7 @@ class InstallSnapshotRequest:
     data: bytes
     done: bool
     seq: int
+    cluster_id: str = ""  # the sender's cluster (actors/identity.py); "" = none yet
 
     @property
     def sender(self) -> str:

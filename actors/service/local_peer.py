@@ -52,6 +52,8 @@ def peer_command(
         command.append("--join")
     if config.priority != PeerConfig.priority:
         command += ["--priority", str(config.priority)]
+    if config.cluster_token:
+        command += ["--cluster-token", config.cluster_token]
     command += ["--log-level", log_level]
     if supervisor_pid is not None:
         # The peer stops by itself once this process is gone: no orphan outlives its starter.

@@ -76,6 +76,9 @@ class PeerConfig:
     # `peers` are then only contact hints, and need not include `peer_id`.
     join: bool = False
     priority: int = RaftOptions.election_priority  # -1: disabled, 0: never leads, higher wins
+    # Tells apart clusters founded with the same --peers (actors/identity.py): used only by a
+    # brand-new founding peer, to derive the cluster id it persists.
+    cluster_token: str = ""
     # The Raft clock's rate against the machine's (actors.clock.RealClock): the chaos runner's
     # clock nemesis only, through the launcher's hidden --clock-rate.
     clock_rate: float = 1.0
@@ -110,7 +113,8 @@ class PeerConfig:
                 )
             # Contact hints only: the configuration comes from the leader that adds it.
             return NodeOptions(self.peer_id, Configuration.of(self.contacts), raft, join=True)
-        return NodeOptions(self.peer_id, Configuration.of(self.peers), raft)
+        conf = Configuration.of(self.peers)
+        return NodeOptions(self.peer_id, conf, raft, cluster_token=self.cluster_token)
 
 
 def _serve_http(node: RaftNode, address: str, peer_dir: Path) -> StatusHTTPServer:

@@ -371,14 +371,17 @@ def change_membership(sim: Simulation, kind: str) -> pykka.Future[Any] | None:
 
 def check_membership_agreed(sim: Simulation, seed: int) -> None:
     """Once healed and writing again, every voter of the leader's configuration that is up
-    has caught up with the configuration entries the final write followed."""
+    and has caught up with the cluster's commit index is on the leader's configuration."""
     leaders = [p for p in sim.alive() if sim.peers[p].node.role is Role.LEADER]
     if not leaders:
         return
     conf = sim.peers[leaders[0]].node.conf
     if conf.is_joint:
         return  # a roll-forward still under way: nothing settled to compare
-    commit = sim.peers[leaders[0]].node.log_view.committed_index
+    # The highest commit index any peer knows: a leader just elected may know less than its
+    # followers (its own commit index is the one it had as a follower), and a peer behind
+    # it that happens to be at that stale index has not seen the configurations after it.
+    commit = max(sim.peers[p].node.log_view.committed_index for p in sim.alive())
     for peer in sorted(conf.all_peers()):
         if peer not in sim.peers:
             continue  # the hostile-fault mutation test makes the stranger a member

@@ -15,6 +15,7 @@ from actors.errors import NodeFailedError, NotLeaderError, OverloadedError
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import (
+    AdoptClusterId,
     AppendConfiguration,
     AppendLeaderEntries,
     BecomeLeader,
@@ -140,6 +141,19 @@ def test_vote_for_self_is_durable_before_any_request_vote_leaves() -> None:
     request = RequestVoteRequest(3, ME, 2, 2, pre_vote=False)
     assert f.transport.take() == [(B, request), (C, request)]
     assert (f.meta.term, f.meta.voted_for) == (3, ME)
+
+
+def test_an_adopted_cluster_id_is_durable_before_the_entries_queued_after_it() -> None:
+    f = Fixture()
+    f.send(AdoptClusterId("c1"))
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1)]), 1))
+    assert (f.meta.crash().cluster_id, f.log_view.cluster_id) == ("c1", "c1")
+    assert f.log() == [(1, 1)]
+    f.send(AdoptClusterId("c2"))  # never changes once set
+    f.send(RequestVotes(3, (B,), pre_vote=True))
+    [(_, request)] = f.transport.take(RequestVoteRequest)
+    assert (f.meta.cluster_id, request.cluster_id) == ("c1", "c1")
+    assert f.node.take(FatalError) == []
 
 
 def test_pre_vote_round_persists_nothing() -> None:

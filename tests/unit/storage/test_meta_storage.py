@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from storage.errors import CorruptLogError, CorruptMetaError, StorageError
+from storage.framed import encode_framed
 from storage.memory import MemoryMetaStorage
-from storage.meta_storage import FileMetaStorage, encode_meta
+from storage.meta_storage import META_MAGIC, FileMetaStorage, encode_meta
 
 AnyMeta = FileMetaStorage | MemoryMetaStorage
 
@@ -51,6 +52,33 @@ def test_roundtrip_and_reopen(h: MetaHarness, term: int, vote: str | None) -> No
     assert (h.meta.term, h.meta.voted_for) == (term, vote)
     h.reopen()
     assert (h.meta.term, h.meta.voted_for) == (term, vote)
+
+
+def test_the_cluster_id_is_set_once_and_kept_across_votes(h: MetaHarness) -> None:
+    assert h.meta.cluster_id == ""
+    h.meta.set_term_and_vote(2, "a")
+    h.meta.set_cluster_id("c1")
+    h.meta.set_term_and_vote(3, None)
+    h.reopen()
+    assert (h.meta.term, h.meta.voted_for, h.meta.cluster_id) == (3, None, "c1")
+    with pytest.raises(ValueError, match="belongs to cluster c1"):
+        h.meta.set_cluster_id("c2")
+    assert h.meta.cluster_id == "c1"
+
+
+def test_a_meta_file_from_before_cluster_ids_reads_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "raft_meta"
+    path.write_bytes(encode_framed(META_MAGIC, {"term": 4, "voted_for": "b"}))
+    meta = FileMetaStorage(path)
+    assert (meta.term, meta.voted_for, meta.cluster_id) == (4, "b", "")
+
+
+@pytest.mark.parametrize("bad", [7, None, "x" * 65])
+def test_a_bad_cluster_id_in_the_file_is_corruption(tmp_path: Path, bad: object) -> None:
+    path = tmp_path / "raft_meta"
+    path.write_bytes(encode_framed(META_MAGIC, {"term": 4, "voted_for": "b", "cluster_id": bad}))
+    with pytest.raises(CorruptMetaError, match="bad fields"):
+        FileMetaStorage(path)
 
 
 def test_later_writes_replace_earlier_ones(h: MetaHarness) -> None:

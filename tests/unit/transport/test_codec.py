@@ -103,11 +103,11 @@ def test_wire_layout() -> None:
         9,
         7,
     )
-    assert fields_of(encode(request)) == [4, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7]
+    assert fields_of(encode(request)) == [5, 3, 3, "l:1", 10, 2, [2, 0, b"", 3, 1, b"x"], 9, 7, ""]
     assert encode(rpc.RequestVoteResponse(7, True, False, "b", 6)) == bytes.fromhex(
-        "98040207c3c2a16206ff"
+        "98050207c3c2a16206ff"
     )
-    assert fields_of(encode(rpc.TimeoutNowRequest(4, "l:1"))) == [4, 20, 4, "l:1"]
+    assert fields_of(encode(rpc.TimeoutNowRequest(4, "l:1"))) == [5, 20, 4, "l:1"]
 
 
 # ---- what decode rejects ----------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_not_a_message_array(value: Any) -> None:
     expect_decode_error(repack(value), "array")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, -1, True, "4", 4.0, None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, -1, True, "5", 5.0, None])
 def test_unknown_version(version: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[0] = version
@@ -189,7 +189,7 @@ def test_wrong_field_type(message: Any, position: int, wrong: Any) -> None:
 
 
 def aer_values(flat: Any, prev_log_index: int = 10) -> bytes:
-    return repack([PROTOCOL_VERSION, 3, 3, "l", prev_log_index, 2, flat, 9, 1])
+    return repack([PROTOCOL_VERSION, 3, 3, "l", prev_log_index, 2, flat, 9, 1, ""])
 
 
 @pytest.mark.parametrize(
@@ -372,7 +372,7 @@ def test_encode_errors(message: Any) -> None:
 
 def test_generated_source_is_available() -> None:
     assert "def _decode_AppendEntriesRequest(a):" in codec.GENERATED_SOURCE
-    assert PROTOCOL_VERSION == 4
+    assert PROTOCOL_VERSION == 5
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
