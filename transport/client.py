@@ -15,6 +15,13 @@ members. It needs one peer it knows to still answer (or to redirect) while the m
 changes; with `keys`, a new peer's public key must be in the key directory (read again, at most
 every few seconds, when a peer without a key there is named).
 
+So that an idle client keeps up too (etcd's AutoSyncInterval), a daemon thread asks every peer
+known for its status once the client has been idle for `sync_interval` seconds (default 30;
+None turns it off), and again every `sync_interval` while it stays idle: a client idle through
+a whole change of membership still knows a member when it is used again. (A client in use
+follows the membership through its operations, and is not held up by a sync.) When nothing
+answers, ClientTimeout names every peer tried and what each did.
+
 Errors:
 - ValueError / TypeError: a malformed operation (an empty or oversized key, a non-string
   value), refused before anything is sent.
@@ -44,6 +51,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -88,6 +96,14 @@ _OVERLOAD_BACKOFF = (0.005, 0.5)  # first and longest wait after OVERLOADED (dou
 _CONNECT_WAIT_MS = 200  # how long a send waits for a connection to a peer to come up
 _KEYS_REREAD_INTERVAL = 5.0  # at most this often, read the key directory again for a new peer
 _MEMBER_KEYS = ("conf", "old_conf", "learners")  # where a status lists the members
+DEFAULT_SYNC_INTERVAL = 30.0  # seconds between two membership syncs of a client
+
+# What an attempt on a peer came to, for ClientTimeout's message (see `_Attempts`).
+_SILENT = "no answer"
+_NO_LEADER = "not the leader, no leader known"
+_REDIRECTED = "not the leader"
+_UNDECIDED = "outcome unknown"
+_BUSY = "overloaded"
 
 
 class KVError(TransportError):
@@ -197,6 +213,45 @@ def _members(status: Mapping[str, Any]) -> list[str]:
     return list(found)
 
 
+class _Attempts:
+    """What each peer tried in one operation last answered, or that it never answered (for
+    ClientTimeout's message: an attempt cut short by the deadline does not hide an answer)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def note(self, peer: str, outcome: str) -> None:
+        if outcome != _SILENT or peer not in self.outcomes:
+            self.outcomes[peer] = outcome
+
+    def timeout(self, budget: float) -> ClientTimeout:
+        tried = "; ".join(f"{peer}: {outcome}" for peer, outcome in self.outcomes.items())
+        if all(outcome == _SILENT for outcome in self.outcomes.values()):
+            hint = (
+                " - none of them answered: is the cluster running there, or did its membership "
+                "move past every peer this client knows?"
+            )
+        else:
+            hint = ""
+        return ClientTimeout(
+            f"no definite answer within {budget}s (tried {tried}){hint}; the operation may or "
+            "may not have taken effect"
+        )
+
+
+def _sync_members_every(
+    client: weakref.ref[KVClient], interval: float, stop: threading.Event
+) -> None:
+    """The body of a client's membership-sync thread: holds the client only weakly, so a client
+    dropped without `close` is still collected (and the thread then ends)."""
+    while not stop.wait(interval):
+        target = client()
+        if target is None:
+            return
+        target._sync_members()
+        del target
+
+
 class KVClient:
     KEY_KINDS: ClassVar[tuple[str, ...]] = (CLIENTS, ADMINS)
     """Where in a key directory this class looks for its own secret key, in order."""
@@ -210,13 +265,17 @@ class KVClient:
         context: zmq.Context[Any] | None = None,
         keys: Path | str | None = None,
         read_from: str = "leader",
+        sync_interval: float | None = DEFAULT_SYNC_INTERVAL,
     ) -> None:
         """`read_from`: "leader" sends every request to the leader; "any" spreads gets over
         every peer (round robin) - each still linearizable (a follower asks the leader for a
         read index and answers from its own state once it has applied it) unless the get
-        asks for less."""
+        asks for less. `sync_interval`: seconds between two background membership syncs
+        (None: never; see the module docstring)."""
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
+        if sync_interval is not None and sync_interval <= 0:
+            raise ValueError("sync_interval must be > 0, or None for no sync")
         self._known = KnownPeers(peers, self._has_key)  # ValueError for a bad or empty list
         if read_from not in ("leader", "any"):
             raise ValueError('read_from must be "leader" or "any"')
@@ -241,6 +300,16 @@ class KVClient:
         self._closed = False
         self._rng = random.Random()
         self._next_read = self._rng.randrange(len(self._known.peers))  # read_from="any"
+        self._stop_sync = threading.Event()
+        self._sync_interval = sync_interval
+        self._used_at = time.monotonic()  # when the last operation began (written under the lock)
+        if sync_interval is not None:
+            threading.Thread(
+                target=_sync_members_every,
+                args=(weakref.ref(self), sync_interval, self._stop_sync),
+                name=f"{self.client_id}-sync",
+                daemon=True,  # never keeps a process alive; `close` ends it at once
+            ).start()
 
     @property
     def peers(self) -> list[str]:
@@ -279,22 +348,43 @@ class KVClient:
         peer. The members the answers report update the peers known (for the next call)."""
         with self._lock:
             self._begin()
-            asked = self._known.peers
-            wanted: dict[int, str] = {}
-            for peer in asked:
-                request_id = next(self._request_ids)
-                if self._send(peer, StatusRequest(self.client_id, request_id)):
-                    wanted[request_id] = peer
-            answers: dict[str, dict[str, Any]] = {}
-            deadline = time.monotonic() + self.attempt_timeout
-            while len(answers) < len(wanted) and time.monotonic() < deadline:
-                for reply in self._receive_any(deadline):
-                    source = wanted.get(reply.request_id)
-                    if isinstance(reply, StatusResponse) and source is not None:
-                        answers[source] = dict(reply.status)
-            return [answers.get(p, {"id": p, "role": "unreachable"}) for p in asked]
+            return self._status_round()
+
+    def _status_round(self) -> list[dict[str, Any]]:
+        """`status()` with the lock held."""
+        asked = self._known.peers
+        wanted: dict[int, str] = {}
+        for peer in asked:
+            request_id = next(self._request_ids)
+            if self._send(peer, StatusRequest(self.client_id, request_id)):
+                wanted[request_id] = peer
+        answers: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + self.attempt_timeout
+        while len(answers) < len(wanted) and time.monotonic() < deadline:
+            for reply in self._receive_any(deadline):
+                source = wanted.get(reply.request_id)
+                if isinstance(reply, StatusResponse) and source is not None:
+                    answers[source] = dict(reply.status)
+        return [answers.get(p, {"id": p, "role": "unreachable"}) for p in asked]
+
+    def _sync_members(self) -> None:
+        """One background membership sync (the sync thread's): a status round, unless the
+        client is busy (an operation in progress follows the membership by itself) or
+        closed."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            idle = time.monotonic() - self._used_at >= (self._sync_interval or 0.0)
+            if idle and not self._closed:
+                self._begin()
+                self._status_round()
+        except Exception:  # a sync is best effort: the next operation reports what is wrong
+            pass
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
+        self._stop_sync.set()
         with self._lock:
             self._closed = True
             for sock in self._sockets.values():
@@ -330,6 +420,7 @@ class KVClient:
             refusals = 0
             misses = 0  # attempts in a row that got nowhere (no answer, or no leader)
             backoff = _OVERLOAD_BACKOFF[0]
+            attempts = _Attempts()
             while time.monotonic() < deadline:
                 if misses >= len(self._known.peers):
                     # Every peer known tried in vain: maybe the membership changed. Ask them
@@ -344,6 +435,7 @@ class KVClient:
                         request_id, min(deadline, time.monotonic() + self.attempt_timeout)
                     )
                 if reply is None or reply.status == ClientStatus.UNKNOWN:
+                    attempts.note(peer, _SILENT if reply is None else _UNDECIDED)
                     self._leader = None  # silent, down, or lost leadership: ask someone else
                     peer = self._known.next_after(peer)
                     misses += 1
@@ -353,6 +445,7 @@ class KVClient:
                     return decode_result(reply.result)
                 elif reply.status == ClientStatus.NOT_LEADER:
                     hint = reply.leader_hint
+                    attempts.note(peer, f"{_REDIRECTED} (says {hint})" if hint else _NO_LEADER)
                     if hint and hint != peer and self._known.learn(hint):
                         peer = hint  # a redirect, maybe to a peer added since we started
                         continue
@@ -362,6 +455,7 @@ class KVClient:
                     if refusals % len(self._known.peers) == 0:
                         time.sleep(_NO_LEADER_PAUSE)  # nobody leads yet: an election is on
                 elif reply.status == ClientStatus.OVERLOADED:
+                    attempts.note(peer, _BUSY)
                     # Nothing was done: wait (jittered, doubling) and ask the same leader again,
                     # with the same sequence number.
                     pause = min(backoff, max(0.0, deadline - time.monotonic()))
@@ -369,10 +463,7 @@ class KVClient:
                     backoff = min(backoff * 2, _OVERLOAD_BACKOFF[1])
                 else:
                     raise CommandError(reply.message or "refused by the service")
-            raise ClientTimeout(
-                f"no definite answer within {self.timeout}s; the operation may or may not have "
-                "taken effect"
-            )
+            raise attempts.timeout(self.timeout)
 
     def _ask_members(self) -> None:
         """Send a StatusRequest to every peer known, without waiting for any connection;
@@ -393,6 +484,7 @@ class KVClient:
         """Start an operation (lock held): refuse if closed; close the sockets of the peers
         dropped since the last one (unless learnt again meanwhile)."""
         self._check_open()
+        self._used_at = time.monotonic()
         known = self._known.peers
         for peer in self._retiring:
             sock = self._sockets.pop(peer, None) if peer not in known else None
@@ -522,9 +614,11 @@ class AdminClient(KVClient):
 
     def members(self) -> dict[str, Any]:
         """The configuration as the leader reports it (from any peer, if none leads)."""
-        statuses = [s for s in self.status() if "conf" in s]
+        asked = self.status()
+        statuses = [s for s in asked if "conf" in s]
         if not statuses:
-            raise ClientTimeout(f"no peer answered within {self.attempt_timeout}s")
+            tried = ", ".join(s["id"] for s in asked)
+            raise ClientTimeout(f"no peer answered within {self.attempt_timeout}s (tried {tried})")
         leaders = [s for s in statuses if s.get("role") == "leader"]
         source = max(leaders or statuses, key=lambda s: s.get("term", 0))
         return {
@@ -616,13 +710,16 @@ class AdminClient(KVClient):
 
     def _await_leader(self, deadline: float) -> str:
         """The peer that leads in the highest term the statuses report."""
+        statuses: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            leaders = [s for s in self.status() if s.get("role") == "leader"]
+            statuses = self.status()
+            leaders = [s for s in statuses if s.get("role") == "leader"]
             if leaders:
                 leader: str = max(leaders, key=lambda s: s.get("term", 0))["id"]
                 return leader
             time.sleep(_NO_LEADER_PAUSE)
-        raise ClientTimeout(f"no leader known within {self.timeout}s")
+        seen = ", ".join(f"{s['id']}: {s.get('role')}" for s in statuses) or "none"
+        raise ClientTimeout(f"no leader known within {self.timeout}s (peers: {seen})")
 
 
 def _checked(peer: str) -> str:

@@ -23,7 +23,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 from tests.integration.test_transfer import Writer
-from transport.client import AdminClient, CommandError, KVClient
+from transport.client import AdminClient, ClientTimeout, CommandError, KVClient
 from transport.security import generate_keys
 
 pytestmark = pytest.mark.integration
@@ -314,3 +314,37 @@ def test_a_long_lived_client_follows_a_complete_change_of_membership(
     client.put("after", "2")
     assert (client.get("before"), client.get("after")) == ("1", "2")
     assert set(new) <= set(client.peers)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["synced", "unsynced"])
+def test_an_idle_client_finds_the_cluster_after_a_complete_change_of_membership(
+    service: MakeService, sync: bool
+) -> None:
+    """Idle while every peer it knew was replaced: its background sync kept up (etcd's
+    AutoSyncInterval). Without the sync it cannot find the cluster, and says whom it tried."""
+    cluster = service(3)
+    first = list(cluster.ids)
+    cluster.client().put("before", "1")
+    interval = 0.2 if sync else None
+    idle = KVClient(
+        first, timeout=3.0, attempt_timeout=0.5, keys=cluster.keys, sync_interval=interval
+    )
+    cluster.clients.append(idle)  # closed by the fixture, even on failure
+    new = [_join(cluster, first) for _ in range(3)]
+    with _admin(first, cluster.keys) as admin:
+        for peer in new:
+            admin.add_peer(peer)
+        for n, peer in enumerate(first):
+            admin.remove_peer(peer)
+            # One step at a time, so that the idle client's syncs see each configuration.
+            voters = {*new, *first[n + 1 :]}
+            _agreed(sorted(voters), voters, keys=cluster.keys)
+    for peer in first:
+        cluster.peers[peer].kill()  # every peer the idle client was given is gone
+    if sync:
+        wait_until(lambda: set(idle.peers) == set(new), "the idle client to sync", WAIT)
+        assert idle.get("before") == "1"
+    else:
+        with pytest.raises(ClientTimeout) as excinfo:
+            idle.get("before")
+        assert all(f"{peer}: no answer" in str(excinfo.value) for peer in first)

@@ -12,6 +12,7 @@ import zmq
 from transport.client import ClientTimeout, KVClient
 from transport.codec import decode, encode
 from transport.kv_protocol import encode_result
+from transport.peers import free_ports
 from transport.rpc import ClientRequest, ClientResponse, ClientStatus
 
 pytestmark = pytest.mark.integration
@@ -81,6 +82,29 @@ def test_overloaded_for_ever_ends_in_a_timeout_not_a_definite_failure(
 ) -> None:
     server = ScriptedServer([ClientStatus.OVERLOADED])
     scripted.append(server)
-    with KVClient([server.peer], timeout=0.5) as client, pytest.raises(ClientTimeout):
+    with KVClient([server.peer], timeout=0.5) as client, pytest.raises(ClientTimeout) as excinfo:
         client.put("k", "v")
     assert 2 <= len(server.requests) < 100  # backed off, not a hot loop
+    assert f"{server.peer}: overloaded" in str(excinfo.value)
+
+
+def test_when_nothing_answers_the_timeout_names_every_peer_tried() -> None:
+    silent = [f"127.0.0.1:{port}" for port in free_ports(2)]  # nothing listens there
+    client = KVClient(silent, timeout=0.6, attempt_timeout=0.1)
+    with client, pytest.raises(ClientTimeout) as excinfo:
+        client.put("k", "v")
+    message = str(excinfo.value)
+    assert all(f"{peer}: no answer" in message for peer in silent), message
+    assert "none of them answered" in message and "may or may not have taken effect" in message
+
+
+def test_a_closed_client_stops_its_sync_thread() -> None:
+    [peer] = [f"127.0.0.1:{port}" for port in free_ports(1)]
+    client = KVClient([peer], sync_interval=0.05)
+    [sync] = [t for t in threading.enumerate() if t.name == f"{client.client_id}-sync"]
+    assert sync.daemon
+    client.close()
+    sync.join(5.0)
+    assert not sync.is_alive()
+    with pytest.raises(ValueError, match="sync_interval"):
+        KVClient([peer], sync_interval=0)
