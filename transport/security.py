@@ -6,11 +6,13 @@ A key directory, as `launcher.py keygen DIR` makes it (pyzmq's `zmq.auth` key fi
     DIR/peers/<host>_<port>.key_secret   that peer's secret key: only on that peer's machine
     DIR/clients/<name>.key[_secret]      client keys: client operations (put, get, ..., status)
     DIR/admins/<name>.key[_secret]       admin keys: client operations and admin operations
+    DIR/http/token                       the bearer token of the peers' HTTP endpoints
 
 Every directory is 0700 and every file 0600 (readable by its owner only). To deploy, copy
 `peers/*.key` (public keys) to every machine, each peer's own `.key_secret` to its machine only,
 `clients/` and `admins/` public keys to every peer, and a client's or admin's secret to whoever
-uses it.
+uses it. The HTTP token goes to every peer and to whoever reads /status and /metrics (a
+Prometheus server: `authorization: {credentials_file: DIR/http/token}`).
 
 Who is who (the ZAP handler, `PeerSecurity.user_id`): a CURVE connection is accepted only with a
 public key from this directory, and it is labelled with that key's holder: `peer:H:P`,
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import Sequence
@@ -52,11 +55,13 @@ __all__ = [
     "PeerSecurity",
     "generate_keys",
     "key_name",
+    "read_http_token",
 ]
 
 PEERS: Final = "peers"
 CLIENTS: Final = "clients"
 ADMINS: Final = "admins"
+HTTP_TOKEN: Final = "http/token"
 ZAP_DOMAIN: Final = "pykka-raft"
 
 PEER_ROLE: Final = "peer"
@@ -129,7 +134,33 @@ def generate_keys(
         for written in (public, secret):
             os.chmod(written, stat.S_IRUSR | stat.S_IWUSR)
         done["created"].append(relative)
+    token = root / HTTP_TOKEN
+    _private_dir(token.parent)
+    if token.exists():
+        done["kept"].append(HTTP_TOKEN)
+    else:
+        # Created with owner-only permissions from the start: never readable by others.
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        done["created"].append(HTTP_TOKEN)
     return done
+
+
+def read_http_token(directory: Path | str) -> str:
+    """The HTTP bearer token of a key directory (`generate_keys` makes it); KeyDirectoryError
+    if it is missing, empty or unreadable."""
+    path = Path(directory) / HTTP_TOKEN
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise KeyDirectoryError(
+            f"cannot read the HTTP token {path}: {exc.strerror or exc} "
+            f"(`launcher.py keygen {directory}` adds what a key directory lacks)"
+        ) from exc
+    if len(token) < 16 or not token.isascii() or not token.isprintable():
+        raise KeyDirectoryError(f"{path} does not hold a token (at least 16 printable characters)")
+    return token
 
 
 def _plain_name(name: str) -> str:

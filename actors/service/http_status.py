@@ -14,12 +14,25 @@
 - `/`: a page that shows the cluster as this peer sees it, refreshed in place every second
   from /status (a leader also knows each follower's match index, lag and last contact).
 
+Authentication: with a `token` (a peer run with --keys: the key directory's `http/token`,
+transport/security.py) every route but /health answers 401 unless the request carries the
+token, as `Authorization: Bearer TOKEN` (Prometheus' `authorization: credentials_file`, curl
+`-H`) or as the password of HTTP Basic authentication, any user name (what a browser asks for,
+and then sends with the status page's own requests). /health stays open for probes: it tells
+only whether the peer serves. Without a token (no --keys) everything is open, like the
+cluster's port: keep such a cluster on a trusted network. The token travels in clear text: put
+TLS in front (a reverse proxy) where the network between the operator and the peer is not
+trusted.
+
 Threads: the server runs on daemon threads of its own, one per request (ThreadingHTTPServer).
 A request asks the Node for its status (blocking that HTTP thread briefly, never an actor).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import logging
 import threading
@@ -202,9 +215,14 @@ class StatusHTTPServer:
     """See the module docstring. Raises OSError if `address` cannot be bound."""
 
     def __init__(
-        self, node: RaftNode, address: tuple[str, int], data_dir: Path | None = None
+        self,
+        node: RaftNode,
+        address: tuple[str, int],
+        data_dir: Path | None = None,
+        token: str | None = None,
     ) -> None:
         self.node = node
+        self.token = token
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RaftCollector(node, data_dir))
         handler = type("Handler", (_Handler,), {"app": self})
@@ -230,9 +248,12 @@ class StatusHTTPServer:
 
     # -- the routes ---------------------------------------------------------------------------
 
-    def route(self, path: str) -> tuple[int, str, bytes]:
-        """(HTTP status, content type, body) for a GET of `path`."""
+    def route(self, path: str, authorization: str | None = None) -> tuple[int, str, bytes]:
+        """(HTTP status, content type, body) for a GET of `path` with that Authorization
+        header."""
         path = path.split("?", 1)[0]
+        if path != "/health" and not self.authorized(authorization):
+            return HTTPStatus.UNAUTHORIZED, JSON, _json({"error": "authentication required"})
         if path == "/metrics":
             return HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path in ("/health", "/status"):
@@ -258,6 +279,22 @@ class StatusHTTPServer:
             return HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode()
         return HTTPStatus.NOT_FOUND, JSON, _json({"error": f"no such page: {path[:100]}"})
 
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether an Authorization header carries the token (always, without a token)."""
+        if self.token is None:
+            return True
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        offered = credentials.strip()
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(offered, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            offered = decoded.partition(":")[2]  # user:password; the user name is not checked
+        elif scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(offered.encode(), self.token.encode())
+
     def _status(self) -> NodeStatus | None:
         try:
             return self.node.status(timeout=STATUS_TIMEOUT)
@@ -279,7 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         try:
-            code, content_type, body = self.app.route(self.path)
+            code, content_type, body = self.app.route(self.path, self.headers.get("Authorization"))
         except Exception:
             log.exception("http: %s failed", self.path[:100])
             code, content_type, body = (
@@ -288,6 +325,9 @@ class _Handler(BaseHTTPRequestHandler):
                 b'{"error":"internal"}',
             )
         self.send_response(code)
+        if code == HTTPStatus.UNAUTHORIZED:
+            for scheme in ("Bearer", "Basic"):  # a browser offers its password dialog for Basic
+                self.send_header("WWW-Authenticate", f'{scheme} realm="pykka-raft"')
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

@@ -33,7 +33,7 @@ from storage.meta_storage import FileMetaStorage
 from storage.snapshot_storage import SnapshotStorage
 from transport.errors import BindError
 from transport.peers import parse_peer
-from transport.security import KeyDirectoryError, PeerSecurity
+from transport.security import KeyDirectoryError, PeerSecurity, read_http_token
 from transport.zmq_transport import ZmqTransport, peer_address
 
 READY_MARK = " serving (pid "
@@ -117,10 +117,12 @@ class PeerConfig:
         return NodeOptions(self.peer_id, conf, raft, cluster_token=self.cluster_token)
 
 
-def _serve_http(node: RaftNode, address: str, peer_dir: Path) -> StatusHTTPServer:
+def _serve_http(
+    node: RaftNode, address: str, peer_dir: Path, token: str | None
+) -> StatusHTTPServer:
     host, port = parse_peer(address)
     try:
-        return StatusHTTPServer(node, (host, port), peer_dir)
+        return StatusHTTPServer(node, (host, port), peer_dir, token)
     except OSError as error:
         raise PeerStartError(f"cannot serve HTTP on {address}: {error}") from error
 
@@ -144,10 +146,12 @@ def run_peer(
     except (StorageError, OSError) as error:
         raise PeerStartError(f"cannot use data directory {peer_dir}: {error}") from error
     try:
-        security = None
+        security, http_token = None, None
         if config.keys is not None:
             security = PeerSecurity(config.keys, config.peer_id)  # checks our own key
             security.check_peers(list(config.contacts))
+            if config.http is not None:
+                http_token = read_http_token(config.keys)  # /status and /metrics need it
     except KeyDirectoryError as error:
         raise PeerStartError(f"cannot use keys: {error}") from error
     transport = ZmqTransport(
@@ -182,7 +186,7 @@ def run_peer(
     try:
         KVServer(node, transport)
         if config.http is not None:
-            http = _serve_http(node, config.http, peer_dir)
+            http = _serve_http(node, config.http, peer_dir, http_token)
         print(f"peer {config.peer_id}{READY_MARK}{os.getpid()}, data in {peer_dir})", flush=True)
         while not stop.wait(ORPHAN_CHECK_INTERVAL):
             if orphaned():

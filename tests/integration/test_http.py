@@ -14,18 +14,23 @@ import launcher
 from actors.service.local_peer import LocalPeer
 from actors.service.peer import PeerConfig
 from transport.client import KVClient
+from transport.security import generate_keys
 
 from .conftest import ELECTION_TIMEOUT_MS, WAIT, free_ports, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def get(url: str) -> tuple[int, str, bytes]:
+def get(url: str, authorization: str | None = None) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url)
+    if authorization is not None:
+        request.add_header("Authorization", authorization)
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.headers["Content-Type"], response.read()
     except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read()
+        with error:
+            return error.code, error.headers["Content-Type"], error.read()
 
 
 @pytest.fixture
@@ -107,3 +112,27 @@ def test_the_cluster_form_gives_peer_i_port_n_plus_i() -> None:
         "10.0.0.2:9101",
         "10.0.0.3:9102",
     ]
+
+
+def test_with_keys_status_and_metrics_need_the_token_and_health_stays_open(
+    tmp_path: Path,
+) -> None:
+    port, http_port = free_ports(2)
+    peer_id, http = f"127.0.0.1:{port}", f"127.0.0.1:{http_port}"
+    keys = tmp_path / "keys"
+    generate_keys(keys, [peer_id])
+    token = (keys / "http" / "token").read_text().strip()
+    assert (keys / "http" / "token").stat().st_mode & 0o077 == 0  # the owner's only
+    config = PeerConfig(peer_id, (peer_id,), tmp_path, ELECTION_TIMEOUT_MS, http=http, keys=keys)
+    peer = LocalPeer(config, log_path=tmp_path / "peer.log")
+    try:
+        peer.start_and_wait()
+        wait_until(lambda: get(f"http://{http}/health")[0] == 200, "the peer healthy", WAIT)
+        for path in ("/status", "/metrics", "/"):
+            assert get(f"http://{http}{path}")[0] == 401, path
+            assert get(f"http://{http}{path}", "Bearer wrong-token-0123456789")[0] == 401
+        code, _, body = get(f"http://{http}/status", f"Bearer {token}")
+        assert code == 200 and json.loads(body)["id"] == peer_id
+        assert get(f"http://{http}/metrics", f"Bearer {token}")[0] == 200
+    finally:
+        peer.kill()

@@ -50,6 +50,7 @@ def test_keygen_makes_a_key_directory_for_the_peers(tmp_path: Path) -> None:
         "clients/app",
         "clients/web",
         "admins/admin",
+        "http/token",
     ]
     secrets = sorted(keys.rglob("*.key_secret"))
     assert len(secrets) == 5

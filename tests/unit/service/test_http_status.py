@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +64,11 @@ class StubNode:
 def make_server(tmp_path: Path) -> Any:
     servers: list[StatusHTTPServer] = []
 
-    def make(answer: NodeStatus | Exception) -> StatusHTTPServer:
+    def make(answer: NodeStatus | Exception, token: str | None = None) -> StatusHTTPServer:
         (tmp_path / "log").mkdir(exist_ok=True)
         (tmp_path / "log" / "seg").write_bytes(b"x" * 1000)
-        server = StatusHTTPServer(StubNode(answer), ("127.0.0.1", 0), tmp_path)  # type: ignore[arg-type]
+        node: Any = StubNode(answer)
+        server = StatusHTTPServer(node, ("127.0.0.1", 0), tmp_path, token)
         servers.append(server)
         return server
 
@@ -183,3 +187,49 @@ def test_routes(make_server: Any) -> None:
     assert b'fetch("/status"' in page and b"<title>pykka-raft peer</title>" in page
     assert server.route("/nope")[0] == 404
     assert make_server(TimeoutError("busy")).route("/status")[0] == 503
+
+
+TOKEN = "s3cret-token-of-the-cluster"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "allowed"),
+    [
+        (None, False),
+        ("", False),
+        (f"Bearer {TOKEN}", True),
+        (f"bearer  {TOKEN} ", True),
+        (f"Bearer {TOKEN}x", False),
+        ("Bearer ", False),
+        ("Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode(), True),
+        ("Basic " + base64.b64encode(f":{TOKEN}".encode()).decode(), True),
+        ("Basic " + base64.b64encode(f"{TOKEN}:".encode()).decode(), False),  # a user, no password
+        ("Basic not-base64!", False),
+        (f"Token {TOKEN}", False),
+    ],
+)
+def test_with_a_token_only_health_is_open(
+    make_server: Any, authorization: str | None, allowed: bool
+) -> None:
+    server = make_server(status(), TOKEN)
+    for path in ("/status", "/metrics", "/", "/nope"):
+        code, _, body = server.route(path, authorization)
+        if allowed:
+            assert code != 401, path
+        else:
+            assert (code, json.loads(body)) == (401, {"error": "authentication required"}), path
+    assert server.route("/health", authorization)[0] == 200
+
+
+def test_a_refused_request_is_told_how_to_authenticate(make_server: Any) -> None:
+    host, port = make_server(status(), TOKEN).address
+    request = urllib.request.Request(f"http://{host}:{port}/status")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    refused.value.close()  # its socket
+    assert refused.value.code == 401
+    challenges = refused.value.headers.get_all("WWW-Authenticate")
+    assert challenges == ['Bearer realm="pykka-raft"', 'Basic realm="pykka-raft"']
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200 and json.loads(answer.read())["id"] == "a:1"

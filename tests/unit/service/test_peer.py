@@ -3,14 +3,17 @@ election priority), without starting anything."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+import launcher
 from actors.configuration import Configuration
 from actors.errors import OptionsError
 from actors.service.local_peer import peer_command
-from actors.service.peer import PeerConfig
+from actors.service.peer import PeerConfig, PeerStartError, run_peer
+from transport.security import generate_keys
 
 A, B, C, D = "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003", "127.0.0.1:7004"
 
@@ -68,3 +71,24 @@ def test_the_peer_command_carries_join_and_priority_only_when_set() -> None:
     assert command[command.index("--priority") + 1] == "0"
     assert command[command.index("--self") + 1] == D
     assert command[command.index("--peers") + 1] == f"{A},{B}"
+
+
+def test_the_cluster_token_reaches_the_options_and_the_command_line() -> None:
+    assert "--cluster-token" not in peer_command(config(A, (A, B)))
+    founding = config(A, (A, B), cluster_token="blue")
+    assert founding.node_options().cluster_token == "blue"
+    command = peer_command(founding)
+    assert command[command.index("--cluster-token") + 1] == "blue"
+    args = launcher.parse_args(["run", "--self", A, "--peers", f"{A},{B}", "--cluster-token", "x"])
+    assert launcher._peer_config(args, A, [A, B]).cluster_token == "x"
+
+
+def test_keys_and_http_without_a_token_in_the_directory_is_a_clear_start_error(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys"
+    generate_keys(keys, [A, B])
+    (keys / "http" / "token").unlink()  # a directory made before HTTP had a token
+    peer = PeerConfig(A, (A, B), tmp_path / "data", keys=keys, http="127.0.0.1:0")
+    with pytest.raises(PeerStartError, match=r"http/token.*keygen"):
+        run_peer(peer, threading.Event())

@@ -23,6 +23,7 @@ from transport.security import (
     KeyDirectoryError,
     PeerSecurity,
     generate_keys,
+    read_http_token,
 )
 
 A, B = "127.0.0.1:7001", "127.0.0.1:7002"
@@ -45,6 +46,7 @@ def test_keygen_makes_every_key_readable_by_its_owner_only(keys: Path) -> None:
         "admins/admin.key_secret",
         "clients/client.key",
         "clients/client.key_secret",
+        "http/token",
         "peers/127.0.0.1_7001.key",
         "peers/127.0.0.1_7001.key_secret",
         "peers/127.0.0.1_7002.key",
@@ -52,16 +54,30 @@ def test_keygen_makes_every_key_readable_by_its_owner_only(keys: Path) -> None:
     ]
     assert {mode(keys / f) for f in files} == {0o600}
     assert {mode(d) for d in [keys, keys / PEERS, keys / CLIENTS, keys / ADMINS]} == {0o700}
+    assert mode(keys / "http") == 0o700
 
 
 def test_keygen_keeps_existing_keys_and_adds_missing_ones(keys: Path) -> None:
     before = (keys / PEERS / "127.0.0.1_7001.key_secret").read_bytes()
+    token = read_http_token(keys)
     done = generate_keys(keys, [A, "127.0.0.1:7003"], clients=["app"], admins=[])
     assert done == {
         "created": ["peers/127.0.0.1_7003", "clients/app"],
-        "kept": ["peers/127.0.0.1_7001"],
+        "kept": ["peers/127.0.0.1_7001", "http/token"],
     }
     assert (keys / PEERS / "127.0.0.1_7001.key_secret").read_bytes() == before
+    assert read_http_token(keys) == token and len(token) >= 32
+
+
+@pytest.mark.parametrize("content", [None, "", "short", "tab\tinside-a-long-token"])
+def test_a_missing_or_bad_http_token_is_a_clear_error(keys: Path, content: str | None) -> None:
+    path = keys / "http" / "token"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    with pytest.raises(KeyDirectoryError, match="http/token"):
+        read_http_token(keys)
 
 
 @pytest.mark.parametrize("name", ["", "../x", ".hidden", "a b"])
