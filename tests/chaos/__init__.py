@@ -3,7 +3,8 @@
     python -m tests.chaos [--peers 3 | --peers H:P,H:P,...] [--duration 60] [--clients 4]
                           [--keys 5] [--seed S] [--data-dir DIR] [--election-timeout-ms 300]
                           [--client-timeout 1.0] [--check-timeout 300] [--log-level WARNING]
-                          [--no-partitions] [--no-wipes] [--clock-drift 0.05]
+                          [--no-partitions] [--no-wipes] [--no-membership]
+                          [--clock-drift 0.05]
                           [--lease-reads 0.4]
 
 What one run does:
@@ -22,8 +23,9 @@ What one run does:
 4. meanwhile a fault thread (tests/chaos/faults.py), from its own seeded Random, kill -9s peers
    (restarting them on the same data directory), SIGSTOPs them for longer than an election
    timeout, partitions the network (isolate, halves, bridge, ring, one-way, flapping) and
-   wipes a killed follower's data (tests/chaos/wipe.py), targeting the leader more often than
-   not, never with more than a minority of processes down;
+   wipes a killed follower's data (tests/chaos/wipe.py) and changes the membership (adds,
+   removes and replaces peers, learners: tests/chaos/membership.py), targeting the leader more
+   often than not, never with more than a minority of processes down;
 5. heals (network, SIGCONT, restarts), waits for the peers to converge (one agreed leader,
    commit = applied = last log index, equal on every peer, the same membership), reads every
    key through a client (recorded in the history too), converges again;

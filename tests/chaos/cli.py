@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wipes", dest="wipes", action="store_false", help="never wipe a peer's data"
     )
     parser.add_argument(
+        "--no-membership",
+        dest="membership",
+        action="store_false",
+        help="never change the membership (add, remove, replace peers; learners)",
+    )
+    parser.add_argument(
         "--clock-drift",
         type=float,
         default=0.05,
@@ -107,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> ChaosConfig:
         snapshot_log_margin=args.snapshot_log_margin,
         partitions=args.partitions,
         wipes=args.wipes,
+        membership=args.membership,
         clock_drift=args.clock_drift,
         lease_reads=args.lease_reads,
     )

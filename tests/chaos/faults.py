@@ -1,5 +1,6 @@
-"""The fault thread of a chaos run: kill -9, SIGSTOP, network partitions and data-directory
-wipes, the leader more often than not, never more than a minority of processes down at once."""
+"""The fault thread of a chaos run: kill -9, SIGSTOP, network partitions, data-directory
+wipes and membership changes (tests/chaos/membership.py), the leader more often than not,
+never more than a minority of processes down at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,15 @@ from actors.service.local_peer import START_TIMEOUT, LocalPeer, PeerExitedError
 from tests.chaos import network as shapes
 from tests.chaos.config import ChaosConfig
 from tests.chaos.constants import TICK
+from tests.chaos.membership import GROW, SHRINK, Change, leader_members, plan
 from tests.chaos.network import Link, Network
 from tests.chaos.timeline import LeaderChange, Window
 from tests.chaos.wipe import Wipe
 from transport.client import KVClient
+from transport.peers import free_ports
+
+# Starts a brand-new joining peer: (its id, its network slot, the peers to contact).
+Spawn = Callable[[str, int, Sequence[str]], LocalPeer]
 
 PARTITION_SHAPES = ("isolate", "halves", "bridge", "ring", "one-way", "flap")
 
@@ -46,6 +52,12 @@ class FaultInjector(threading.Thread):
     so one more fault could let it help elect a leader that lacks committed entries. Fault
     kinds come from shuffled decks (kill, pause and, where enabled, partitions and a wipe), so
     a run with a deck's worth of faults has every kind.
+
+    Membership (`spawn` given): `ids` are the members (voters and learners), as the leader last
+    reported them once no change ran; `peers` holds every process of the run not retired (the
+    members, and a new peer while it is being added). A peer a change took out of the
+    configuration is stopped and dropped from both. `slots` says which network namespace each
+    peer of `peers` lives in.
     """
 
     def __init__(
@@ -56,10 +68,17 @@ class FaultInjector(threading.Thread):
         say: Callable[[str], None],
         started: float,
         network: Network | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
         super().__init__(name="chaos-faults", daemon=True)
         self.peers = peers
         self.ids = list(peers)
+        self.founders = len(self.ids)  # N: the run keeps N or N + 1 voters
+        self.slots = {peer: slot for slot, peer in enumerate(self.ids)}
+        self.spawn = spawn
+        self.change: Change | None = None
+        self._change_window: Window | None = None
+        self.retired: list[str] = []
         self.config = config
         self.stop_event = stop
         self.say = say
@@ -94,6 +113,7 @@ class FaultInjector(threading.Thread):
                     self._observe(monitor)
                     self._tend()
                     self._tend_partition()
+                    self._tend_membership()
                     room = self.wipe is None and len(self.down) < self.config.max_down
                     if room and time.monotonic() >= self._next_fault:
                         self._inject()
@@ -262,6 +282,9 @@ class FaultInjector(threading.Thread):
         described = self._describe(links)
         window = Window(f"partition-{shape}", described, now)
         self.windows.append(window)
+        # The shapes cut links between members; the network cuts between their slots.
+        slot = [self.slots[peer] for peer in self.ids]
+        links = frozenset((slot[a], slot[b]) for a, b in links)
         self.network.apply(links)
         self.partition = Partition(window, links, now + hold, flap, now + (flap or 0.0))
         self.faults[f"partition-{shape}"] += 1
@@ -290,6 +313,8 @@ class FaultInjector(threading.Thread):
             kinds += ["partition", "partition"]
         if self.config.wipes:
             kinds.append("wipe")
+        if self.spawn is not None:
+            kinds += ["membership", "membership"]
         self.rng.shuffle(kinds)
         return kinds
 
@@ -304,13 +329,14 @@ class FaultInjector(threading.Thread):
                 self._next_fault = now + self.rng.uniform(*self.config.fault_gap)
                 return
             kind = "kill"
+        if kind == "membership":
+            if self.change is None and self._start_change(now):
+                self._next_fault = now + self.rng.uniform(*self.config.fault_gap)
+                return
+            kind = "kill"
         if kind == "wipe":
-            followers = [
-                p
-                for p in self.ids
-                if p not in self.down and self.statuses.get(p, {}).get("role") == "follower"
-            ]
-            if not self.down and self.partition is None and followers:
+            followers = self._followers_up()
+            if not self.down and self.partition is None and self.change is None and followers:
                 self._start_wipe(self.rng.choice(followers), now)
                 return
             kind = "kill"
@@ -327,6 +353,109 @@ class FaultInjector(threading.Thread):
             self.say(f"{self._t()} SIGSTOP {target} ({role}) for {downtime:.2f}s")
         self.faults[f"{kind}-{role}"] += 1
         self._down(target, f"{kind}-{role}", now, now + downtime)
+
+    def _followers_up(self) -> list[str]:
+        return [
+            p
+            for p in self.ids
+            if p not in self.down and self.statuses.get(p, {}).get("role") == "follower"
+        ]
+
+    # -- membership (tests/chaos/membership.py) ---------------------------------------------
+
+    def _start_change(self, now: float) -> bool:
+        """Start a membership change that fits the configuration now; False if none does
+        (the leader unknown, a joint configuration, no follower up to remove)."""
+        seen = leader_members(list(self.statuses.values()))
+        if seen is None or not seen[1] or seen[0] != set(self.ids) or self.leader is None:
+            return False
+        voters = set(self.statuses.get(self.leader, {}).get("conf", ()))
+        learners = sorted(set(self.ids) - voters)
+        followers = [p for p in self._followers_up() if p in voters]
+        new_peer = victim = None
+        if learners:
+            kind = "promote-learner"
+        elif len(voters) <= self.founders:
+            kind = self.rng.choice(GROW)
+        else:
+            kind = self.rng.choice(SHRINK)
+        if kind in ("replace", "remove-follower"):
+            if not followers:
+                return False
+            victim = self.rng.choice(followers)
+        elif kind == "remove-leader":
+            victim = self.leader
+        if kind in GROW:
+            new_peer = self._spawn_new_peer()
+        if kind == "replace":
+            assert victim is not None
+            self.peers[victim].kill()  # for good: the new peer takes its place
+            self._down(victim, "kill-replaced", now, float("inf"))
+        steps = plan(kind, learners[0] if learners else new_peer, victim)
+        contacts = [*self.ids, *([new_peer] if new_peer else [])]
+        self.change = Change(kind, steps, contacts, new_peer, victim)
+        self._change_window = Window(f"member-{kind}", self.change.describe(), now)
+        self.windows.append(self._change_window)
+        self.say(f"{self._t()} membership: {kind}: {self.change.describe()}")
+        self.change.start()
+        return True
+
+    def _spawn_new_peer(self) -> str:
+        """Start a brand-new peer (--join) in a free slot, on a new port."""
+        assert self.spawn is not None
+        used = set(self.slots.values())
+        slot = next(s for s in range(self.founders + 1) if s not in used)
+        host = self.network.addresses[slot] if self.network is not None else "127.0.0.1"
+        [port] = free_ports(1)
+        peer_id = f"{host}:{port}"
+        peer = self.spawn(peer_id, slot, list(self.ids))
+        peer.start()
+        self.peers[peer_id] = peer  # not in `ids` until a member: no fault targets it
+        self.slots[peer_id] = slot
+        return peer_id
+
+    def _tend_membership(self) -> None:
+        """Once the change running has ended and the leader reports a settled configuration
+        (not joint), take it: the members are `ids`, the peers it dropped are retired, a
+        replaced victim the cluster still counts comes back."""
+        change = self.change
+        if change is None or change.is_alive():
+            return
+        now = time.monotonic()
+        if self._change_window is not None:
+            self._change_window.end = change.ended or now
+            self._change_window = None
+            self.faults[f"member-{change.kind}"] += 1
+            if change.outcome != "ok":
+                self.faults[f"member-{change.kind}-failed"] += 1
+            self.say(f"{self._t()} membership: {change.kind}: {change.outcome}")
+        seen = leader_members(list(self.statuses.values()))
+        if seen is None or not seen[1]:
+            return  # no leader, or a change still under way: wait for it to settle
+        self._take_members(seen[0], now)
+        self.change = None
+        self._next_fault = now + self.rng.uniform(*self.config.fault_gap)
+
+    def _take_members(self, members: set[str], now: float) -> None:
+        self.ids = [p for p in self.peers if p in members]
+        for peer_id in [p for p in self.peers if p not in members]:
+            self._retire(peer_id, now)
+        for peer_id, due in list(self.down.items()):
+            if due == float("inf") and peer_id in members:
+                self.down[peer_id] = now  # a replaced victim still counted: bring it back
+
+    def _retire(self, peer_id: str, now: float) -> None:
+        """Out of the configuration: stop it for good (its data stays on disk)."""
+        peer = self.peers.pop(peer_id)
+        self.slots.pop(peer_id, None)
+        self.down.pop(peer_id, None)
+        self.restarting.pop(peer_id, None)
+        window = self._open.pop(peer_id, None)
+        if window is not None:
+            window.end = now
+        peer.stop()
+        self.retired.append(peer_id)
+        self.say(f"{self._t()} membership: {peer_id} is out; stopped")
 
     def _start_wipe(self, target: str, now: float) -> None:
         peer = self.peers[target]
@@ -347,28 +476,52 @@ class FaultInjector(threading.Thread):
         self.failures.append(message)
 
     def heal(self) -> None:
-        """Heal the network, resume every paused peer and restart every dead one; wait until
-        all serve. (A wipe in progress simply ends: the peer catches up during convergence.)"""
+        """Let a membership change under way end, heal the network, resume every paused peer
+        and restart every dead one; wait until all serve, and take the membership the leader
+        then reports. (A wipe in progress simply ends: the peer catches up during
+        convergence.)"""
+        if self.change is not None:
+            self.change.join()  # each of its steps is bounded (STEP_TIMEOUT)
         now = time.monotonic()
         if self.network is not None:
             self.network.heal()
         if self.partition is not None:
             self.partition.window.end = now
             self.partition = None
-        for peer_id in list(self.down):
-            peer = self.peers[peer_id]
-            if peer.paused:
-                peer.resume()
-            elif not peer.running:
-                peer.start()
-        for peer_id in list(self.down):
-            try:
-                self.peers[peer_id].wait_ready()
-            except (PeerExitedError, TimeoutError) as error:
-                self._failure(f"{peer_id} did not come back at the end: {error}")
+        back = [p for p, due in self.down.items() if due != float("inf")]
+        self._bring_back(back)
+        if self.change is not None:
+            self._settle_membership()
+        self._bring_back([p for p in self.down if p in self.peers and p not in back])
         for window in self._open.values():
             window.end = time.monotonic()
         self._open.clear()
         self.down.clear()
         self.restarting.clear()
         self.wipe = None
+
+    def _bring_back(self, peer_ids: list[str]) -> None:
+        for peer_id in peer_ids:
+            peer = self.peers[peer_id]
+            if peer.paused:
+                peer.resume()
+            elif not peer.running:
+                peer.start()
+        for peer_id in peer_ids:
+            try:
+                self.peers[peer_id].wait_ready()
+            except (PeerExitedError, TimeoutError) as error:
+                self._failure(f"{peer_id} did not come back at the end: {error}")
+
+    def _settle_membership(self) -> None:
+        """After the last change: wait for the leader to report a settled configuration and
+        take it (retiring the peers it dropped); a failure if it never does."""
+        deadline = time.monotonic() + self.config.converge_timeout
+        with KVClient(list(self.peers), timeout=1.0, attempt_timeout=0.25) as monitor:
+            while time.monotonic() < deadline:
+                self.statuses = {s["id"]: s for s in monitor.status()}
+                self._tend_membership()
+                if self.change is None:
+                    return
+                time.sleep(TICK)
+        self._failure(f"the membership never settled after {self.change!r}")

@@ -77,7 +77,9 @@ def _network(
         report.skipped.append(f"partitions: {reason}")
         say(f"chaos: partitions skipped: {reason}")
         return None
-    network = Network(config.peer_count, f"kr{os.getpid() % 100000}", random.Random())
+    # One slot more than the run starts peers: the membership nemesis's N + 1st voter.
+    slots = config.peer_count + (1 if config.changes_membership else 0)
+    network = Network(slots, f"kr{os.getpid() % 100000}", random.Random())
     try:
         network.create()  # removes what it made if it fails
     except OSError as error:
@@ -99,7 +101,7 @@ def _run(
     if config.peers is not None:
         ids = list(config.peers)
     else:
-        hosts = network.addresses if network else ["127.0.0.1"] * config.size
+        hosts = network.addresses[: config.size] if network else ["127.0.0.1"] * config.size
         ids = [f"{host}:{port}" for host, port in zip(hosts, free_ports(config.size), strict=True)]
     # The checker's model starts with every key absent: peers must start from empty storage.
     for peer_id in ids:
@@ -107,6 +109,8 @@ def _run(
         if peer_dir.exists() and any(peer_dir.iterdir()):
             raise ValueError(f"{peer_dir} already holds data: chaos needs fresh peers")
     report.peers = ids
+    if config.membership and not config.changes_membership:
+        report.skipped.append("membership: it needs peers on addresses the run picks (--peers N)")
     report.clock_rates = clock_rates(config, ids)
     if report.clock_rates:
         report.faults["clock-skew"] = sum(r != 1.0 for r in report.clock_rates.values())
@@ -131,9 +135,10 @@ def _run(
         for peer in peers.values():
             peer.wait_ready()
             say(f"peer {peer.id} serving (pid {peer.pid})")
-        _drive(config, ids, peers, network, stop, report, say)
-        say("healing: network healed, paused peers resumed, dead ones restarted")
-        report.convergence = _converge_and_audit(config, ids, peers, report, say)
+        members = _drive(config, ids, peers, data_dir, network, stop, report, say)
+        say(f"healed: network healed, paused peers resumed, dead ones restarted; members {members}")
+        report.peers = members
+        report.convergence = _converge_and_audit(config, members, peers, report, say)
     finally:
         for peer in peers.values():
             peer.stop()
@@ -171,6 +176,7 @@ def reproduce_command(config: ChaosConfig) -> str:
     words += [f"--clock-drift {config.clock_drift:g}", f"--lease-reads {config.lease_reads:g}"]
     words += [] if config.partitions else ["--no-partitions"]
     words += [] if config.wipes else ["--no-wipes"]
+    words += [] if config.membership else ["--no-membership"]
     return " ".join(words)
 
 
@@ -181,10 +187,12 @@ def _local_peer(
     data_dir: Path,
     wrapper: list[str],
     clock_rate: float,
+    join: bool = False,
 ) -> LocalPeer:
     """Peer `peer_id`, logging to DATA_DIR/chaos-logs/<host>_<port>.log, in a session of its own
     (a Ctrl-C at the terminal reaches only the runner, which stops the peers in order), run
-    through `wrapper` (its network namespace) with its clock's rate."""
+    through `wrapper` (its network namespace) with its clock's rate; with `join` a brand-new
+    peer to be added (`ids` are then its contacts)."""
     peer_config = PeerConfig(
         peer_id,
         tuple(ids),
@@ -193,6 +201,7 @@ def _local_peer(
         snapshot_threshold=config.snapshot_threshold,
         snapshot_log_margin=config.snapshot_log_margin,
         clock_rate=clock_rate,
+        join=join,
     )
     return LocalPeer(
         peer_config,
@@ -207,18 +216,29 @@ def _drive(
     config: ChaosConfig,
     ids: list[str],
     peers: dict[str, LocalPeer],
+    data_dir: Path,
     network: Network | None,
     stop: threading.Event,
     report: ChaosReport,
     say: Callable[[str], None],
-) -> None:
+) -> list[str]:
     """Clients and faults for `config.duration` seconds (or until `stop`); leaves every peer
     up and serving and the network healed. Fills the report's history, fault and leadership
-    counts and the timeline's windows."""
+    counts and the timeline's windows. Returns the members at the end (the membership nemesis
+    adds peers to `peers` and takes the ones it removed out)."""
     traffic_stop, fault_stop = threading.Event(), threading.Event()
     started = report.started = time.monotonic()
     workers = [Worker(n, ids, config, traffic_stop) for n in range(config.clients)]
-    injector = FaultInjector(peers, config, fault_stop, say, started, network)
+    drift = random.Random(f"{config.seed}/clock/new")
+
+    def spawn(peer_id: str, slot: int, contacts: Sequence[str]) -> LocalPeer:
+        wrapper = network.wrapper(slot) if network else []
+        d = config.clock_drift
+        rate = round(1.0 + drift.uniform(-d, d), 4) if d else 1.0
+        return _local_peer(peer_id, list(contacts), config, data_dir, wrapper, rate, join=True)
+
+    changes = spawn if config.changes_membership else None
+    injector = FaultInjector(peers, config, fault_stop, say, started, network, changes)
     for thread in (*workers, injector):
         thread.start()
     try:
@@ -248,6 +268,7 @@ def _drive(
     report.peer_failures.extend(injector.failures)
     if injector.terms:
         report.terms_seen = (min(injector.terms), max(injector.terms))
+    return list(injector.ids)
 
 
 def _converge_and_audit(
@@ -318,11 +339,16 @@ def _wait_converged(ids: list[str], timeout: float) -> list[dict[str, Any]]:
             for s in statuses
         ]
         indexes = {index for (_, _, *rest) in summary for index in rest}
-        # Membership agreed: every peer's configuration is the run's peers.
-        members = {tuple(sorted(s.get("conf", []))) for s in statuses}
+        # Membership agreed: every peer holds the same configuration, and its voters and
+        # learners are the run's members.
+        confs = {
+            (tuple(sorted(s.get("conf", []))), tuple(sorted(s.get("learners", []))))
+            for s in statuses
+        }
         agreed = (
             len(leaders) == 1
-            and members == {tuple(sorted(ids))}
+            and len(confs) == 1
+            and sorted(p for conf in confs for group in conf for p in group) == sorted(ids)
             and {(t, leader) for t, leader, *_ in summary}
             == {(statuses[0]["term"], next(iter(leaders)))}
         )

@@ -24,6 +24,7 @@ FAULT_COLOURS = {
     "wipe": "tab:purple",
     "partition": "tab:blue",
     "clock": "tab:green",
+    "member": "tab:brown",  # membership changes (tests/chaos/membership.py)
 }
 
 

@@ -65,6 +65,7 @@ class Worker(threading.Thread):
             timeout=self.config.client_timeout,
             attempt_timeout=0.5,
             read_from=self.read_from,
+            sync_interval=1.0,  # a client idle through a membership change still finds it
         ) as client:
             n = 0
             while not self.stop_event.is_set():
