@@ -11,9 +11,11 @@ cluster id can:
   founding peer derives the same id without talking to the others (as etcd derives its
   cluster id from --initial-cluster and --initial-cluster-token). Two clusters founded with
   the same peers and the same token share an id: give each cluster its own token.
-- Join: a brand-new joining peer has no id until its first leader (one of its contact hints, by
-  name as before) reaches it; it adopts that leader's id, durably before it appends anything
-  (the LogManager persists the id and then the entries, in mailbox order).
+- Join: a brand-new joining peer has no id until its first leader reaches it (any leader that
+  carries an id, while the peer holds nothing at all: only a leader whose configuration lists
+  the peer replicates to it, and the hints it was started with may all be gone); it adopts that
+  leader's id, durably before it appends anything (the LogManager persists the id and then the
+  entries, in mailbox order).
 - Every RequestVote, AppendEntries and InstallSnapshot carries the sender's id. `compare` says
   what the receiver makes of it: the same id lets a peer follow (and vote for) a peer its log
   does not name; another id is refused whatever the name; when either side has no id (a peer

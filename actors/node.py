@@ -240,11 +240,18 @@ class Node(LeadershipChanges, RaftActor):
         never one of another cluster's; and where either side has no id, by name: a voter of
         the configuration in force or of the one before it (a leader that removed itself leads
         until C_new commits, and its followers append C_new first), or one of the --peers
-        hints."""
-        kinship = compare(self.log_view.cluster_id, cluster_id)
+        hints. A joining peer that holds nothing yet (no id, no entry, no snapshot) follows any
+        leader that names its cluster: only a leader whose configuration lists this peer
+        replicates to it, and its hints may name only peers removed since it was started (a
+        joining peer wiped and restarted with its old flags)."""
+        view = self.log_view
+        kinship = compare(view.cluster_id, cluster_id)
         if kinship is not Kinship.UNKNOWN:
             return kinship is Kinship.SAME
-        state = self.log_view.conf_state
+        empty = view.last_index == 0 and view.snapshot_index == 0
+        if self.options.join and empty and cluster_id:
+            return True
+        state = view.conf_state
         return (
             peer in state.conf.all_peers()
             or peer in state.previous.all_peers()

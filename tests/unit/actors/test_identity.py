@@ -7,6 +7,7 @@ import pytest
 
 from actors.identity import Kinship, bootstrap_identity, compare, derive_cluster_id
 from actors.messages import AdoptClusterId, CheckVote, FollowerAppend, GetStatus, PersistTermVote
+from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryMetaStorage
 from storage.meta_storage import MAX_CLUSTER_ID
 from tests.unit.actors.test_node import A, B, C, Fixture
@@ -110,11 +111,21 @@ def test_a_candidate_of_the_cluster_its_log_does_not_name_gets_the_log_check() -
     assert _told(f) == [CheckVote]
 
 
-def test_a_joining_peer_adopts_its_first_leaders_id_before_its_entries() -> None:
+@pytest.mark.parametrize("leader", [B, X], ids=["a contact", "not a contact"])
+def test_a_joining_peer_adopts_its_first_leaders_id_before_its_entries(leader: str) -> None:
+    # Even a leader its hints do not name: they may all be gone (a joining peer wiped and
+    # restarted with the flags it was first started with).
     f = _fixture("", join=True)
-    f.send(_heartbeat(X, OURS))  # not a contact: names decide while it has no id
+    f.send(_heartbeat(X, ""))  # no id, not a contact: names decide, and refuse it
     assert f.node.leader_id is None
-    f.send(_heartbeat(B, OURS))  # a contact
-    assert f.node.leader_id == B
+    f.send(_heartbeat(leader, OURS))
+    assert f.node.leader_id == leader
     assert _told(f) == [AdoptClusterId, FollowerAppend]
     assert AdoptClusterId(OURS) in f.lm.told
+
+
+def test_a_joining_peer_with_entries_but_no_id_goes_by_names() -> None:
+    f = _fixture("", join=True)
+    f.node.log_view.append_unstable([LogEntry(1, 1, EntryType.DATA, b"x")])
+    f.send(_heartbeat(X, OURS))
+    assert f.node.leader_id is None
