@@ -415,14 +415,15 @@ class FaultInjector(threading.Thread):
         return peer_id
 
     def _tend_membership(self) -> None:
-        """Once the change running has ended and the leader reports a settled configuration
-        (not joint), take it: the members are `ids`, the peers it dropped are retired, a
-        replaced victim the cluster still counts comes back."""
+        """Whenever no change runs and the leader reports a settled configuration (not joint)
+        other than `ids`, take it: the members are `ids`, the peers it dropped are retired, a
+        replaced victim the cluster still counts comes back. Not only once a change ends: a
+        step that timed out may still take effect afterwards (its outcome was unknown)."""
         change = self.change
-        if change is None or change.is_alive():
+        if change is not None and change.is_alive():
             return
         now = time.monotonic()
-        if self._change_window is not None:
+        if change is not None and self._change_window is not None:
             self._change_window.end = change.ended or now
             self._change_window = None
             self.faults[f"member-{change.kind}"] += 1
@@ -432,9 +433,16 @@ class FaultInjector(threading.Thread):
         seen = leader_members(list(self.statuses.values()))
         if seen is None or not seen[1]:
             return  # no leader, or a change still under way: wait for it to settle
+        if change is None and seen[0] == set(self.ids):
+            return
+        if not seen[0] <= set(self.peers):
+            return  # a member we do not run: a status from before this run knew it
+        if seen[0] != set(self.ids):
+            self.say(f"{self._t()} membership: the leader reports {sorted(seen[0])}")
         self._take_members(seen[0], now)
-        self.change = None
-        self._next_fault = now + self.rng.uniform(*self.config.fault_gap)
+        if change is not None:
+            self.change = None
+            self._next_fault = now + self.rng.uniform(*self.config.fault_gap)
 
     def _take_members(self, members: set[str], now: float) -> None:
         self.ids = [p for p in self.peers if p in members]
@@ -490,7 +498,7 @@ class FaultInjector(threading.Thread):
             self.partition = None
         back = [p for p, due in self.down.items() if due != float("inf")]
         self._bring_back(back)
-        if self.change is not None:
+        if self.spawn is not None:
             self._settle_membership()
         self._bring_back([p for p in self.down if p in self.peers and p not in back])
         for window in self._open.values():
@@ -514,14 +522,16 @@ class FaultInjector(threading.Thread):
                 self._failure(f"{peer_id} did not come back at the end: {error}")
 
     def _settle_membership(self) -> None:
-        """After the last change: wait for the leader to report a settled configuration and
-        take it (retiring the peers it dropped); a failure if it never does."""
+        """At the end: wait for the leader to report a settled configuration and take it
+        (retiring the peers it dropped); a failure if it never does."""
         deadline = time.monotonic() + self.config.converge_timeout
         with KVClient(list(self.peers), timeout=1.0, attempt_timeout=0.25) as monitor:
             while time.monotonic() < deadline:
                 self.statuses = {s["id"]: s for s in monitor.status()}
                 self._tend_membership()
-                if self.change is None:
+                seen = leader_members(list(self.statuses.values()))
+                settled = seen is not None and seen[1] and seen[0] == set(self.ids)
+                if self.change is None and settled:
                     return
                 time.sleep(TICK)
-        self._failure(f"the membership never settled after {self.change!r}")
+        self._failure(f"the membership never settled (change {self.change!r}, ids {self.ids})")

@@ -102,11 +102,15 @@ def plan(kind: str, peer_in: str | None, peer_out: str | None) -> list[Step]:
 
 def leader_members(statuses: Sequence[dict[str, Any]]) -> tuple[set[str], bool] | None:
     """(every member: voters and learners, whether that is settled: no change under way, not
-    joint) as the leader of the highest term reports it; None when no leader answered."""
+    joint) as the leader reports it; None when no leader answered, or when the leader that
+    did is of a term below one another peer is in (a deposed leader that has not heard yet:
+    its configuration may lack a peer added since)."""
     leaders = [s for s in statuses if s.get("role") == "leader"]
     if not leaders:
         return None
     leader = max(leaders, key=lambda s: int(s.get("term", 0)))
+    if any(int(s.get("term", 0)) > int(leader.get("term", 0)) for s in statuses):
+        return None
     members: set[str] = set()
     for key in ("conf", "old_conf", "learners"):
         listed = leader.get(key)
