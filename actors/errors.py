@@ -19,6 +19,8 @@ effect is part of each error, as in hashicorp/raft's docs, and is also on every 
 
 from __future__ import annotations
 
+import pykka
+
 
 class RaftError(Exception):
     """Base class of every error this package raises."""
@@ -128,6 +130,32 @@ class NodeFailedError(_MaybeAppendedError):
     invariant would have broken) and refuses to serve; `status()` says why."""
 
     outcome_label = "failed"
+
+
+class ReadError(RaftError):
+    """The state machine could not answer a read (`on_read` raised, or it has none): nothing
+    changed, the node serves on. `cause` is what `on_read` raised (None: no on_read)."""
+
+    outcome_label = "read_failed"
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class RaftTimeoutError(RaftError, TimeoutError, pykka.Timeout):
+    """Waiting timed out (a future's `get(timeout)`, `RaftNode.wait_for_leader`, `status`):
+    the one timeout type of the API. Nothing was cancelled: a command may still take
+    effect. It is also a builtin TimeoutError and a pykka.Timeout, so either catch works."""
+
+    outcome_unknown = True
+    outcome_label = "timeout"
+
+
+class DeadlockError(RaftError):
+    """A future of this node was waited on (`get`) from the thread that must complete it (a
+    state machine callback blocking on `apply` or `read`): it could never complete. Nothing
+    was waited for; chain a callback instead, or wait from another thread."""
 
 
 class InvariantViolationError(RaftError):

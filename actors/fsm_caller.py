@@ -13,6 +13,12 @@ actor's thread, one at a time. It reads committed entries from the thread-safe `
 - `LeaderStart` / `LeaderStop` report leadership to the state machine; on LeaderStop every
   pending future fails with LeadershipLostError: outcome unknown, the entry may still commit
   under the next leader and be applied here, but its future has already been failed.
+- `Following` (the Node, through the LogManager so that it keeps its order with LeaderStart
+  and LeaderStop) reports whom this peer follows: on_stop_following / on_start_following.
+  Every start is paired with one stop, before the next start, ERROR or stop (the
+  StateMachine's events); applying a configuration entry calls on_configuration_committed.
+- The events are notifications: one that raises is logged and counted, and nothing else
+  happens. on_apply and on_snapshot_load raising is what makes the state unsafe (below).
 - A state machine that raises (or returns the wrong number of results) puts the caller in ERROR:
   pending futures fail with NodeFailedError (outcome unknown: their entries are in the log and
   may commit on other replicas), `on_error` is called, the Node is told FatalError, and nothing
@@ -21,9 +27,11 @@ actor's thread, one at a time. It reads committed entries from the thread-safe `
 - On stop, every pending future fails with NodeStoppedError, outcome unknown.
 
 Reads (ReadAt, from RaftNode.read): served by `on_read` once the read's index is applied, in
-index order, after the batch that reaches it; at once for index 0 (a serializable read). A
-LeaderStop fails the reads still waiting (they may wait for an entry of the lost term that
-never commits; a read is retryable), as do ERROR and stop.
+index order, after the batch that reaches it; at once for index 0 (a serializable read). An
+on_read that raises fails its own read (ReadError) and nothing else: reads do not change the
+state, so the state is as safe as before. A LeaderStop fails the reads still waiting (they
+may wait for an entry of the lost term that never commits; a read is retryable), as do ERROR
+and stop.
 
 Snapshots (when the node has a snapshot storage and the state machine supports them):
 - At start the newest snapshot is loaded (`on_snapshot_load`) and applying resumes after it.
@@ -55,14 +63,16 @@ from actors.errors import (
     NodeStoppedError,
     NotLeaderError,
     RaftError,
+    ReadError,
 )
-from actors.futures import complete, fail, fail_all
+from actors.futures import complete, fail, fail_all, running_callback
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
     ApplyCommitted,
     Commit,
     EnterError,
+    Following,
     GetApplied,
     LeaderStart,
     LeaderStop,
@@ -74,7 +84,7 @@ from actors.messages import (
     SnapshotLoaded,
     TakeSnapshot,
 )
-from actors.metrics import RaftMetrics
+from actors.metrics import CounterCell, RaftMetrics
 from actors.options import RaftOptions
 from actors.state_machine import Command, StateMachine
 from storage.base import SnapshotStore
@@ -125,6 +135,7 @@ class FSMCaller(RaftActor):
         self.leader_term = 0  # 0 = not leader
         self.leader_first_index = 0
         self.leader_started = False  # on_leader_start was called for leader_term
+        self.following: tuple[str, int] | None = None  # on_start_following was called for it
         self.error: str | None = None  # set once, on entering ERROR; never cleared
         self._apply_queued = False  # an ApplyCommitted is in our own mailbox
         # This actor's own cells (actors/metrics.py): written on this thread only.
@@ -138,6 +149,8 @@ class FSMCaller(RaftActor):
             ("save", "ok"), ("save", "failed"), ("load", "ok"), ("load", "failed")
         )
         self._snapshot_seconds = metrics.snapshot_seconds.cells("save", "load")
+        self._callback_errors = metrics.callback_errors
+        self._callback_error_cells: dict[str, CounterCell] = {}  # by callback, made on demand
         self._save_started = 0.0  # when the save under way began (metrics clock)
 
     @property
@@ -200,11 +213,13 @@ class FSMCaller(RaftActor):
         while reads and reads[0][0] <= self.applied_index and self.error is None:
             _, _, query, reply = heapq.heappop(reads)
             try:
-                result = self.state_machine.on_read(query)
+                with running_callback("on_read"):
+                    result = self.state_machine.on_read(query)
             except Exception as exc:
-                fail(reply, RaftError(f"on_read raised {type(exc).__name__}: {exc}"))
-                self._enter_error(exc, "on_read")
-                return
+                self._count_callback_error("on_read")
+                log.warning("fsm: on_read raised %s: %s", type(exc).__name__, exc)
+                fail(reply, ReadError(f"on_read raised {type(exc).__name__}: {exc}", exc))
+                continue
             complete(reply, result)
 
     def _fail_reads(self, error: RaftError) -> None:
@@ -237,6 +252,7 @@ class FSMCaller(RaftActor):
         if self.leader_term and self.leader_term != msg.term:
             log.warning("fsm: leader start %d without a stop of %d", msg.term, self.leader_term)
             self._leader_stopped()
+        self._stop_following()  # the Node said so already (Following): this keeps the pairs
         self.leader_term = msg.term
         self.leader_first_index = msg.first_index
         self.leader_started = False
@@ -249,6 +265,23 @@ class FSMCaller(RaftActor):
         self._fail_pending(LeadershipLostError(f"leadership of term {msg.term} lost"))
         self._fail_reads(NotLeaderError(None))
         self._leader_stopped()
+
+    @handles(Following)
+    def on_following(self, msg: Following) -> None:
+        if self.error is not None:
+            return
+        followed = (msg.leader_id, msg.term) if msg.leader_id is not None else None
+        if followed == self.following:
+            return
+        self._stop_following()
+        if followed is not None:
+            self.following = followed
+            self._call(self.state_machine.on_start_following, *followed)
+
+    def _stop_following(self) -> None:
+        if self.following is not None:
+            followed, self.following = self.following, None
+            self._call(self.state_machine.on_stop_following, *followed)
 
     @handles(GetApplied)
     def on_get_applied(self, msg: GetApplied) -> int:
@@ -336,7 +369,8 @@ class FSMCaller(RaftActor):
         assert self.snapshots is not None
         started = self._clock()
         try:
-            with self.snapshots.open(meta.last_index) as reader:
+            loading = running_callback("on_snapshot_load")
+            with self.snapshots.open(meta.last_index) as reader, loading:
                 self.state_machine.on_snapshot_load(reader)
             conf = Configuration.decode(meta.conf)
         except Exception as exc:
@@ -351,6 +385,7 @@ class FSMCaller(RaftActor):
         self.applied_index = meta.last_index
         self.log_view.applied_index = meta.last_index
         self._next_auto = meta.last_index + self.raft_options.snapshot_threshold
+        self._call(self.state_machine.on_configuration_committed, conf, meta.last_index)
         return True
 
     def _save_snapshot(self, replies: list[pykka.Future[Any]] | None = None) -> None:
@@ -364,7 +399,8 @@ class FSMCaller(RaftActor):
         writer = None
         try:
             writer = self.snapshots.create_writer(meta)
-            finish = self.state_machine.on_snapshot_save(writer)
+            with running_callback("on_snapshot_save"):
+                finish = self.state_machine.on_snapshot_save(writer)
         except Exception as exc:
             log.exception("fsm: snapshot at %d failed", index)
             self._snapshots["save", "failed"].inc()
@@ -377,15 +413,14 @@ class FSMCaller(RaftActor):
         self.executor.tell(SaveSnapshot(writer, finish))
 
     def shutdown(self) -> None:
-        """Runs on the actor's thread as it stops: the state machine's last call."""
-        try:
-            self.state_machine.on_shutdown()
-        except Exception:
-            log.exception("fsm: on_shutdown raised")
+        """Runs on the actor's thread as it stops: every future fails, the roles end
+        (on_leader_stop, on_stop_following), and on_shutdown is the state machine's last call."""
         self._fail_pending(NodeStoppedError("node stopped", outcome_unknown=True))
         self._fail_reads(NodeStoppedError("node stopped"))
         stopped = NodeStoppedError("node stopped before the snapshot finished")
         fail_all(self._save_replies + self._next_replies, stopped)
+        self._end_roles()
+        self._call(self.state_machine.on_shutdown)
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -416,28 +451,32 @@ class FSMCaller(RaftActor):
             if run and not self._apply_run(run):
                 return False
             run = []
-            if entry.type == EntryType.CONFIGURATION:
-                self._track_conf(entry)
+            if entry.type == EntryType.CONFIGURATION and self._track_conf(entry):
+                self._call(self.state_machine.on_configuration_committed, self.conf, entry.index)
             self._advance(entry.index, [(entry.index, None)])
             if self.error is not None:
                 return False
         return not run or self._apply_run(run)
 
-    def _track_conf(self, entry: LogEntry) -> None:
+    def _track_conf(self, entry: LogEntry) -> bool:
+        """Take the configuration of `entry`; whether it decoded."""
         try:
             self.conf = Configuration.decode(entry.data)
+            return True
         except Exception:
             # Membership is still fixed at bootstrap, so nothing depends on this yet; the
             # membership change will make an undecodable configuration entry fatal.
             log.warning(
                 "fsm: configuration entry %d does not decode; kept %s", entry.index, self.conf
             )
+            return False
 
     def _apply_run(self, run: list[LogEntry]) -> bool:
         commands = [Command(e.index, e.term, e.data) for e in run]
         started = self._clock()
         try:
-            results = list(self.state_machine.on_apply(commands))
+            with running_callback("on_apply"):
+                results = list(self.state_machine.on_apply(commands))
         except Exception as exc:
             self._enter_error(exc, f"on_apply of {run[0].index}..{run[-1].index}")
             return False
@@ -473,18 +512,33 @@ class FSMCaller(RaftActor):
             self._call(self.state_machine.on_leader_start, self.leader_term)
 
     def _leader_stopped(self) -> None:
-        if self.leader_started and self.error is None:
+        if self.leader_started:
             self._call(self.state_machine.on_leader_stop, self.leader_term)
         self.leader_term = 0
         self.leader_first_index = 0
         self.leader_started = False
 
+    def _end_roles(self) -> None:
+        """ERROR or stop: close the open leader and follower pairs of events."""
+        self._leader_stopped()
+        self._stop_following()
+
     def _call(self, callback: Callable[..., object], *args: Any) -> None:
-        """Call a state machine callback; its exception puts us in ERROR."""
+        """Call one of the state machine's events: a notification, which must not touch the
+        replicated state, so its exception is logged and counted and goes no further."""
+        name = getattr(callback, "__name__", "callback")
         try:
-            callback(*args)
-        except Exception as exc:
-            self._enter_error(exc, getattr(callback, "__name__", "callback"))
+            with running_callback(name):
+                callback(*args)
+        except Exception:
+            self._count_callback_error(name)
+            log.exception("fsm: the state machine's %s raised; going on", name)
+
+    def _count_callback_error(self, name: str) -> None:
+        cell = self._callback_error_cells.get(name)
+        if cell is None:
+            cell = self._callback_error_cells[name] = self._callback_errors.cell(name)
+        cell.inc()
 
     def _enter_error(self, exc: BaseException, where: str) -> None:
         """The state machine failed: ERROR here, and the peer with it."""
@@ -506,10 +560,8 @@ class FSMCaller(RaftActor):
         self._fail_reads(NodeFailedError(f"node in ERROR: {reason}"))
         fail_all(self._save_replies + self._next_replies, self._failed_error())
         self._save_replies, self._next_replies = [], []
-        try:
-            self.state_machine.on_error(exc)
-        except Exception:
-            log.exception("fsm: on_error raised too")
+        self._end_roles()
+        self._call(self.state_machine.on_error, exc)
 
     def _failed_error(self) -> NodeFailedError:
         return NodeFailedError(f"node in ERROR: {self.error}", outcome_unknown=True)

@@ -1,5 +1,6 @@
-"""Settling pykka futures: the one way the actors complete or fail a command's future, and a
-future that calls back when settled, for edges that must not block a thread per request.
+"""Settling pykka futures: the one way the actors complete or fail a command's future; and
+RaftFuture, what the embedding API returns: a pykka future that also calls back when settled,
+can be awaited on an asyncio loop without blocking it, and refuses to deadlock.
 
 `complete` and `fail` tolerate a future that is already settled (a caller that timed out and
 settled it itself, or a second path reaching the same future during shutdown): the first
@@ -8,15 +9,19 @@ outcome wins, and settling again is a no-op rather than an exception inside an a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
-from collections.abc import Callable, Iterable
-from typing import Any
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, TypeVar
 
 import pykka
 
-from actors.errors import RaftError
+from actors.errors import DeadlockError, RaftTimeoutError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +44,137 @@ def fail_all(futures: Iterable[pykka.Future[Any]], error: BaseException) -> None
         fail(future, error)
 
 
-class CompletionFuture(pykka.ThreadingFuture[Any]):
-    """Calls `on_done(value, error)` exactly once, on the thread that settles the future
-    (for Raft commands, the FSMCaller's or the Node's): keep it short and non-blocking.
+# Set while a thread runs the user's state machine code for the FSMCaller: waiting there on a
+# future of the node could never end (what completes it runs on that thread, afterwards).
+_callback_thread = threading.local()
 
-    The callback is the application's code running on an actor's thread: an exception from it
-    is logged and goes no further (as asyncio treats a failing callback), since the future
-    itself was settled and the actor that settled it is in a consistent state."""
+
+@contextlib.contextmanager
+def running_callback(name: str) -> Iterator[None]:
+    """Mark this thread as running state machine callback `name` (RaftFuture.get refuses)."""
+    outer = getattr(_callback_thread, "name", None)
+    _callback_thread.name = name
+    try:
+        yield
+    finally:
+        _callback_thread.name = outer
+
+
+class RaftFuture(pykka.ThreadingFuture[T]):
+    """A pykka ThreadingFuture (get, map, join, ... as in any Pykka app) that also:
+
+    - calls back: `add_done_callback(fn)` calls `fn(future)` once it is settled, on the thread
+      that settles it (an actor's: keep `fn` short and non-blocking), or at once on the
+      caller's thread if it is settled already; `done()`, `error()` and `result()` read it
+      without blocking;
+    - awaits: `await future` inside a coroutine suspends only that coroutine, and resumes it
+      on its own loop (the result is handed over with `call_soon_threadsafe`);
+    - refuses to deadlock: `get` from a state machine callback, of a future not yet settled,
+      raises DeadlockError at once instead of hanging until its timeout;
+    - times out with RaftTimeoutError (a TimeoutError, and a pykka.Timeout as before).
+
+    A callback that raises is logged and goes no further (as asyncio treats a failing
+    callback): the future is settled regardless, and so is the actor that settled it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[RaftFuture[T]], None]] = []  # guarded by _condition
+
+    def set(self, value: Any = None) -> None:
+        super().set(value)
+        self._settled()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        super().set_exception(exc_info)
+        self._settled()
+
+    def done(self) -> bool:
+        return self._result is not None
+
+    def error(self) -> BaseException | None:
+        """The exception it failed with; None if it succeeded (or is not settled yet)."""
+        result = self._result
+        if result is None or result.exc_info is None:
+            return None
+        exc_type, exc, _ = result.exc_info
+        return exc if exc is not None else (exc_type() if exc_type is not None else None)
+
+    def result(self) -> T:
+        """The value of a settled future (its exception raised), without waiting: for
+        callbacks. Raises asyncio.InvalidStateError if it is not settled."""
+        if self._result is None:
+            raise asyncio.InvalidStateError("the future is not settled yet")
+        return self.get(timeout=0)
+
+    def add_done_callback(self, fn: Callable[[RaftFuture[T]], None]) -> None:
+        with self._condition:
+            if self._result is None:
+                self._callbacks.append(fn)
+                return
+        self._run(fn)
+
+    def _settled(self) -> None:
+        with self._condition:
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            self._run(fn)
+
+    def _run(self, fn: Callable[[RaftFuture[T]], None]) -> None:
+        try:
+            fn(self)
+        except Exception:
+            log.exception("a completion callback raised; the future was settled regardless")
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._result is None:
+            callback = getattr(_callback_thread, "name", None)
+            if callback is not None:
+                raise DeadlockError(
+                    f"waiting on the node's future inside the state machine's {callback}: "
+                    "it completes on this thread, only after the callback returns; use "
+                    "add_done_callback (or wait from another thread)"
+                )
+        try:
+            return super().get(timeout=timeout)
+        except pykka.Timeout:
+            raise RaftTimeoutError(f"not settled within {timeout} s") from None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+
+        def hand_over(future: RaftFuture[T]) -> None:
+            # On the settling (an actor's) thread: only schedule; a closed loop is moot.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_waiter, waiter, future)
+
+        self.add_done_callback(hand_over)
+        return (yield from waiter.__await__())
+
+    __iter__ = __await__
+
+
+def _settle_waiter(waiter: asyncio.Future[T], future: RaftFuture[T]) -> None:
+    """On the waiter's loop: pass `future`'s outcome on, unless the waiter was cancelled."""
+    if waiter.done():
+        return
+    error = future.error()
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(future.result())
+
+
+class CompletionFuture(RaftFuture[Any]):
+    """Calls `on_done(value, error)` exactly once, on the thread that settles the future
+    (for Raft commands, the FSMCaller's or the Node's): keep it short and non-blocking. The
+    actors' own internal continuations use it; applications may too, or add_done_callback."""
 
     def __init__(self, on_done: Callable[[Any, BaseException | None], None]) -> None:
         super().__init__()
         self._on_done = on_done
+        self.add_done_callback(self._call)
 
-    def set(self, value: Any = None) -> None:
-        super().set(value)
-        self._call(value, None)
-
-    def set_exception(self, exc_info: Any = None) -> None:
-        super().set_exception(exc_info)
-        error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
-        self._call(None, error if isinstance(error, BaseException) else RaftError(str(error)))
-
-    def _call(self, value: Any, error: BaseException | None) -> None:
-        try:
-            self._on_done(value, error)
-        except Exception:
-            log.exception("a completion callback raised; the future was settled regardless")
+    def _call(self, future: RaftFuture[Any]) -> None:
+        error = future.error()
+        self._on_done(None if error is not None else future.result(), error)

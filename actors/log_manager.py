@@ -66,6 +66,7 @@ from actors.messages import (
     EnterError,
     Flush,
     FollowerAppend,
+    Following,
     Grant,
     InstallLog,
     LeaderLogReady,
@@ -258,6 +259,11 @@ class LogManager(RaftActor):
         self._subscribers.clear()
         self.ballot_box.tell(ClearPending(msg.term))
         self.fsm_caller.tell(LeaderStop(msg.term))
+
+    @handles(Following)
+    def on_following(self, msg: Following) -> None:
+        """Passed on unchanged: through here it keeps its order with LeaderStart/Stop."""
+        self.fsm_caller.tell(msg)
 
     @handles(Subscribe)
     def on_subscribe(self, msg: Subscribe) -> None:

@@ -452,6 +452,15 @@ class LeaderStop:
 
 
 @dataclass(frozen=True, slots=True)
+class Following:
+    """Node -> LogManager -> FSMCaller: this peer follows `leader_id` in `term` (None: no
+    one; it leads, campaigns, or knows no leader). Told whenever that changes."""
+
+    leader_id: str | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyCommitted:
     """FSMCaller -> itself: apply the next batch up to the commit target. Being queued behind
     the Commits already waiting, it coalesces them into one pass."""

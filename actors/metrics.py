@@ -307,6 +307,12 @@ class RaftMetrics(Metrics):
         self.leader_changes = self.counter(
             "leader_changes", "Terms in which this peer came to know a leader (itself or another)"
         )
+        self.callback_errors = self.counter(
+            "callback_errors",
+            "State machine callbacks that raised without harm to the state (on_read, the "
+            "events), by callback; on_apply raising puts the peer in ERROR instead",
+            ["callback"],
+        )
         self.snapshots = self.counter(
             "snapshots",
             "Snapshots saved (from this peer's state), installed (from a leader) and loaded "

@@ -77,6 +77,7 @@ from actors.messages import (
     FollowerAppend,
     FollowerInstall,
     FollowerReadTimeout,
+    Following,
     GetStatus,
     HigherTermSeen,
     LeaderLogReady,
@@ -100,7 +101,7 @@ from actors.priority import PriorityElection
 from actors.read_only import FollowerReads, ReadOnly
 from actors.rejections import Rejections
 from actors.role import Role
-from actors.status import NodeStatus, transport_refusals
+from actors.status import Leadership, LeaderWatch, NodeStatus, transport_refusals
 from transport.base import Transport
 from transport.rpc import (
     MAX_TERM,
@@ -142,7 +143,10 @@ class Node(LeadershipChanges, RaftActor):
         on_error: Callable[[str], None] | None = None,
         snapshot_executor: Mailbox | None = None,
         metrics: RaftMetrics | None = None,
+        leader_watch: LeaderWatch | None = None,
     ) -> None:
+        """`leader_watch`: where role, term and leader are published for other threads (a
+        new one if None)."""
         super().__init__()
         self.options = options
         self.raft_options = options.raft
@@ -197,6 +201,10 @@ class Node(LeadershipChanges, RaftActor):
         self._change_gen = 0
         self._term_committed = False
         self._waiting_change = None
+        self.leader_watch = leader_watch or LeaderWatch()
+        self._published: tuple[Role, int, str | None] | None = None
+        self._followed: tuple[str, int] | None = None  # the last Following told
+        self._publish()
 
     def __str__(self) -> str:
         return f"{self.peer_id} {self.role.value} term={self.term} leader={self.leader_id}"
@@ -221,6 +229,28 @@ class Node(LeadershipChanges, RaftActor):
         self._fail_reads(NodeStoppedError(f"node {self.peer_id} is stopped"))
         self.role = Role.SHUTDOWN
         self._invalidate_timers()
+        self._publish()
+
+    def receive(self, message: Any) -> Any:
+        try:
+            return super().receive(message)
+        finally:
+            self._publish()
+
+    def _publish(self) -> None:
+        """After each message: publish role, term and leader if they changed, and tell whom
+        this peer follows (the FSMCaller's on_start/stop_following). Once per message, so a
+        handler's intermediate states (step down, then follow) are never seen."""
+        state = (self.role, self.term, self.leader_id)
+        if state == self._published:
+            return
+        self._published = state
+        self.leader_watch.publish(Leadership(self.role.value, self.term, self.leader_id))
+        leader = self.leader_id if self.role is Role.FOLLOWER else None
+        followed = (leader, self.term) if leader is not None and leader != self.peer_id else None
+        if followed != self._followed:
+            self._followed = followed
+            self.log_manager.tell(Following(*followed) if followed else Following(None, self.term))
 
     @property
     def conf(self) -> Configuration:
@@ -604,9 +634,7 @@ class Node(LeadershipChanges, RaftActor):
         # Who may ask is who may lead: a peer just added (its own log has no configuration
         # yet, or an older one) must still vote for a candidate of the cluster's - a vote is
         # safe by the log check alone; the quorum is counted by the candidate's configuration.
-        if req.candidate_id == self.peer_id or not self._may_lead(
-            req.candidate_id, req.cluster_id
-        ):
+        if req.candidate_id == self.peer_id or not self._may_lead(req.candidate_id, req.cluster_id):
             self._refuse_stranger("vote_request", req.candidate_id, req.cluster_id)
             return
         if self.role in (Role.ERROR, Role.SHUTDOWN):

@@ -1,18 +1,25 @@
 """RaftNode: the embedding API. Starts one peer's five actors and wires them together.
 
     node = RaftNode.start(options, MyStateMachine(), log_storage, meta_storage, transport)
-    future = node.apply(b"command")      # a pykka Future of the state machine's result
+    future = node.apply(b"command")      # a RaftFuture (a pykka future) of the result
     result = future.get(timeout=5)       # or compose it with other futures in your Pykka app
+    future.add_done_callback(on_done)    # or be called back, on the thread that settles it
+    result = await node.apply(b"cmd")    # or await it in a coroutine: the loop is not blocked
     node.stop()
 
-Every method may be called from any thread. `apply` only tells; `status`, `is_leader` and
-`leader_id` ask the Node actor (blocking briefly), so call them from the edges of an
-application, never from inside another actor's handler.
+Every method may be called from any thread. `apply`, `read` and the others only tell and
+return a RaftFuture (actors/futures.py); `is_leader`, `leader_id` and `leadership` read what
+the Node last published, at once. `status` asks the Node actor (blocking briefly; or
+`status_async`), so call it from the edges of an application, not inside an actor's handler.
+A state machine callback that waits on one of these futures would wait for itself: `get`
+raises DeadlockError there.
 
 Futures fail with the errors of actors.errors; each says by `outcome_unknown` whether the
 command may still take effect: NotLeaderError (not applied; see leader_hint), OverloadedError
 (not applied; back off and retry), CommandTooLargeError, LeadershipLostError (outcome unknown),
-NodeFailedError / NodeStoppedError (either, as they say).
+NodeFailedError / NodeStoppedError (either, as they say); ReadError for a read the state
+machine could not answer. Waiting too long raises RaftTimeoutError, the one timeout type
+(also a TimeoutError and a pykka.Timeout).
 
 Failure: when any actor of the peer cannot go on, the whole peer enters ERROR (it stops leading,
 voting and applying; every pending future fails; `status().error` says why) and `on_error` is
@@ -28,15 +35,14 @@ import contextlib
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pykka
 
 from actors.clock import Clock, RealClock
-from actors.errors import NodeStoppedError, OptionsError
-from actors.futures import CompletionFuture, fail, fail_all
+from actors.errors import NodeStoppedError, OptionsError, RaftTimeoutError, ReadError
+from actors.futures import CompletionFuture, RaftFuture, fail, fail_all
 from actors.membership import ChangeRequest, Op
 from actors.messages import (
     Apply,
@@ -52,8 +58,7 @@ from actors.metrics import RaftMetrics
 from actors.options import FRAME_HEADROOM, NodeOptions
 from actors.read_only import CONSISTENCIES, LEASE, LINEARIZABLE, SERIALIZABLE
 from actors.state_machine import StateMachine
-from actors.status import NodeStatus
-from actors.wait import wait_until
+from actors.status import Leadership, NodeStatus
 from actors.wiring import (
     ClientHandler,
     PeerActors,
@@ -87,6 +92,8 @@ class RaftNode:
         # Node's stop message, so none is dropped unanswered by a stopping actor.
         self._lock = threading.Lock()
         self._stopped = False
+        self._reads_supported = True
+        self._state_machine_name = "the state machine"
 
     @classmethod
     def start(
@@ -133,6 +140,8 @@ class RaftNode:
             metrics,
         )
         self = cls(options, actors, transport, own_clock, threads)
+        self._reads_supported = state_machine.supports_reads()
+        self._state_machine_name = type(state_machine).__name__
         try:
             transport.start(self._router.deliver, self._transport_failed, self._router.drained)
         except BaseException:
@@ -162,18 +171,24 @@ class RaftNode:
 
     # -- the API -----------------------------------------------------------------------------
 
-    def apply(self, command: bytes) -> pykka.Future[Any]:
+    def apply(self, command: bytes) -> RaftFuture[Any]:
         """Replicate `command`; the future completes with the state machine's result."""
-        return self.apply_batch([command])[0]
+        future: RaftFuture[Any] = RaftFuture()
+        self.apply_batch([command], [future])
+        return future
+
+    async def apply_async(self, command: bytes) -> Any:
+        """`await node.apply_async(cmd)`: `apply`, awaited on the running loop."""
+        return await self.apply(command)
 
     def apply_batch(
         self, commands: Sequence[bytes], futures: Sequence[pykka.Future[Any]] | None = None
     ) -> list[pykka.Future[Any]]:
         """Replicate several commands as one batch (one message, one log append). `futures`,
-        if given, are completed instead of new ones (e.g. actors.futures.CompletionFuture).
-        An empty batch is a no-op."""
+        if given, are completed instead of new ones (RaftFutures): any pykka future, e.g.
+        an actors.futures.CompletionFuture. An empty batch is a no-op."""
         if futures is None:
-            futures = [pykka.ThreadingFuture() for _ in commands]
+            futures = [RaftFuture() for _ in commands]
         elif len(futures) != len(commands):
             raise ValueError("one future per command")
         if not commands:
@@ -204,10 +219,15 @@ class RaftNode:
         - "serializable": this peer's state as it is, leader or not; may be stale.
         A follower serves linearizable and lease reads by asking the leader for a read index
         (then reading its own state once it has applied it), unless `on_follower` is False.
-        Fails with NotLeaderError (retry at the hint) when this peer cannot serve it."""
+        Fails with NotLeaderError (retry at the hint) when this peer cannot serve it, and with
+        ReadError when the state machine's on_read raised (or it has none)."""
         if consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
-        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        future: pykka.Future[Any] = reply if reply is not None else RaftFuture()
+        if not self._reads_supported:
+            name = self._state_machine_name
+            fail(future, ReadError(f"{name} does not implement on_read: read it through apply"))
+            return future
         fsm_caller = self._actors.fsm_caller
 
         def at_index(index: int, error: BaseException | None) -> None:
@@ -224,6 +244,12 @@ class RaftNode:
             self._tell(self._node, request, future)
         return future
 
+    async def read_async(
+        self, query: bytes, consistency: str = LINEARIZABLE, *, on_follower: bool = True
+    ) -> Any:
+        """`await node.read_async(query)`: `read`, awaited on the running loop."""
+        return await self.read(query, consistency, RaftFuture(), on_follower=on_follower)
+
     def _tell(self, mailbox: Any, message: Any, future: pykka.Future[Any]) -> None:
         """Tell an actor a message carrying `future`; a stopped node fails the future."""
         try:
@@ -237,7 +263,7 @@ class RaftNode:
         it is durable (the log is compacted behind it right after), or with the newest one when
         nothing was applied since (None if there is none). Fails with RaftError when snapshots
         are off or the save failed."""
-        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        future: pykka.Future[Any] = reply if reply is not None else RaftFuture()
         self._tell(self._actors.fsm_caller, TakeSnapshot(future), future)
         return future
 
@@ -250,7 +276,7 @@ class RaftNode:
         peer stepped down for it; it fails with NotLeaderError, UnknownPeerError (no such
         voter), ChangeInProgressError (a transfer is under way) or TransferLeadershipError
         (no handover within an election timeout: this peer leads on)."""
-        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        future: pykka.Future[Any] = reply if reply is not None else RaftFuture()
         self._tell(self._node, TransferLeadership(to, future), future)
         return future
 
@@ -301,7 +327,7 @@ class RaftNode:
     def _change(
         self, op: Op, peers: Iterable[str], reply: pykka.Future[Any] | None
     ) -> pykka.Future[Any]:
-        future: pykka.Future[Any] = reply if reply is not None else pykka.ThreadingFuture()
+        future: pykka.Future[Any] = reply if reply is not None else RaftFuture()
         try:
             request = ChangeRequest.of(op, [peers] if isinstance(peers, str) else peers)
         except ValueError as error:
@@ -311,8 +337,9 @@ class RaftNode:
         return future
 
     def status(self, timeout: float = 5.0) -> NodeStatus:
-        """Role, term, leader, commit/applied/last index, pid, per-follower replication."""
-        future: pykka.Future[NodeStatus] = pykka.ThreadingFuture()
+        """Role, term, leader, commit/applied/last index, pid, per-follower replication.
+        Raises RaftTimeoutError if the Node does not answer within `timeout`."""
+        future: RaftFuture[NodeStatus] = RaftFuture()
         self.status_async(future)
         return future.get(timeout=timeout)
 
@@ -322,23 +349,32 @@ class RaftNode:
 
     def wait_for_leader(self, timeout: float = 10.0) -> str:
         """Block until this node knows a leader (itself or another); return its id. Raises
-        TimeoutError if none is known within `timeout` (e.g. no quorum is reachable)."""
+        RaftTimeoutError if none is known within `timeout` (e.g. no quorum is reachable)."""
+        watch = self._actors.leader_watch
+        with watch.condition:
+            if not watch.condition.wait_for(lambda: watch.current.leader, timeout):
+                raise RaftTimeoutError(
+                    f"no leader known to {self.options.peer_id} within {timeout} s"
+                )
+            leader = watch.current.leader
+        assert leader is not None
+        return leader
 
-        deadline = time.monotonic() + timeout
-
-        def known_leader() -> str | None:
-            return self.status(timeout=max(0.1, deadline - time.monotonic())).leader
-
-        # A leader is known at the earliest after one election timeout: polling is cheap here.
-        return wait_until(known_leader, f"a leader known to {self.options.peer_id}", timeout)
+    @property
+    def leadership(self) -> Leadership:
+        """Role, term and leader as the Node last published them (at the end of its latest
+        message): read at once, from any thread, a moment old at most."""
+        return self._actors.leader_watch.current
 
     @property
     def is_leader(self) -> bool:
-        return self.status().is_leader
+        """Whether this node leads, as last published: does not block."""
+        return self.leadership.role == "leader"
 
     @property
     def leader_id(self) -> str | None:
-        return self.status().leader
+        """The leader this node knows (itself or another; None: none), without blocking."""
+        return self.leadership.leader
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, then every actor in order (PeerActors.in_stop_order), then close the

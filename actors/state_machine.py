@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from actors.configuration import Configuration
     from storage.snapshot_storage import SnapshotReader, SnapshotWriter
 
 
@@ -25,6 +26,20 @@ class StateMachine:
 
     Determinism: `on_apply` must depend only on the commands (and the state they built), never
     on time, randomness or the local node, or replicas diverge.
+
+    What a failure costs depends on whether the replicated state may be broken by it:
+    - `on_apply` and `on_snapshot_load` change the state: raising puts the peer in ERROR (it
+      stops applying rather than diverge).
+    - `on_read` must not change it: raising fails that one read (ReadError), nothing else.
+    - `on_snapshot_save` raising abandons that snapshot only.
+    - The events (`on_leader_start/stop`, `on_start/stop_following`,
+      `on_configuration_committed`, `on_error`, `on_shutdown`) are notifications that must
+      not touch the replicated state: raising is logged and counted
+      (`pykka_raft_callback_errors_total{callback}`), and the peer goes on.
+
+    Never block on this node's futures here (`apply(...).get()`, `read(...).get()`): what
+    would complete them runs on this very thread, after the callback returns. Such a `get`
+    raises actors.errors.DeadlockError at once; chain with a callback instead.
     """
 
     def on_apply(self, commands: Sequence[Command]) -> list[Any]:
@@ -36,9 +51,16 @@ class StateMachine:
     def on_read(self, query: bytes) -> Any:
         """Answer a read (`RaftNode.read`) from the current state, without changing it. Called
         on the FSMCaller's thread between two `on_apply` batches, once the read's index is
-        applied. Raising puts the node into ERROR, as for `on_apply`. The default refuses:
-        such a state machine is read only through the log (apply a read command)."""
+        applied. Raising fails that read's future with actors.errors.ReadError (its `cause`
+        is the exception) and leaves the node serving. The default refuses, so that
+        `RaftNode.read` fails with ReadError at once: such a state machine is read only
+        through the log (apply a read command)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement on_read")
+
+    @classmethod
+    def supports_reads(cls) -> bool:
+        """Whether this class overrides `on_read`."""
+        return cls.on_read is not StateMachine.on_read
 
     def on_snapshot_save(self, writer: SnapshotWriter) -> Callable[[], None] | None:
         """Save the state as of the last applied command (`writer.meta.last_index`) into
@@ -73,14 +95,41 @@ class StateMachine:
             and cls.on_snapshot_load is not StateMachine.on_snapshot_load
         )
 
+    # -- events: in the order they happen, on the FSMCaller's thread, between `on_apply`
+    # batches. Each `on_leader_start` is followed by exactly one `on_leader_stop` of the same
+    # term, and each `on_start_following` by one `on_stop_following`, before the next start,
+    # `on_error` or `on_shutdown`: a listener may count on the pairs.
+
     def on_leader_start(self, term: int) -> None:
-        """This node became leader and the first entry of `term` has been applied."""
+        """This node leads `term`, and the term's first entry is applied: every entry this
+        state machine has seen is committed, and `apply` here is served at once."""
 
     def on_leader_stop(self, term: int) -> None:
-        """This node stopped being leader of `term`."""
+        """This node stopped leading `term` (it stepped down, entered ERROR or is stopping).
+        The futures of commands it had not applied yet failed before this call."""
+
+    def on_start_following(self, leader_id: str, term: int) -> None:
+        """This node follows `leader_id` in `term`: it accepted the leader's first message of
+        the term. Called as soon as that happens, not in log order."""
+
+    def on_stop_following(self, leader_id: str, term: int) -> None:
+        """This node no longer follows `leader_id` of `term` (a new term or leader, a
+        candidacy, ERROR or stop)."""
+
+    def on_configuration_committed(self, conf: Configuration, index: int) -> None:
+        """The configuration entry at `index` (`conf.peers`: the voters, `conf.learners`;
+        during a joint change also `conf.old_peers`; `conf.as_dict()`) is committed and
+        applied: called in log order, after the `on_apply` of every command before it.
+        Every leader's first entry is a configuration entry, so this is called at least
+        once per term, mostly with the same configuration; loading a snapshot calls it with
+        the snapshot's configuration.
+
+        A follower that installs the leader's snapshot (it fell behind past the leader's
+        compacted log) gets `on_snapshot_load` instead of `on_apply` for the entries that
+        snapshot covers: count state, not calls."""
 
     def on_error(self, error: BaseException) -> None:
         """The node entered ERROR (after which nothing more is applied)."""
 
     def on_shutdown(self) -> None:
-        """The node is stopping."""
+        """The node is stopping: the last call."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,3 +90,28 @@ def transport_refusals(transport: object) -> dict[str, dict[str, int]]:
         "refused_connections": getattr(stats, "refused_connections", None),
     }
     return {kind: dict(counts) for kind, counts in found.items() if counts}
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    """Who leads, as one peer's Node knows it: published at the end of each of its messages."""
+
+    role: str  # a Role value
+    term: int
+    leader: str | None
+
+
+class LeaderWatch:
+    """The Node's latest Leadership, for any thread to read at once (`current`, one atomic
+    attribute) or wait on (`condition`, notified on every change): `RaftNode.is_leader`,
+    `leader_id` and `wait_for_leader` read this instead of asking the actor. The Node's
+    thread is the only writer."""
+
+    def __init__(self) -> None:
+        self.current = Leadership("follower", 0, None)
+        self.condition = threading.Condition()
+
+    def publish(self, leadership: Leadership) -> None:
+        with self.condition:
+            self.current = leadership
+            self.condition.notify_all()

@@ -23,6 +23,7 @@ import pykka
 
 from actors.base import RaftActor
 from actors.clock import ManualClock
+from actors.configuration import Configuration
 from actors.metrics import Counter
 from actors.state_machine import Command, StateMachine
 from transport.codec import DEFAULT_MAX_FRAME_SIZE
@@ -139,7 +140,8 @@ class RecordingStateMachine(StateMachine):
     wait on a whole cluster). `fail_at` makes on_apply raise on a batch holding that index;
     `short_results` makes it return one result too few (both put the node into ERROR).
     `on_read(query)` answers (query, the last applied index): what state a read saw; a query
-    of b"boom" raises.
+    of b"boom" raises. `following` records on_start/stop_following ("follow LEADER TERM",
+    "unfollow LEADER TERM") and `confs` each on_configuration_committed as (index, voters).
 
     Snapshots: its state is `applied` itself (msgpack), so a peer that installed a snapshot
     still shows the whole applied history, and histories compare across peers. `loaded` lists
@@ -164,6 +166,8 @@ class RecordingStateMachine(StateMachine):
         self.short_results = short_results
         self.loaded: list[int] = []
         self.fail_snapshot_save = False
+        self.following: list[str] = []
+        self.confs: list[tuple[int, list[str]]] = []
 
     @property
     def applied_indexes(self) -> list[int]:
@@ -209,6 +213,20 @@ class RecordingStateMachine(StateMachine):
 
     def on_leader_stop(self, term: int) -> None:
         self._event(f"stop {term}", leader_term=None)
+
+    def on_start_following(self, leader_id: str, term: int) -> None:
+        self._record(self.following, f"follow {leader_id} {term}")
+
+    def on_stop_following(self, leader_id: str, term: int) -> None:
+        self._record(self.following, f"unfollow {leader_id} {term}")
+
+    def on_configuration_committed(self, conf: Configuration, index: int) -> None:
+        self._record(self.confs, (index, sorted(conf.peers)))
+
+    def _record(self, into: list[Any], item: Any) -> None:
+        with self.changed:
+            into.append(item)
+            self.changed.notify_all()
 
     def on_error(self, error: BaseException) -> None:
         with self.changed:

@@ -30,6 +30,7 @@ from actors.options import NodeOptions
 from actors.replicator import Replicator
 from actors.snapshot_executor import SnapshotExecutor
 from actors.state_machine import StateMachine
+from actors.status import LeaderWatch
 from storage.base import LogStorage, MetaStorage, SnapshotStore
 from transport.base import Transport
 from transport.rpc import (
@@ -104,6 +105,7 @@ class PeerActors:
     snapshot_executor: Mailbox | None = None  # None: snapshots are off
     snapshots: SnapshotStore | None = None
     metrics: RaftMetrics = field(default_factory=RaftMetrics)  # what the actors count
+    leader_watch: LeaderWatch = field(default_factory=LeaderWatch)  # the Node publishes here
 
     def in_stop_order(self) -> list[Mailbox]:
         """The Node first (no new work; it stops the Replicators), then the LogManager (it
@@ -147,6 +149,7 @@ def assemble_peer(
     raft = options.raft
     peer_id = options.peer_id
     metrics = metrics or RaftMetrics()
+    leader_watch = LeaderWatch()
     snapshots = snapshot_storage if state_machine.supports_snapshots() else None
     if snapshot_storage is not None and snapshots is None:
         log.warning("%s: the state machine cannot snapshot; snapshots are off", peer_id)
@@ -245,6 +248,7 @@ def assemble_peer(
         on_error=on_error,
         snapshot_executor=executor,
         metrics=metrics,
+        leader_watch=leader_watch,
     )
     node.bind(node_ref)
     return PeerActors(
@@ -258,6 +262,7 @@ def assemble_peer(
         executor_ref,
         snapshots,
         metrics,
+        leader_watch,
     )
 
 

@@ -59,6 +59,7 @@ class ChaosConfig:
     @property
     def changes_membership(self) -> bool:
         return self.membership and self.peers is None
+
     # The clock nemesis (tests/chaos/clock.py): each peer's Raft clock runs at a seeded rate in
     # [1 - d, 1 + d] of real time. The lease assumes drift within 10 % (actors/read_only.py);
     # 0 turns this off.
@@ -84,7 +85,6 @@ class ChaosConfig:
             raise ValueError("--clock-drift must be in [0, 0.5)")
         if not 0 <= self.lease_reads <= 1:
             raise ValueError("--lease-reads must be in [0, 1]")
-
 
     @property
     def peer_count(self) -> int:

@@ -167,6 +167,9 @@ class Cluster:
         raise AssertionError(f"could not apply {command!r}: {last_error}")
 
 
+MakeCluster = Callable[..., Cluster]  # the make_cluster fixture: make(size, seed, **options)
+
+
 @pytest.fixture
 def make_cluster() -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []

@@ -6,15 +6,11 @@ duplicated or reordered command shows in the applied sequences.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from actors.errors import LeadershipLostError, NotLeaderError
 
-from .conftest import WAIT, Cluster
-
-MakeCluster = Callable[..., Cluster]
+from .conftest import WAIT, Cluster, MakeCluster
 
 
 def assert_same_prefix(cluster: Cluster, peers: list[str]) -> list[tuple[int, bytes]]:

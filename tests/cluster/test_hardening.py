@@ -5,7 +5,6 @@ serving (or the one bad peer in ERROR, saying why) with nothing acknowledged los
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -18,10 +17,8 @@ from actors.testing import is_pending
 from storage.entry import EntryType, LogEntry
 from transport.rpc import AppendEntriesRequest, RequestVoteRequest, RequestVoteResponse
 
-from .conftest import WAIT, Cluster
+from .conftest import WAIT, MakeCluster
 from .test_cluster import assert_same_prefix
-
-MakeCluster = Callable[..., Cluster]
 
 
 def test_an_empty_batch_is_a_no_op_and_the_leader_keeps_serving(make_cluster: MakeCluster) -> None:

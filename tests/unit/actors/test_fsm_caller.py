@@ -11,18 +11,21 @@ import pytest
 from actors.clock import ManualClock
 from actors.configuration import Configuration
 from actors.errors import (
+    DeadlockError,
     LeadershipLostError,
     NodeFailedError,
     NodeStoppedError,
     NotLeaderError,
-    RaftError,
+    ReadError,
 )
 from actors.fsm_caller import FSMCaller
+from actors.futures import RaftFuture
 from actors.log_view import LogView
 from actors.messages import (
     Commit,
     EnterError,
     FatalError,
+    Following,
     GetApplied,
     LeaderStart,
     LeaderStop,
@@ -233,15 +236,122 @@ def test_wrong_number_of_results_is_an_error() -> None:
         result(futs[0])
 
 
-def test_raising_on_leader_start_is_an_error_too() -> None:
-    class Bad(RecordingStateMachine):
-        def on_leader_start(self, term: int) -> None:
-            raise ValueError("no")
+class RaisingEvents(RecordingStateMachine):
+    """Every event raises after it was recorded: a listener's bug."""
 
-    fsm = Fsm([N, D], Bad())
-    fsm.send(LeaderStart(2, 1), Commit(2))
-    assert fsm.sm.applied_indexes == []  # entry 2 comes after the failed callback
-    assert len(fsm.node.take(FatalError)) == 1
+    def on_leader_start(self, term: int) -> None:
+        super().on_leader_start(term)
+        raise ValueError("no")
+
+    def on_leader_stop(self, term: int) -> None:
+        super().on_leader_stop(term)
+        raise ValueError("no")
+
+    def on_start_following(self, leader_id: str, term: int) -> None:
+        super().on_start_following(leader_id, term)
+        raise ValueError("no")
+
+    def on_configuration_committed(self, conf: Configuration, index: int) -> None:
+        super().on_configuration_committed(conf, index)
+        raise ValueError("no")
+
+    def on_shutdown(self) -> None:
+        super().on_shutdown()
+        raise ValueError("no")
+
+
+def test_an_event_that_raises_is_counted_and_the_peer_goes_on() -> None:
+    fsm = Fsm([N, C, D, D], RaisingEvents())
+    futs = futures(2)
+    fsm.send(Following("b", 1), LeaderStart(2, 1), RegisterPending(3, futs), Commit(4))
+    assert fsm.sm.applied_indexes == [3, 4]  # applying went on past every raising event
+    assert [result(f) for f in futs] == [3, 4]
+    assert fsm.sm.events == ["start 2"] and fsm.sm.confs == [(2, ["a"])]
+    assert fsm.actor.error is None and fsm.node.told == []
+    fsm.send(LeaderStop(2))
+    fsm.harness.stop()
+    assert fsm.sm.events == ["start 2", "stop 2", "shutdown"]
+    assert counts(fsm.metrics.callback_errors) == {
+        "on_start_following": 1,
+        "on_leader_start": 1,
+        "on_configuration_committed": 1,
+        "on_leader_stop": 1,
+        "on_shutdown": 1,
+    }
+
+
+def test_following_events_come_in_pairs_and_end_with_leadership_error_or_stop() -> None:
+    fsm = Fsm([N, D])
+    fsm.send(Following("b", 2), Following("b", 2), Following("c", 3), Following(None, 4))
+    assert fsm.sm.following == ["follow b 2", "unfollow b 2", "follow c 3", "unfollow c 3"]
+    fsm.send(Following("b", 5), LeaderStart(6, 1))  # leading ends following, whoever says so
+    assert fsm.sm.following[-2:] == ["follow b 5", "unfollow b 5"]
+    fsm.send(Commit(2), LeaderStop(6), Following("c", 7))
+    fsm.harness.stop()
+    assert fsm.sm.events == ["start 6", "stop 6", "shutdown"]
+    assert fsm.sm.following[-2:] == ["follow c 7", "unfollow c 7"]  # before on_shutdown
+
+
+def test_a_stopping_leader_gets_on_leader_stop_before_on_shutdown() -> None:
+    fsm = Fsm([N, D])
+    pending = futures(1)
+    fsm.send(LeaderStart(1, 1), Commit(1), RegisterPending(2, pending))
+    fsm.harness.stop()
+    assert fsm.sm.events == ["start 1", "stop 1", "shutdown"]
+    with pytest.raises(NodeStoppedError):
+        result(pending[0])  # failed before on_leader_stop, as its docstring says
+
+
+def test_entering_error_ends_the_leadership_before_on_error() -> None:
+    fsm = Fsm([N, D, D], RecordingStateMachine(fail_at=3))
+    fsm.send(Following("b", 1), LeaderStart(2, 1), Commit(3))
+    assert fsm.sm.events == ["start 2", "stop 2"]
+    assert [str(e) for e in fsm.sm.errors] == ["boom at 3"]
+    fsm.send(LeaderStop(2), Following("c", 3))  # after ERROR: no more events
+    fsm.harness.stop()
+    assert fsm.sm.events == ["start 2", "stop 2", "shutdown"]
+    assert fsm.sm.following == ["follow b 1", "unfollow b 1"]
+
+
+def test_configurations_are_reported_in_log_order_with_the_commands() -> None:
+    fsm = Fsm([D, C, D, C])
+    order: list[object] = []
+    fsm.sm.on_apply = lambda cmds: order.extend(c.index for c in cmds) or [0] * len(cmds)  # type: ignore[method-assign]
+    fsm.sm.on_configuration_committed = lambda conf, i: order.append(("conf", i))  # type: ignore[method-assign]
+    fsm.send(Commit(4))
+    assert order == [1, ("conf", 2), 3, ("conf", 4)]
+
+
+class Blocking(RecordingStateMachine):
+    """Waits on a future of the node inside its callbacks: what a user might try."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.caught: list[str] = []
+
+    def _wait(self) -> None:
+        try:
+            RaftFuture().get(timeout=30)
+        except DeadlockError as error:
+            self.caught.append(str(error))
+
+    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
+        self._wait()
+        return super().on_apply(commands)
+
+    def on_leader_start(self, term: int) -> None:
+        self._wait()
+
+
+def test_waiting_on_a_future_inside_a_callback_fails_at_once_instead_of_hanging() -> None:
+    fsm = Fsm([N, D], Blocking())
+    fsm.send(LeaderStart(1, 1), Commit(2))
+    assert fsm.sm.applied_indexes == [2]
+    assert len(fsm.sm.caught) == 2
+    assert "on_leader_start" in fsm.sm.caught[0] and "on_apply" in fsm.sm.caught[1]
+    settled: RaftFuture[int] = RaftFuture()
+    settled.set(7)
+    assert settled.get() == 7  # outside a callback (and settled ones anywhere): as before
 
 
 def test_stop_shuts_the_state_machine_down_and_fails_remaining_futures() -> None:
@@ -399,12 +509,15 @@ def test_losing_leadership_fails_the_reads_still_waiting() -> None:
         result(waiting)
 
 
-def test_a_raising_on_read_puts_the_node_in_error() -> None:
-    fsm = Fsm([N, D])
+def test_a_raising_on_read_fails_that_read_only() -> None:
+    fsm = Fsm([N, D, D])
     fsm.send(Commit(2))
-    with pytest.raises(RaftError, match="on_read raised"):
-        result(read_at(fsm, 1, b"boom"))
-    assert fsm.actor.error is not None
-    assert [type(m) for m in fsm.node.told] == [FatalError]
-    with pytest.raises(NodeFailedError):
-        result(read_at(fsm, 0))
+    before, boom, after = read_at(fsm, 1), read_at(fsm, 2, b"boom"), read_at(fsm, 2)
+    with pytest.raises(ReadError, match="on_read raised RuntimeError") as info:
+        result(boom)
+    assert isinstance(info.value.cause, RuntimeError)
+    assert result(before) == (b"q", 2) and result(after) == (b"q", 2)  # same batch, served
+    assert fsm.actor.error is None and fsm.node.told == []
+    fsm.send(Commit(3))
+    assert fsm.sm.applied_indexes == [2, 3] and result(read_at(fsm, 0)) == (b"q", 3)
+    assert counts(fsm.metrics.callback_errors) == {"on_read": 1}

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from actors.identity import Kinship, bootstrap_identity, compare, derive_cluster_id
-from actors.messages import AdoptClusterId, CheckVote, FollowerAppend, GetStatus, PersistTermVote
+from actors.messages import (
+    AdoptClusterId,
+    CheckVote,
+    FollowerAppend,
+    Following,
+    GetStatus,
+    PersistTermVote,
+)
 from storage.entry import EntryType, LogEntry
 from storage.memory import MemoryMetaStorage
 from storage.meta_storage import MAX_CLUSTER_ID
@@ -75,7 +82,7 @@ def test_a_cut_off_voter_follows_a_leader_of_its_cluster_it_has_never_heard_of()
     f = _fixture(OURS)
     f.send(_heartbeat(X, OURS))
     assert (f.node.leader_id, f.node.term) == (X, 2)
-    assert _told(f) == [FollowerAppend]  # no adoption: the id is known
+    assert _told(f) == [FollowerAppend, Following]  # no adoption: the id is known
     assert X in f.transport.peers  # it can answer
     assert f.send(GetStatus()).rejected == {}
 
@@ -120,7 +127,7 @@ def test_a_joining_peer_adopts_its_first_leaders_id_before_its_entries(leader: s
     assert f.node.leader_id is None
     f.send(_heartbeat(leader, OURS))
     assert f.node.leader_id == leader
-    assert _told(f) == [AdoptClusterId, FollowerAppend]
+    assert _told(f) == [AdoptClusterId, FollowerAppend, Following]
     assert AdoptClusterId(OURS) in f.lm.told
 
 

@@ -177,6 +177,7 @@ def test_raft_metrics_name_their_families_with_units_and_no_prefix() -> None:
         "pre_votes": "Counter",
         "elections": "Counter",
         "leader_changes": "Counter",
+        "callback_errors": "Counter",
         "snapshots": "Counter",
         "snapshot_seconds": "Histogram",
     }

@@ -30,6 +30,7 @@ from actors.messages import (
     EnterError,
     FatalError,
     FollowerAppend,
+    Following,
     GetStatus,
     HigherTermSeen,
     LeaderLogReady,
@@ -253,7 +254,7 @@ def test_append_entries_with_stale_term_refused_with_current_term(f: Fixture) ->
 def test_accepted_append_entries_goes_to_the_log_manager(f: Fixture) -> None:
     req = AppendEntriesRequest(2, B, 0, 0, (), 0, 1)
     f.send(req)
-    assert f.lm.take() == [PersistTermVote(2, None), FollowerAppend(req, 2)]
+    assert f.lm.take() == [PersistTermVote(2, None), FollowerAppend(req, 2), Following(B, 2)]
     assert f.node.leader_id == B
 
 
@@ -626,3 +627,35 @@ def test_a_lease_read_is_served_at_once_while_the_lease_holds_and_not_after(f: F
     late = read(f, lease=True)
     assert is_pending(late)  # it fell back to a read-index round
     assert f.replicators.mailboxes[B].of_type(ConfirmLeadership) == [ConfirmLeadership(1, 1)]
+
+
+def test_whom_it_follows_is_told_once_per_change_and_published_for_other_threads(
+    f: Fixture,
+) -> None:
+    def published() -> tuple[str, int, str | None]:
+        now = f.node.leader_watch.current
+        return (now.role, now.term, now.leader)
+
+    assert published() == ("follower", 0, None)
+    for _ in range(3):  # every heartbeat of the same leader: nothing new to tell
+        f.send(AppendEntriesRequest(2, B, 0, 0, (), 0, 1))
+    assert [m for m in f.lm.told if isinstance(m, Following)] == [Following(B, 2)]
+    assert published() == ("follower", 2, B)
+    f.lm.clear()
+    f.send(AppendEntriesRequest(3, C, 0, 0, (), 0, 1))  # a new term's leader
+    assert f.lm.take()[-1] == Following(C, 3) and published() == ("follower", 3, C)
+    f.harness.advance(FULL_TIMEOUT)  # C went silent: a pre-vote, following no one
+    assert [m for m in f.lm.told if isinstance(m, Following)] == [Following(None, 3)]
+    assert published() == ("follower", 3, None)
+
+
+def test_a_leader_is_published_and_follows_no_one(f: Fixture) -> None:
+    f.elect()
+    now = f.node.leader_watch.current
+    assert (now.role, now.term, now.leader) == ("leader", 1, A)
+    assert [m for m in f.lm.told if isinstance(m, Following)] == []  # it never followed
+
+
+def test_shutdown_is_published(f: Fixture) -> None:
+    f.harness.stop()
+    assert f.node.leader_watch.current.role == "shutdown"

@@ -14,6 +14,7 @@ from actors.log_view import LogView
 from actors.messages import (
     FatalError,
     FollowerInstall,
+    Following,
     GetStatus,
     LeaderLogReady,
     PersistTermVote,
@@ -102,7 +103,7 @@ def test_a_member_leading_this_term_has_its_chunk_passed_to_the_executor(f: Fixt
     f.send(req)
     assert f.forwarded() == [FollowerInstall(req, 2)]
     assert f.node.leader_id == B and f.node.role is Role.FOLLOWER
-    assert f.lm.told == []  # nothing for the log: the executor will tell it InstallLog
+    assert f.lm.told == [Following(B, 2)]  # the executor will tell it InstallLog
     assert f.transport.sent == []  # the executor answers
 
 
@@ -145,7 +146,7 @@ def test_a_chunk_of_a_higher_term_makes_us_its_follower(f: Fixture) -> None:
     req = install(5)
     f.send(req)
     assert (f.node.role, f.node.term, f.node.leader_id) == (Role.FOLLOWER, 5, B)
-    assert f.lm.take() == [PersistTermVote(5, None)]  # the new term first, then the chunk
+    assert f.lm.take() == [PersistTermVote(5, None), Following(B, 5)]  # the term first
     assert f.forwarded() == [FollowerInstall(req, 5)]
 
 
@@ -178,7 +179,7 @@ def test_without_an_executor_a_chunk_is_refused_and_counted() -> None:
     f = Fixture(term=2, executor=False)
     f.send(install(2, seq=7))
     assert f.rejected() == {"install_snapshot_without_snapshots": 1}
-    assert f.lm.told == []
+    assert f.lm.told == [Following(B, 2)]  # a leader all the same
     # Answered, so that the leader backs off rather than resend for ever.
     assert f.transport.take() == [(B, InstallSnapshotResponse(2, False, A, 7, 2, 10, 0, False))]
 

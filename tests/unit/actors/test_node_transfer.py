@@ -23,6 +23,7 @@ from actors.messages import (
     AppendLeaderEntries,
     Apply,
     CheckVote,
+    Following,
     GetStatus,
     HigherTermSeen,
     PeerContact,
@@ -154,7 +155,10 @@ def test_timeout_now_from_the_leader_starts_an_election_without_pre_vote(f: Fixt
     f.lm.clear()
     f.send(TimeoutNowRequest(1, B))
     assert f.node.role is Role.CANDIDATE and f.node.term == 2
-    assert f.lm.take() == [RequestVotes(2, (B, C), pre_vote=False, transfer=True)]
+    assert f.lm.take() == [
+        RequestVotes(2, (B, C), pre_vote=False, transfer=True),
+        Following(None, 2),  # a candidate follows no one
+    ]
 
 
 @pytest.mark.parametrize(
@@ -184,7 +188,7 @@ def test_voters_grant_a_transfer_vote_despite_a_live_leader(f: Fixture) -> None:
     assert f.lm.take() == []  # refused: a live leader
     transfer = RequestVoteRequest(2, C, 10, 1, pre_vote=False, transfer=True)
     f.send(transfer)
-    assert f.lm.take() == [PersistTermVote(2, None), CheckVote(transfer, 2)]
+    assert f.lm.take() == [PersistTermVote(2, None), CheckVote(transfer, 2), Following(None, 2)]
 
 
 def test_pick_target_prefers_the_most_up_to_date_voter() -> None:
