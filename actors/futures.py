@@ -102,9 +102,13 @@ class RaftFuture(pykka.ThreadingFuture[T]):
     def result(self) -> T:
         """The value of a settled future (its exception raised), without waiting: for
         callbacks. Raises asyncio.InvalidStateError if it is not settled."""
-        if self._result is None:
+        outcome = self._result
+        if outcome is None:
             raise asyncio.InvalidStateError("the future is not settled yet")
-        return self.get(timeout=0)
+        error = self.error()
+        if error is not None:
+            raise error
+        return outcome.value  # type: ignore[return-value]
 
     def add_done_callback(self, fn: Callable[[RaftFuture[T]], None]) -> None:
         with self._condition:

@@ -41,7 +41,7 @@ from typing import Any
 import pykka
 
 from actors.clock import Clock, RealClock
-from actors.errors import NodeStoppedError, OptionsError, RaftTimeoutError, ReadError
+from actors.errors import NodeStoppedError, OptionsError, ReadError
 from actors.futures import CompletionFuture, RaftFuture, fail, fail_all
 from actors.membership import ChangeRequest, Op
 from actors.messages import (
@@ -59,6 +59,7 @@ from actors.options import FRAME_HEADROOM, NodeOptions
 from actors.read_only import CONSISTENCIES, LEASE, LINEARIZABLE, SERIALIZABLE
 from actors.state_machine import StateMachine
 from actors.status import Leadership, NodeStatus
+from actors.wait import wait_until
 from actors.wiring import (
     ClientHandler,
     PeerActors,
@@ -80,7 +81,9 @@ class RaftNode:
         transport: Transport,
         own_clock: RealClock | None,
         threads: ThreadedActors,
+        no_reads: str | None = None,
     ) -> None:
+        """`no_reads`: why `read` is refused (the state machine has no on_read), if it is."""
         self.options = options
         self._actors = actors
         self._node: pykka.ActorRef[Any] = actors.node  # type: ignore[assignment]
@@ -92,8 +95,7 @@ class RaftNode:
         # Node's stop message, so none is dropped unanswered by a stopping actor.
         self._lock = threading.Lock()
         self._stopped = False
-        self._reads_supported = True
-        self._state_machine_name = "the state machine"
+        self._no_reads = no_reads
 
     @classmethod
     def start(
@@ -139,9 +141,12 @@ class RaftNode:
             snapshot_storage,
             metrics,
         )
-        self = cls(options, actors, transport, own_clock, threads)
-        self._reads_supported = state_machine.supports_reads()
-        self._state_machine_name = type(state_machine).__name__
+        no_reads = (
+            None
+            if state_machine.supports_reads()
+            else f"{type(state_machine).__name__} does not implement on_read: read it through apply"
+        )
+        self = cls(options, actors, transport, own_clock, threads, no_reads)
         try:
             transport.start(self._router.deliver, self._transport_failed, self._router.drained)
         except BaseException:
@@ -224,9 +229,8 @@ class RaftNode:
         if consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
         future: pykka.Future[Any] = reply if reply is not None else RaftFuture()
-        if not self._reads_supported:
-            name = self._state_machine_name
-            fail(future, ReadError(f"{name} does not implement on_read: read it through apply"))
+        if self._no_reads is not None:
+            fail(future, ReadError(self._no_reads))
             return future
         fsm_caller = self._actors.fsm_caller
 
@@ -351,14 +355,12 @@ class RaftNode:
         """Block until this node knows a leader (itself or another); return its id. Raises
         RaftTimeoutError if none is known within `timeout` (e.g. no quorum is reachable)."""
         watch = self._actors.leader_watch
-        with watch.condition:
-            if not watch.condition.wait_for(lambda: watch.current.leader, timeout):
-                raise RaftTimeoutError(
-                    f"no leader known to {self.options.peer_id} within {timeout} s"
-                )
-            leader = watch.current.leader
-        assert leader is not None
-        return leader
+        return wait_until(
+            lambda: watch.current.leader,
+            f"a leader known to {self.options.peer_id}",
+            timeout,
+            condition=watch.condition,
+        )
 
     @property
     def leadership(self) -> Leadership:

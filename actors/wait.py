@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from actors.errors import RaftTimeoutError
+
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.05
@@ -28,8 +30,9 @@ def wait_until(
     condition: threading.Condition | None = None,
     interval: float = POLL_INTERVAL,
 ) -> T:
-    """Return the first truthy value of `predicate()`; raise TimeoutError naming `what` once
-    `timeout` seconds have passed without one. With `condition`, the caller must not hold it."""
+    """Return the first truthy value of `predicate()`; raise RaftTimeoutError (a TimeoutError)
+    naming `what` once `timeout` seconds have passed without one. With `condition`, the
+    caller must not hold it."""
     deadline = time.monotonic() + timeout
     if condition is not None:
         with condition:
@@ -53,4 +56,4 @@ def wait_until(
             if remaining <= 0:
                 break
             pause.wait(min(interval, remaining))
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+    raise RaftTimeoutError(f"timed out after {timeout:g}s waiting for {what}")

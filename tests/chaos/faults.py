@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.service.local_peer import START_TIMEOUT, LocalPeer, PeerExitedError
+from actors.wait import wait_until
 from tests.chaos import network as shapes
 from tests.chaos.config import ChaosConfig
 from tests.chaos.constants import TICK
@@ -524,14 +525,21 @@ class FaultInjector(threading.Thread):
     def _settle_membership(self) -> None:
         """At the end: wait for the leader to report a settled configuration and take it
         (retiring the peers it dropped); a failure if it never does."""
-        deadline = time.monotonic() + self.config.converge_timeout
         with KVClient(list(self.peers), timeout=1.0, attempt_timeout=0.25) as monitor:
-            while time.monotonic() < deadline:
+
+            def settled() -> bool:
+                # The peers are other processes: polled, every TICK.
                 self.statuses = {s["id"]: s for s in monitor.status()}
                 self._tend_membership()
                 seen = leader_members(list(self.statuses.values()))
-                settled = seen is not None and seen[1] and seen[0] == set(self.ids)
-                if self.change is None and settled:
-                    return
-                time.sleep(TICK)
-        self._failure(f"the membership never settled (change {self.change!r}, ids {self.ids})")
+                agreed = seen is not None and seen[1] and seen[0] == set(self.ids)
+                return self.change is None and agreed
+
+            try:
+                wait_until(
+                    settled, "a settled membership", self.config.converge_timeout, interval=TICK
+                )
+            except TimeoutError:
+                self._failure(
+                    f"the membership never settled (change {self.change!r}, ids {self.ids})"
+                )
