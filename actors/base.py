@@ -54,6 +54,10 @@ def handles(*message_types: type) -> Callable[[F], F]:
 
 
 class RaftActor(pykka.ThreadingActor):
+    # Daemon threads: a program that ends (or dies of an exception) without RaftNode.stop() must
+    # still exit. RaftNode stops every node still running at interpreter exit (atexit, which
+    # runs before daemon threads are killed), so that exit is a clean stop, not a crash.
+    use_daemon_thread = True
     _handlers: ClassVar[dict[type, Callable[[Any, Any], Any]]] = {}
     _unknown_logged: ClassVar[set[type]]
 

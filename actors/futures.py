@@ -129,7 +129,7 @@ class RaftFuture(pykka.ThreadingFuture[T]):
         except Exception:
             log.exception("a completion callback raised; the future was settled regardless")
 
-    def get(self, *, timeout: float | None = None) -> Any:
+    def get(self, *, timeout: float | None = None) -> T:
         if self._result is None:
             callback = getattr(_callback_thread, "name", None)
             if callback is not None:
@@ -139,7 +139,8 @@ class RaftFuture(pykka.ThreadingFuture[T]):
                     "add_done_callback (or wait from another thread)"
                 )
         try:
-            return super().get(timeout=timeout)
+            value: T = super().get(timeout=timeout)
+            return value
         except pykka.Timeout:
             raise RaftTimeoutError(f"not settled within {timeout} s") from None
 

@@ -31,12 +31,13 @@ peer does not recover by itself: stop it and start a new RaftNode over the same 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pykka
 
@@ -72,8 +73,31 @@ from transport.base import Transport
 
 log = logging.getLogger(__name__)
 
+# Nodes started and not stopped yet, stopped at interpreter exit (see `_stop_at_exit`). Strong
+# references: a node its program dropped without stop() still runs, and still holds storage.
+_running: set[RaftNode] = set()
+_running_lock = threading.Lock()
 
-class RaftNode:
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """A program that returns (or dies of an exception) without `stop()`: stop its nodes now,
+    while their daemon threads still run, so that the exit is clean (pending futures failed,
+    storage closed) and the process does not hang on them."""
+    with _running_lock:
+        nodes = list(_running)
+    for node in nodes:
+        node.stop()
+
+
+R = TypeVar("R")
+V = TypeVar("V")
+
+
+class RaftNode(Generic[R, V]):
+    """One peer (see the module docstring). `RaftNode[R, V]`: its state machine's apply results
+    are R and its read results V (StateMachine[R, V])."""
+
     def __init__(
         self,
         options: NodeOptions,
@@ -101,7 +125,7 @@ class RaftNode:
     def start(
         cls,
         options: NodeOptions,
-        state_machine: StateMachine,
+        state_machine: StateMachine[R, V],
         log_storage: LogStorage,
         meta_storage: MetaStorage,
         transport: Transport,
@@ -111,7 +135,7 @@ class RaftNode:
         on_error: Callable[[str], None] | None = None,
         snapshot_storage: SnapshotStore | None = None,
         metrics: RaftMetrics | None = None,
-    ) -> RaftNode:
+    ) -> RaftNode[R, V]:
         """Start the actors of one peer over the given storage and transport, then begin
         receiving. The storages become owned by the node (closed by `stop`). `on_error` is
         called with the reason when the peer enters ERROR (see the module docstring). Raises
@@ -146,7 +170,9 @@ class RaftNode:
             if state_machine.supports_reads()
             else f"{type(state_machine).__name__} does not implement on_read: read it through apply"
         )
-        self = cls(options, actors, transport, own_clock, threads, no_reads)
+        self: RaftNode[R, V] = cls(options, actors, transport, own_clock, threads, no_reads)
+        with _running_lock:
+            _running.add(self)
         try:
             transport.start(self._router.deliver, self._transport_failed, self._router.drained)
         except BaseException:
@@ -176,13 +202,13 @@ class RaftNode:
 
     # -- the API -----------------------------------------------------------------------------
 
-    def apply(self, command: bytes) -> RaftFuture[Any]:
+    def apply(self, command: bytes) -> RaftFuture[R]:
         """Replicate `command`; the future completes with the state machine's result."""
-        future: RaftFuture[Any] = RaftFuture()
+        future: RaftFuture[R] = RaftFuture()
         self.apply_batch([command], [future])
         return future
 
-    async def apply_async(self, command: bytes) -> Any:
+    async def apply_async(self, command: bytes) -> R:
         """`await node.apply_async(cmd)`: `apply`, awaited on the running loop."""
         return await self.apply(command)
 
@@ -211,12 +237,13 @@ class RaftNode:
         self,
         query: bytes,
         consistency: str = LINEARIZABLE,
-        reply: pykka.Future[Any] | None = None,
+        reply: RaftFuture[Any] | None = None,
         *,
         on_follower: bool = True,
-    ) -> pykka.Future[Any]:
+    ) -> RaftFuture[V]:
         """Read the state machine without the log (`StateMachine.on_read(query)`); the future
-        (`reply`, if given) completes with its result. `consistency`:
+        (`reply`, if given: a RaftFuture, e.g. a CompletionFuture) completes with its result.
+        `consistency`:
         - "linearizable" (the default): on the leader, after a heartbeat round confirmed its
           leadership and its read index is applied (ReadIndex, actors/read_only.py);
         - "lease": on the leader, at once while its lease holds (a clock assumption, see
@@ -228,7 +255,7 @@ class RaftNode:
         ReadError when the state machine's on_read raised (or it has none)."""
         if consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}")
-        future: pykka.Future[Any] = reply if reply is not None else RaftFuture()
+        future: RaftFuture[V] = reply if reply is not None else RaftFuture()
         if self._no_reads is not None:
             fail(future, ReadError(self._no_reads))
             return future
@@ -250,7 +277,7 @@ class RaftNode:
 
     async def read_async(
         self, query: bytes, consistency: str = LINEARIZABLE, *, on_follower: bool = True
-    ) -> Any:
+    ) -> V:
         """`await node.read_async(query)`: `read`, awaited on the running loop."""
         return await self.read(query, consistency, RaftFuture(), on_follower=on_follower)
 
@@ -386,6 +413,8 @@ class RaftNode:
             if self._stopped:
                 return
             self._stopped = True
+        with _running_lock:
+            _running.discard(self)
         self._transport.stop()
         for ref in self._actors.in_stop_order():
             assert isinstance(ref, pykka.ActorRef)

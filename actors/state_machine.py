@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from actors.configuration import Configuration
     from storage.snapshot_storage import SnapshotReader, SnapshotWriter
+
+
+R = TypeVar("R")  # what `on_apply` returns per command: the result of `RaftNode.apply`
+V = TypeVar("V")  # what `on_read` returns: the result of `RaftNode.read`
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +24,7 @@ class Command:
     data: bytes
 
 
-class StateMachine:
+class StateMachine(Generic[R, V]):
     """Subclass and override `on_apply`. Every method runs on the FSMCaller's thread, one at a
     time, so an implementation needs no locking of its own.
 
@@ -37,18 +41,22 @@ class StateMachine:
       not touch the replicated state: raising is logged and counted
       (`pykka_raft_callback_errors_total{callback}`), and the peer goes on.
 
+    Typed results: `class Counter(StateMachine[int, int])` makes `RaftNode.start(..., Counter(),
+    ...)` a `RaftNode[int, int]`, whose `apply(...)` is a `RaftFuture[int]` (and `read` too);
+    a plain `StateMachine` subclass gives `Any` for both.
+
     Never block on this node's futures here (`apply(...).get()`, `read(...).get()`): what
     would complete them runs on this very thread, after the callback returns. Such a `get`
     raises actors.errors.DeadlockError at once; chain with a callback instead.
     """
 
-    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
+    def on_apply(self, commands: Sequence[Command]) -> list[R]:
         """Apply a batch of committed commands in log order; return one result per command
         (the result completes the future of the client that proposed it). Raising puts the node
         into ERROR: it stops applying and serving rather than diverge."""
         raise NotImplementedError
 
-    def on_read(self, query: bytes) -> Any:
+    def on_read(self, query: bytes) -> V:
         """Answer a read (`RaftNode.read`) from the current state, without changing it. Called
         on the FSMCaller's thread between two `on_apply` batches, once the read's index is
         applied. Raising fails that read's future with actors.errors.ReadError (its `cause`

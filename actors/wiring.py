@@ -37,6 +37,7 @@ from transport.rpc import (
     AdminRequest,
     AppendEntriesRequest,
     AppendEntriesResponse,
+    ClientQuery,
     ClientRequest,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
@@ -65,7 +66,7 @@ _TO_NODE = (
     TimeoutNowRequest,
 )
 _TO_REPLICATOR = (AppendEntriesResponse, InstallSnapshotResponse)
-_FROM_CLIENTS = (ClientRequest, StatusRequest, AdminRequest)
+_FROM_CLIENTS = (ClientRequest, ClientQuery, StatusRequest, AdminRequest)
 
 
 class Replicators:

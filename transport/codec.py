@@ -100,6 +100,7 @@ MESSAGE_TAGS: Final[Mapping[type, int]] = MappingProxyType(
         rpc.ReadIndexRequest: 18,
         rpc.ReadIndexResponse: 19,
         rpc.TimeoutNowRequest: 20,
+        rpc.ClientQuery: 21,
     }
 )
 

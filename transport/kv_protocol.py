@@ -1,9 +1,10 @@
-"""The KV service's commands and results: what travels inside ClientRequest.command,
-ClientResponse.result and the replicated log.
+"""The KV service's commands and results: what travels inside ClientRequest.command (writes),
+ClientQuery.query (gets), ClientResponse.result and the replicated log.
 
 A client command is msgpack [op, key, arg1, arg2]; the log entry the server proposes for it adds
 the client's session: [client_id, seq, op, key, arg1, arg2]. Results are msgpack values
-(None, str or bool). Everything decoded from the network is validated here, before Raft sees it.
+(None, str or bool; transport/results.py). Everything decoded from the network is validated
+here, before Raft sees it.
 """
 
 from __future__ import annotations
@@ -14,28 +15,29 @@ from typing import Any
 import msgpack
 
 from transport.errors import DecodeError
+from transport.results import decode_result, encode_result  # noqa: F401 - the KV results
+from transport.rpc import (  # noqa: F401 - re-exported
+    ADMIN_ADD_LEARNER,
+    ADMIN_ADD_PEER,
+    ADMIN_PROMOTE,
+    ADMIN_REMOVE_PEER,
+    ADMIN_SNAPSHOT,
+    ADMIN_TRANSFER_LEADER,
+    CONSISTENCIES,
+    LEASE,
+    LINEARIZABLE,
+    MEMBERSHIP_OPS,
+    SERIALIZABLE,
+)
 
 PUT, GET, DELETE, CAS = "put", "get", "delete", "cas"
 OPS = frozenset((PUT, GET, DELETE, CAS))
-# A get's consistency, carried in its arg1 (None: linearizable, the default).
-LINEARIZABLE, LEASE, SERIALIZABLE = "linearizable", "lease", "serializable"
-CONSISTENCIES = (LINEARIZABLE, LEASE, SERIALIZABLE)
+# A get's consistency, carried in its arg1 (None: linearizable, the default) and in the
+# ClientQuery that carries it.
 ANYWHERE = "any"  # a get's arg2: a follower may serve it (KVClient read_from="any")
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 
-# AdminRequest.op values: operations on the peer itself, answered with a msgpack map.
-ADMIN_SNAPSHOT = "snapshot"  # -> {"peer", "index", "term", "bytes"} of the snapshot taken
-# To the leader; `target` the voter to hand over to ("" for the most up-to-date one)
-# -> {"from": the old leader, "to": the new one}.
-ADMIN_TRANSFER_LEADER = "transfer-leader"
-# Membership changes, to the leader; `target` the peer (HOST:PORT) -> {"leader": the leader
-# that made the change, "voters": [...], "learners": [...]}, the configuration once committed.
-ADMIN_ADD_PEER = "add-peer"  # make a voter (a new peer catches up first; a learner is promoted)
-ADMIN_ADD_LEARNER = "add-learner"  # replicate to it, never counted in a quorum
-ADMIN_PROMOTE = "promote"  # make a learner a voter
-ADMIN_REMOVE_PEER = "remove-peer"  # remove a voter (the leader itself too) or a learner
-MEMBERSHIP_OPS = (ADMIN_ADD_PEER, ADMIN_ADD_LEARNER, ADMIN_PROMOTE, ADMIN_REMOVE_PEER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,28 +94,6 @@ def decode_logged(data: bytes) -> LoggedCommand:
     if not isinstance(client_id, str) or type(seq) is not int or seq < 0:
         raise DecodeError("bad session in logged command")
     return LoggedCommand(client_id, seq, _command(fields[2:]))
-
-
-def encode_result(value: Any) -> bytes:
-    return msgpack.packb(value)
-
-
-def decode_result(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False)
-    except Exception as exc:
-        raise DecodeError(f"bad result: {exc}") from None
-
-
-def decode_admin_result(data: bytes) -> dict[str, Any]:
-    """An AdminRequest's answer: a str-keyed msgpack map (DecodeError otherwise)."""
-    try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=0)
-    except Exception as exc:
-        raise DecodeError(f"bad admin result: {exc}") from exc
-    if not isinstance(value, dict):
-        raise DecodeError("an admin result is a map")
-    return value
 
 
 def _unpack(data: bytes, arity: int) -> list[Any]:

@@ -203,6 +203,28 @@ class ClientRequest:
         return self.client_id
 
 
+# ClientQuery.consistency values (as actors.read_only serves them).
+LINEARIZABLE, LEASE, SERIALIZABLE = "linearizable", "lease", "serializable"
+CONSISTENCIES = (LINEARIZABLE, LEASE, SERIALIZABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientQuery:
+    """A client read, served without the log (RaftNode.read): `consistency` is
+    "linearizable", "lease" or "serializable"; `anywhere`: a follower may serve it (else only
+    the leader does). Answered with a ClientResponse like a ClientRequest."""
+
+    client_id: str
+    request_id: int
+    query: bytes
+    consistency: str
+    anywhere: bool
+
+    @property
+    def sender(self) -> str:
+        return self.client_id
+
+
 class ClientStatus:
     """Values of ClientResponse.status (ints on the wire)."""
 
@@ -225,6 +247,20 @@ class ClientResponse:
     @property
     def sender(self) -> str:
         return self.peer_id
+
+
+# AdminRequest.op values: operations on the peer itself, answered with a msgpack map.
+ADMIN_SNAPSHOT = "snapshot"  # -> {"peer", "index", "term", "bytes"} of the snapshot taken
+# To the leader; `target` the voter to hand over to ("" for the most up-to-date one)
+# -> {"from": the old leader, "to": the new one}.
+ADMIN_TRANSFER_LEADER = "transfer-leader"
+# Membership changes, to the leader; `target` the peer (HOST:PORT) -> {"leader": the leader
+# that made the change, "voters": [...], "learners": [...]}, the configuration once committed.
+ADMIN_ADD_PEER = "add-peer"  # make a voter (a new peer catches up first; a learner is promoted)
+ADMIN_ADD_LEARNER = "add-learner"  # replicate to it, never counted in a quorum
+ADMIN_PROMOTE = "promote"  # make a learner a voter
+ADMIN_REMOVE_PEER = "remove-peer"  # remove a voter (the leader itself too) or a learner
+MEMBERSHIP_OPS = (ADMIN_ADD_PEER, ADMIN_ADD_LEARNER, ADMIN_PROMOTE, ADMIN_REMOVE_PEER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +311,7 @@ RpcMessage = (
     | ReadIndexResponse
     | TimeoutNowRequest
     | ClientRequest
+    | ClientQuery
     | ClientResponse
     | AdminRequest
     | StatusRequest

@@ -45,7 +45,7 @@ from zmq.utils import z85
 
 from transport.errors import TransportError
 from transport.peers import parse_peer
-from transport.rpc import AdminRequest, ClientRequest, RpcMessage, StatusRequest
+from transport.rpc import AdminRequest, ClientQuery, ClientRequest, RpcMessage, StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ ADMIN_ROLE: Final = "admin"
 CLIENT_ROLE: Final = "client"
 _ROLE_OF_DIR: Final = {PEERS: PEER_ROLE, CLIENTS: CLIENT_ROLE, ADMINS: ADMIN_ROLE}
 
-_CLIENT_MESSAGES: Final = (ClientRequest, StatusRequest)
+_CLIENT_MESSAGES: Final = (ClientRequest, ClientQuery, StatusRequest)
 
 
 class KeyDirectoryError(TransportError):

@@ -1,310 +1,41 @@
-"""KVServer: the service side of KVClient. Turns ClientRequests into Raft commands.
+"""KVServer: the service side of KVClient, as one user of actors.client_server.ClientServer.
 
-Runs on the transport's I/O thread (it is the RaftNode's client handler), so it never blocks:
-a request is validated, proposed, and answered from the future's completion callback (on the
-thread that settles the future: the FSMCaller's, the Node's, the LogManager's, or this one
-when the node has stopped). Writes are batched: the writes of one burst of inbound messages
-(everything one wake-up of the transport received) go to the Node as one `apply_batch` when
-the transport reports the burst drained (`drained`), so 64 requests that arrive together cost
-one Node message, not 64. Reads never go through the log (`RaftNode.read`).
-
-Answers keep "definitely not applied" apart from "may have been applied" all the way to the
-client (`_answer`): only a command that never reached the log gets a definite refusal.
-
-Every answer is counted in the node's metrics, `client_requests{op, status}`: op is put, get,
-delete, cas (`invalid` for a command that does not decode), status or admin; status is the
-ClientStatus answered (ok, not_leader, error, unknown, overloaded).
+What the KV service adds to the generic server is its codec: client writes are validated KV
+commands (a malformed one is refused before it reaches the log) and are logged in the KV
+service's own entry format, [client_id, seq, op, key, arg1, arg2] (transport/kv_protocol.py,
+the format of every log written since the first release); the metrics name the operation
+(put, get, delete, cas). Gets arrive as ClientQuery and are served by `KVStateMachine.on_read`.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
-from typing import Any
-
-import msgpack
-
-from actors.errors import (
-    NodeFailedError,
-    NodeStoppedError,
-    NotLeaderError,
-    OverloadedError,
-    RaftError,
-)
-from actors.futures import CompletionFuture, fail_all
-from actors.metrics import CounterCell
+from actors.client_server import ClientServer, CommandCodec
 from actors.raft_node import RaftNode
-from actors.service.errors import InvalidCommandError
-from actors.service.kv_store import STALE
 from transport.base import Transport
 from transport.errors import DecodeError
-from transport.kv_protocol import (
-    ADMIN_ADD_LEARNER,
-    ADMIN_ADD_PEER,
-    ADMIN_PROMOTE,
-    ADMIN_REMOVE_PEER,
-    ADMIN_SNAPSHOT,
-    ADMIN_TRANSFER_LEADER,
-    MEMBERSHIP_OPS,
-    LoggedCommand,
-    decode_command,
-    encode_logged,
-    encode_result,
-)
-from transport.peers import parse_peer
-from transport.rpc import (
-    AdminRequest,
-    ClientRequest,
-    ClientResponse,
-    ClientStatus,
-    RpcMessage,
-    StatusRequest,
-    StatusResponse,
-)
-
-log = logging.getLogger(__name__)
-
-STATUS_NAMES = {
-    ClientStatus.OK: "ok",
-    ClientStatus.NOT_LEADER: "not_leader",
-    ClientStatus.ERROR: "error",
-    ClientStatus.UNKNOWN: "unknown",
-    ClientStatus.OVERLOADED: "overloaded",
-}
-INVALID_OP = "invalid"  # the op label of a command that does not decode
-
-AdminReply = Callable[..., None]
-"""Answers one AdminRequest: reply(status, result map=None, message="", hint="")."""
+from transport.kv_protocol import GET, LoggedCommand, decode_command, encode_logged
 
 
-def snapshot_json(peer_id: str, meta: Any) -> dict[str, Any]:
-    """What `admin snapshot` prints of a SnapshotMeta."""
-    return {
-        "peer": peer_id,
-        "index": meta.last_index,
-        "term": meta.last_term,
-        "bytes": meta.size,
-    }
-
-
-class KVServer:
-    """See the module docstring. `on_client_message` runs on the transport's I/O thread; the
-    completion callbacks on whichever actor thread settles a command's future."""
-
-    def __init__(self, node: RaftNode, transport: Transport) -> None:
-        self.node = node
-        self.transport = transport
-        self.peer_id = transport.local_id
-        self._lock = threading.Lock()  # guards _inflight (the I/O thread vs. completions)
-        # Writes proposed here and not yet answered, by (client id, seq). A retry of one (the
-        # client timed out and asked again) waits for the same entry instead of proposing a
-        # copy: retries must not pile entries into the log faster than it drains. Its keys are
-        # bounded by the node's max_pending_entries, since every proposal's future completes.
-        self._inflight: dict[tuple[str, int], list[ClientRequest]] = {}
-        self._requests = node.metrics.counter(
-            "client_requests", "Client requests answered, by operation and status", ["op", "status"]
-        )
-        # Answers are settled on several threads; this lock makes their counting one writer
-        # (actors/metrics.py). Cells are made on first use: (op, status) pairs are few.
-        self._count_lock = threading.Lock()
-        self._counts: dict[tuple[str, str], CounterCell] = {}
-        # Writes of the current burst, proposed together by `drained`. The lock: the memory
-        # transport of the tests delivers on its senders' threads.
-        self._batch_lock = threading.Lock()
-        self._commands: list[bytes] = []
-        self._futures: list[CompletionFuture] = []
-        node.set_client_handler(self.on_client_message, self.drained)
-
-    def on_client_message(self, message: RpcMessage) -> None:
-        if isinstance(message, ClientRequest):
-            self._on_request(message)
-        elif isinstance(message, StatusRequest):
-            self._on_status(message)
-        elif isinstance(message, AdminRequest):
-            self._on_admin(message)
-
-    def _on_request(self, req: ClientRequest) -> None:
+class KVCodec(CommandCodec):
+    def write_entry(self, client_id: str, seq: int, command: bytes) -> tuple[str, bytes]:
         try:
-            command = decode_command(req.command)
+            decoded = decode_command(command)
         except DecodeError as exc:
-            self._reply(req, INVALID_OP, ClientStatus.ERROR, message=f"bad command: {exc}")
-            return
-        key = None if command.is_read else (req.client_id, req.seq)
-        if key is not None:
-            with self._lock:
-                waiting = self._inflight.get(key)
-                if waiting is not None:
-                    waiting.append(req)  # answered with the entry already proposed
-                    return
-                self._inflight[key] = [req]
+            raise ValueError(str(exc)) from None
+        # A get sent as a write (a client older than ClientQuery) is applied through the log:
+        # linearizable still, only slower.
+        return decoded.op, encode_logged(LoggedCommand(client_id, seq, decoded))
 
-        def done(result: Any, error: BaseException | None) -> None:
-            waiters = [req]
-            if key is not None:
-                with self._lock:
-                    waiters = self._inflight.pop(key, waiters)
-            status, fields = self._answer(result, error)
-            for waiter in waiters:
-                self._reply(waiter, command.op, status, **fields)
-
+    def query_label(self, query: bytes) -> str:
         try:
-            if command.is_read:  # never through the log (actors/read_only.py)
-                self.node.read(
-                    req.command,
-                    command.consistency,
-                    CompletionFuture(done),
-                    on_follower=command.anywhere,
-                )
-            else:
-                logged = encode_logged(LoggedCommand(req.client_id, req.seq, command))
-                with self._batch_lock:
-                    self._commands.append(logged)
-                    self._futures.append(CompletionFuture(done))
-        except Exception as exc:  # never leave a waiter behind (this runs on the I/O thread)
-            done(None, exc)
+            decoded = decode_command(query)
+        except DecodeError as exc:
+            raise ValueError(str(exc)) from None
+        if decoded.op != GET:
+            raise ValueError(f"{decoded.op} is not a read")
+        return GET
 
-    def drained(self) -> None:
-        """The transport delivered a burst: propose its writes as one batch (in arrival
-        order, which is the order their entries take in the log)."""
-        with self._batch_lock:
-            if not self._commands:
-                return
-            commands, self._commands = self._commands, []
-            futures, self._futures = self._futures, []
-        try:
-            self.node.apply_batch(commands, futures)
-        except Exception as exc:  # never leave a waiter behind
-            fail_all(futures, exc)
 
-    def _answer(self, result: Any, error: BaseException | None) -> tuple[int, dict[str, Any]]:
-        """The client's answer for a command's outcome: definite ones (OK, ERROR, NOT_LEADER,
-        OVERLOADED) only when nothing else can happen to it; UNKNOWN whenever it may still be
-        applied (it reached the log: `outcome_unknown`)."""
-        if error is None:
-            if isinstance(result, InvalidCommandError):
-                return ClientStatus.ERROR, {"message": str(result)}
-            if result is STALE:
-                return ClientStatus.ERROR, {"message": "stale request (seq too old)"}
-            return ClientStatus.OK, {"result": encode_result(result)}
-        if isinstance(error, RaftError) and error.outcome_unknown:
-            return ClientStatus.UNKNOWN, {"message": str(error)}
-        if isinstance(error, NotLeaderError):
-            return ClientStatus.NOT_LEADER, {"leader_hint": error.leader_hint or ""}
-        if isinstance(error, OverloadedError):
-            return ClientStatus.OVERLOADED, {"message": str(error)}
-        if isinstance(error, NodeStoppedError | NodeFailedError):
-            # Never appended: nothing happened here; another peer may serve it.
-            return ClientStatus.NOT_LEADER, {"message": str(error)}
-        if isinstance(error, RaftError):
-            return ClientStatus.ERROR, {"message": f"{type(error).__name__}: {error}"}
-        log.error("%s: command failed unexpectedly", self.peer_id, exc_info=error)
-        return ClientStatus.UNKNOWN, {"message": f"{type(error).__name__}: {error}"}
-
-    def _count(self, op: str, status: int) -> None:
-        key = (op, STATUS_NAMES.get(status, str(status)))
-        with self._count_lock:
-            cell = self._counts.get(key)
-            if cell is None:
-                cell = self._counts[key] = self._requests.cell(*key)
-            cell.inc()
-
-    def _reply(
-        self,
-        req: ClientRequest,
-        op: str,
-        status: int,
-        *,
-        result: bytes = b"",
-        leader_hint: str = "",
-        message: str = "",
-    ) -> None:
-        self._count(op, status)
-        self.transport.send(
-            req.client_id,
-            ClientResponse(req.request_id, status, result, leader_hint, message, self.peer_id),
-        )
-
-    def _on_admin(self, req: AdminRequest) -> None:
-        """Operator requests (they never go through the client write path): a snapshot of
-        this peer, or, to the leader, a leadership transfer or a membership change. Each is
-        answered when its future settles (`_admin_future`)."""
-
-        def reply(
-            status: int, result: dict[str, Any] | None = None, message: str = "", hint: str = ""
-        ) -> None:
-            self._count("admin", status)
-            body = msgpack.packb(result) if result is not None else b""
-            response = ClientResponse(req.request_id, status, body, hint, message, self.peer_id)
-            self.transport.send(req.client_id, response)
-
-        if req.op == ADMIN_SNAPSHOT:
-            self.node.snapshot(self._admin_future(reply, self._snapshot_result))
-        elif req.op == ADMIN_TRANSFER_LEADER:
-            future = self._admin_future(reply, lambda to: {"from": self.peer_id, "to": to})
-            self.node.transfer_leadership(req.target or None, future)
-        elif req.op in MEMBERSHIP_OPS:
-            self._change_membership(req.op, req.target, reply)
-        else:
-            reply(ClientStatus.ERROR, message=f"unknown admin operation {req.op[:40]!r}")
-
-    def _change_membership(self, op: str, target: str, reply: AdminReply) -> None:
-        """add-peer, add-learner, promote or remove-peer `target` (a HOST:PORT peer id)."""
-        try:
-            parse_peer(target)
-        except ValueError as error:
-            reply(ClientStatus.ERROR, message=f"{op}: {str(error)[:200]}")
-            return
-        node = self.node
-        start: dict[str, Callable[[str, CompletionFuture], Any]] = {
-            ADMIN_ADD_PEER: node.add_peer,
-            ADMIN_ADD_LEARNER: lambda peer, future: node.add_learners([peer], future),
-            ADMIN_PROMOTE: node.promote_learner,
-            ADMIN_REMOVE_PEER: node.remove_peer,
-        }
-        start[op](target, self._admin_future(reply, self._members_result))
-
-    def _admin_future(
-        self, reply: AdminReply, result: Callable[[Any], dict[str, Any] | str]
-    ) -> CompletionFuture:
-        """A future whose outcome answers an admin request: `result(value)` is the answer's
-        map (a str: a definite refusal, its message). NotLeaderError -> NOT_LEADER (with the
-        hint), an error whose outcome is unknown -> UNKNOWN, any other -> ERROR, named."""
-
-        def done(value: Any, error: BaseException | None) -> None:
-            if isinstance(error, NotLeaderError):
-                reply(ClientStatus.NOT_LEADER, message=str(error), hint=error.leader_hint or "")
-            elif isinstance(error, RaftError) and error.outcome_unknown:
-                reply(ClientStatus.UNKNOWN, message=f"{type(error).__name__}: {error}")
-            elif error is not None:
-                reply(ClientStatus.ERROR, message=f"{type(error).__name__}: {error}")
-            else:
-                answer = result(value)
-                if isinstance(answer, str):
-                    reply(ClientStatus.ERROR, message=answer)
-                else:
-                    reply(ClientStatus.OK, answer)
-
-        return CompletionFuture(done)
-
-    def _snapshot_result(self, meta: Any) -> dict[str, Any] | str:
-        if meta is None:
-            return "nothing applied yet: no snapshot to take"
-        return snapshot_json(self.peer_id, meta)
-
-    def _members_result(self, conf: Any) -> dict[str, Any]:
-        """What a membership change answers: this leader and the configuration it made."""
-        members = conf.as_dict()
-        return {
-            "leader": self.peer_id,
-            "voters": list(members["voters"]),
-            "learners": list(members.get("learners", [])),
-        }
-
-    def _on_status(self, req: StatusRequest) -> None:
-        def done(status: Any, error: BaseException | None) -> None:
-            self._count("status", ClientStatus.OK if error is None else ClientStatus.ERROR)
-            body = status.to_json() if error is None else {"id": self.peer_id, "error": str(error)}
-            self.transport.send(req.client_id, StatusResponse(req.request_id, self.peer_id, body))
-
-        self.node.status_async(CompletionFuture(done))
+class KVServer(ClientServer):
+    def __init__(self, node: RaftNode, transport: Transport) -> None:
+        super().__init__(node, transport, KVCodec())

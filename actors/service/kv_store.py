@@ -1,16 +1,11 @@
 """The replicated key-value store: a StateMachine with exactly-once client sessions.
 
-Every write carries (client_id, seq). The store remembers, per client, the last sequence number
-applied and its result; a retry of that request gets the remembered result instead of being
-applied again (Raft dissertation §6.3). A request older than the last one (a delayed duplicate
-whose answer the client no longer waits for) is not applied either.
-
-Sessions expire deterministically by log index, never by wall clock: before each entry is
-applied, every session last used `session_ttl_entries` or more entries earlier is forgotten.
-That is a function of the log alone, entry by entry, so replicas that hand the same log to
-`on_apply` in different batches expire the same sessions at the same point and answer every
-retry alike (checked by a property test). A client retrying a request older than the TTL could
-see it applied twice; the TTL is sized so that no client retries for that long.
+Every write carries (client_id, seq) and goes through the exactly-once table of
+actors/sessions.py: a retry gets the remembered result instead of being applied again (Raft
+dissertation §6.3), an older duplicate is not applied (STALE), and sessions expire by log index,
+alike on every replica (checked by a property test). The KV log entry is its own format
+(transport/kv_protocol.py), kept since the first release, rather than the generic session
+envelope.
 
 Snapshots hold the data and the sessions, so exactly-once survives a snapshot install. Saving
 takes shallow copies of both (a few tens of milliseconds for a million keys: that is all the
@@ -21,36 +16,18 @@ pairs, then the sessions as flat [client_id, seq, result, index, ...] arrays.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any
 
 import msgpack
 
 from actors.service.errors import InvalidCommandError
+from actors.sessions import Sessions
 from actors.state_machine import Command, StateMachine
 from storage.snapshot_storage import SnapshotReader, SnapshotWriter
 from transport.errors import DecodeError
 from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_command, decode_logged
-
-
-@dataclass(slots=True)
-class _Session:
-    last_seq: int
-    last_result: Any
-    last_index: int
-
-
-class StaleRequest:
-    """The result of a request older than the client's latest: it was not applied."""
-
-    def __repr__(self) -> str:
-        return "StaleRequest"
-
-
-STALE = StaleRequest()
 
 SNAPSHOT_FORMAT = "pykka-raft-kv/1"
 SNAPSHOT_BATCH = 4096  # pairs (or sessions) per msgpack array in a snapshot
@@ -59,33 +36,25 @@ SNAPSHOT_BATCH = 4096  # pairs (or sessions) per msgpack array in a snapshot
 class KVStateMachine(StateMachine):
     def __init__(self, session_ttl_entries: int = 1_000_000) -> None:
         self.data: dict[str, str] = {}
-        # Ordered by last use (last_index), oldest first, so expiry pops from the front.
-        self.sessions: OrderedDict[str, _Session] = OrderedDict()
-        self.session_ttl_entries = session_ttl_entries
+        self.sessions = Sessions(session_ttl_entries)
 
     def on_apply(self, commands: Sequence[Command]) -> list[Any]:
         return [self._apply_one(c) for c in commands]
 
     def _apply_one(self, entry: Command) -> Any:
-        self._expire_sessions(entry.index)
         try:
             logged = decode_logged(entry.data)
         except DecodeError as exc:
             # Deterministic on every replica: answered as an error, state unchanged.
+            self.sessions.expire(entry.index)
             return InvalidCommandError(str(exc))
         command = logged.command
         if command.op == GET:
+            self.sessions.expire(entry.index)
             return self.data.get(command.key)
-        session = self.sessions.get(logged.client_id)
-        if session is not None:
-            if logged.seq == session.last_seq:
-                return session.last_result  # a retry: answered, not applied again
-            if logged.seq < session.last_seq:
-                return STALE
-        result = self._write(command)
-        self.sessions[logged.client_id] = _Session(logged.seq, result, entry.index)
-        self.sessions.move_to_end(logged.client_id)
-        return result
+        return self.sessions.apply(
+            logged.client_id, logged.seq, entry.index, lambda: self._write(command)
+        )
 
     def on_read(self, query: bytes) -> Any:
         """A get served without the log (RaftNode.read): `query` is the client's command."""
@@ -113,20 +82,11 @@ class KVStateMachine(StateMachine):
             return True
         raise AssertionError(f"unreachable: {command.op}")
 
-    def _expire_sessions(self, index: int) -> None:
-        """Forget sessions last used at or before `index - session_ttl_entries`."""
-        horizon = index - self.session_ttl_entries
-        while self.sessions:
-            client_id, session = next(iter(self.sessions.items()))
-            if session.last_index > horizon:
-                break
-            del self.sessions[client_id]
-
     # -- snapshots ---------------------------------------------------------------------------
 
     def on_snapshot_save(self, writer: SnapshotWriter) -> Callable[[], None]:
         data = dict(self.data)  # shallow copies: values and sessions are never mutated in place
-        sessions = [(c, s.last_seq, s.last_result, s.last_index) for c, s in self.sessions.items()]
+        sessions = self.sessions.rows()
 
         def write() -> None:
             header = {"format": SNAPSHOT_FORMAT, "keys": len(data), "sessions": len(sessions)}
@@ -146,14 +106,13 @@ class KVStateMachine(StateMachine):
         data: dict[str, str] = {}
         for flat in _read_batches(items, header["keys"], 2):
             data.update(zip(flat[0::2], flat[1::2], strict=True))
-        sessions: OrderedDict[str, _Session] = OrderedDict()
+        sessions: list[list[Any]] = []
         for flat in _read_batches(items, header["sessions"], 4):
-            for n in range(0, len(flat), 4):
-                sessions[flat[n]] = _Session(flat[n + 1], flat[n + 2], flat[n + 3])
+            sessions.extend(flat[n : n + 4] for n in range(0, len(flat), 4))
         if reader.read(1) or next(items, None) is not None:
             raise ValueError("trailing data after the KV snapshot")
         self.data = data
-        self.sessions = sessions
+        self.sessions.load(sessions)
 
 
 def _batches(pairs: Iterable[tuple[Any, ...]]) -> Iterator[list[Any]]:

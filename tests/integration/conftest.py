@@ -28,6 +28,7 @@ __all__ = [
     "ELECTION_TIMEOUT_MS",
     "LAUNCHER",
     "WAIT",
+    "OutputProcess",
     "ServiceCluster",
     "Supervisor",
     "free_ports",
@@ -101,30 +102,12 @@ class ServiceCluster:
             peer.kill()  # SIGKILL ends even a SIGSTOPped process
 
 
-class Supervisor:
-    """`python launcher.py` (the cluster form) as a process whose output a test waits on."""
+class OutputProcess:
+    """A process whose output (stdout and stderr, line by line) a test waits on."""
 
-    def __init__(
-        self, peers: list[str], data_dir: Path, *args: str, cwd: Path | None = None
-    ) -> None:
+    def __init__(self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                LAUNCHER,
-                "--peers",
-                ",".join(peers),
-                "--data-dir",
-                str(data_dir),
-                "--election-timeout-ms",
-                "300",
-                "--log-level",
-                "WARNING",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=cwd,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -138,6 +121,8 @@ class Supervisor:
                 self.lines.put(line)
 
     def expect(self, text: str, timeout: float = 30.0) -> str:
+        """The next line (after those an earlier `expect` returned) that contains `text`."""
+
         def found() -> str | None:
             while True:
                 try:
@@ -148,8 +133,37 @@ class Supervisor:
                 if text in line:
                     return line
 
-        line: str = wait_until(found, f"{text!r} from the supervisor (saw {self.seen})", timeout)
-        return line
+        what = f"{text!r} from {self.process.args} (saw {self.seen})"
+        line: str = wait_until(found, what, timeout)
+        return line.rstrip("\n")
+
+    def end(self, timeout: float = 10.0) -> None:
+        """Wait for the output to end (the process exited and its pipe is drained)."""
+        self._pump.join(timeout=timeout)
+
+
+class Supervisor(OutputProcess):
+    """`python launcher.py` (the cluster form) as a process whose output a test waits on."""
+
+    def __init__(
+        self, peers: list[str], data_dir: Path, *args: str, cwd: Path | None = None
+    ) -> None:
+        super().__init__(
+            [
+                sys.executable,
+                LAUNCHER,
+                "--peers",
+                ",".join(peers),
+                "--data-dir",
+                str(data_dir),
+                "--election-timeout-ms",
+                "300",
+                "--log-level",
+                "WARNING",
+                *args,
+            ],
+            cwd=cwd,
+        )
 
     def children(self) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children()

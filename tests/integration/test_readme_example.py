@@ -1,4 +1,4 @@
-"""README's embedding example runs as written (on one free port, in a temporary directory)."""
+"""README's examples run as written (on free ports, in a temporary directory)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from actors.sessions import encode_session_command
+from actors.state_machine import Command
 
 from .conftest import LAUNCHER, Supervisor, free_ports
 
@@ -16,25 +20,19 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def test_embedding_example_applies_a_command(tmp_path: Path) -> None:
+def test_the_embedding_sketch_is_a_working_session_state_machine() -> None:
+    """README's short embedding block (the full programs are docs/EMBEDDING.md's, run by
+    test_embedding_guide.py): its Counter applies exactly once and answers queries."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    example = next(b for b in blocks if "RaftNode.start" in b)
-    (port,) = free_ports(1)
-    me = f"127.0.0.1:{port}"
-    # A single-peer cluster elects itself, so the example's leader branch runs.
-    example = re.sub(r"peers = \[.*?\]", f'peers = ["{me}"]', example)
-    example = example.replace("tcp://127.0.0.1:7001", f"tcp://{me}")
-    assert me in example
-    result = subprocess.run(
-        [sys.executable, "-c", example],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "5"
+    sketch = next(b for b in blocks if "SessionStateMachine" in b)
+    scope: dict[str, Any] = {}
+    exec(sketch, scope)
+    counter = scope["Counter"]()
+    writes = ((1, b"5"), (1, b"5"), (2, b"2"))
+    entries = [encode_session_command("c", seq, data) for seq, data in writes]
+    results = counter.on_apply([Command(i, 1, e) for i, e in enumerate(entries, start=1)])
+    assert results == [5, 5, 7]  # the retry of seq 1 is answered, not applied again
+    assert counter.on_read(b"total") == 7
 
 
 def test_secured_cluster_example_runs_as_written(tmp_path: Path) -> None:

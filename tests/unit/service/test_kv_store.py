@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.service.errors import InvalidCommandError
-from actors.service.kv_store import SNAPSHOT_FORMAT, STALE, KVStateMachine
+from actors.service.kv_store import SNAPSHOT_FORMAT, KVStateMachine
+from actors.sessions import STALE
 from actors.state_machine import Command
 from storage.errors import CorruptSnapshotError
 from storage.memory import MemorySnapshotStorage

@@ -40,6 +40,8 @@ SAMPLES: list[Any] = [
     rpc.InstallSnapshotResponse(4, True, "b:2", 1, 4, 100, 2, False),
     rpc.InstallSnapshotResponse(MAX_TERM, False, "", UINT64_MAX, 0, 0, 0, True),
     rpc.ClientRequest("client-\u00e9\u4e2d\U0001f600", 1, 2, b"\xff\x00put k v"),
+    rpc.ClientQuery("client-\u00e9", 2**64 - 1, b"\x00get k", "linearizable", True),
+    rpc.ClientQuery("c", 0, b"", "", False),
     rpc.ClientResponse(1, rpc.ClientStatus.OK),
     rpc.ClientResponse(1, rpc.ClientStatus.NOT_LEADER, b"", "b:2", "not leader", "a:1"),
     rpc.StatusRequest("cli", 3),

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-import transport.client as client_module
+import transport.raft_client as client_module
 from transport.client import AdminClient, ClientTimeout, CommandError, KnownPeers, KVClient
 from transport.codec import decode, encode
 from transport.kv_protocol import ADMIN_ADD_PEER, encode_result

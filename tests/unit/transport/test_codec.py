@@ -90,6 +90,7 @@ def test_tags_never_change() -> None:
         "ReadIndexRequest": 18,
         "ReadIndexResponse": 19,
         "TimeoutNowRequest": 20,
+        "ClientQuery": 21,
     }
 
 
@@ -145,7 +146,7 @@ def test_unknown_version(version: Any) -> None:
     expect_decode_error(repack(values), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("tag", [0, 21, 255, -3, True, "1", None, 3.0])
+@pytest.mark.parametrize("tag", [0, 22, 255, -3, True, "1", None, 3.0])
 def test_unknown_tag(tag: Any) -> None:
     values = fields_of(encode(SAMPLES[0]))
     values[1] = tag

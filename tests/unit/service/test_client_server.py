@@ -1,5 +1,6 @@
-"""KVServer alone, over a stub node and a recording transport: what each outcome of a command
-tells the client, and retried writes that join the proposal already in flight."""
+"""ClientServer alone, over a stub node and a recording transport: what each outcome of a command
+tells the client, retried writes that join the proposal already in flight, admin requests;
+mostly through KVServer (ClientServer with the KV codec), then with the default codec."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.client_server import STATUS_NAMES, ClientServer
 from actors.configuration import Configuration
 from actors.errors import (
     CatchUpError,
@@ -26,7 +28,8 @@ from actors.errors import (
 )
 from actors.futures import complete, fail
 from actors.metrics import Counter, Metrics
-from actors.service.kv_server import STATUS_NAMES, KVServer
+from actors.service.kv_server import KVServer
+from actors.sessions import STALE, RefusedCommand, decode_session_command
 from actors.testing import RecordingTransport
 from storage.snapshot_storage import SnapshotMeta
 from transport.kv_protocol import (
@@ -36,20 +39,20 @@ from transport.kv_protocol import (
     ADMIN_REMOVE_PEER,
     ADMIN_SNAPSHOT,
     ADMIN_TRANSFER_LEADER,
-    ANYWHERE,
     GET,
     LINEARIZABLE,
     PUT,
     SERIALIZABLE,
     KVCommand,
-    decode_admin_result,
     decode_logged,
     decode_result,
     encode_command,
     encode_result,
 )
+from transport.results import decode_admin_result
 from transport.rpc import (
     AdminRequest,
+    ClientQuery,
     ClientRequest,
     ClientResponse,
     ClientStatus,
@@ -142,6 +145,11 @@ def request(request_id: int, seq: int = 1, op: str = PUT, arg1: str | None = Non
     return ClientRequest("client-1", request_id, seq, encode_command(command))
 
 
+def query(request_id: int, consistency: str = LINEARIZABLE, anywhere: bool = False) -> ClientQuery:
+    get = encode_command(KVCommand(GET, "k"))
+    return ClientQuery("client-1", request_id, get, consistency, anywhere)
+
+
 def deliver(kv: KVServer, *messages: Any) -> None:
     """The transport's way: a burst of messages, then `drained`."""
     for message in messages:
@@ -153,7 +161,7 @@ def test_the_writes_of_one_burst_are_proposed_together_in_arrival_order(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    burst = [request(i, seq=i) for i in (1, 2, 3)] + [request(4, seq=0, op=GET)]
+    burst = [request(i, seq=i) for i in (1, 2, 3)] + [query(4)]
     for message in burst:
         kv.on_client_message(message)
     assert node.proposals == [] and len(node.reads) == 1  # reads at once, writes at the end
@@ -202,12 +210,11 @@ def test_distinct_writes_are_each_proposed_and_reads_never_are(
     server: tuple[KVServer, StubNode, RecordingTransport],
 ) -> None:
     kv, node, transport = server
-    deliver(kv, request(1, seq=0, op=GET))
-    deliver(kv, request(2, seq=0, op=GET, arg1=SERIALIZABLE))
+    deliver(kv, query(1))
+    deliver(kv, query(2, SERIALIZABLE))
     deliver(kv, request(3, seq=1))
     deliver(kv, request(4, seq=2))
-    any_peer = KVCommand(GET, "k", None, ANYWHERE)  # read_from="any"
-    deliver(kv, ClientRequest("client-1", 5, 0, encode_command(any_peer)))
+    deliver(kv, query(5, anywhere=True))  # read_from="any"
     assert len(node.proposals) == 2
     consistencies = [consistency for _, consistency, _ in node.reads]
     assert consistencies == [LINEARIZABLE, SERIALIZABLE, LINEARIZABLE]
@@ -441,7 +448,7 @@ def test_every_answer_is_counted_by_operation_and_status(
     kv, node, _ = server
     for request_id in (1, 2):  # a write and its retry, joined: two answers
         deliver(kv, request(request_id))
-    deliver(kv, request(3, seq=0, op=GET))
+    deliver(kv, query(3))
     deliver(kv, ClientRequest("client-1", 4, 5, b"\xc1"))  # does not decode
     deliver(kv, StatusRequest("client-1", 5))
     deliver(kv, AdminRequest("admin-1", 6, "format-the-disk"))
@@ -455,3 +462,71 @@ def test_every_answer_is_counted_by_operation_and_status(
         ("status", "ok"): 1,
         ("admin", "error"): 1,
     }
+
+
+# -- the default codec: opaque commands for a SessionStateMachine -------------------------------
+
+
+@pytest.fixture
+def generic() -> tuple[ClientServer, StubNode, RecordingTransport]:
+    node, transport = StubNode(), RecordingTransport(ME)
+    return ClientServer(node, transport), node, transport  # type: ignore[arg-type]
+
+
+def test_a_write_is_logged_in_the_session_envelope_and_its_result_travels_as_msgpack(
+    generic: tuple[ClientServer, StubNode, RecordingTransport],
+) -> None:
+    server, node, transport = generic
+    deliver(server, ClientRequest("client-1", 1, 7, b"\x00opaque"))
+    [(entry, future)] = node.proposals
+    assert decode_session_command(entry) == ("client-1", 7, b"\x00opaque")
+    complete(future, {"total": 5, "raw": b"\x01"})
+    [(to, answer)] = transport.take()
+    assert to == "client-1" and answer.status == ClientStatus.OK
+    assert decode_result(answer.result) == {"total": 5, "raw": b"\x01"}
+    assert answered(node) == {("command", "ok"): 1}
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        (RefusedCommand("not a number"), "not a number"),
+        (STALE, "stale request (seq too old)"),
+        (object(), "the result cannot be encoded"),
+    ],
+    ids=["refused", "stale", "unencodable"],
+)
+def test_results_that_mean_nothing_was_applied_are_definite_errors(
+    generic: tuple[ClientServer, StubNode, RecordingTransport], result: Any, message: str
+) -> None:
+    server, node, transport = generic
+    deliver(server, ClientRequest("client-1", 1, 1, b"x"))
+    complete(node.proposals[0][1], result)
+    [(_, answer)] = transport.take()
+    assert answer.status == ClientStatus.ERROR and answer.message.startswith(message)
+
+
+def test_a_write_without_a_session_is_refused_before_the_log(
+    generic: tuple[ClientServer, StubNode, RecordingTransport],
+) -> None:
+    server, node, transport = generic
+    deliver(server, ClientRequest("client-1", 1, 0, b"x"), ClientRequest("", 2, 1, b"x"))
+    assert node.proposals == []
+    assert [a.status for _, a in transport.take()] == [ClientStatus.ERROR] * 2
+    assert answered(node) == {("invalid", "error"): 2}
+
+
+def test_a_query_is_read_as_asked_and_a_bad_consistency_is_refused(
+    generic: tuple[ClientServer, StubNode, RecordingTransport],
+) -> None:
+    server, node, transport = generic
+    deliver(server, ClientQuery("client-1", 1, b"q", "lease", True))
+    deliver(server, ClientQuery("client-1", 2, b"q", "eventually", False))
+    assert [(q, c) for q, c, _ in node.reads] == [(b"q", "lease")]
+    assert node.on_follower == [True] and node.proposals == []
+    [(_, refused)] = transport.take()
+    assert refused.request_id == 2 and refused.status == ClientStatus.ERROR
+    complete(node.reads[0][2], 3)
+    [(_, answer)] = transport.take()
+    assert (answer.request_id, decode_result(answer.result)) == (1, 3)
+    assert answered(node) == {("query", "ok"): 1, ("invalid", "error"): 1}
