@@ -84,16 +84,15 @@ class RaftActor(pykka.ThreadingActor):
         Only for drivers that run the actor without its pykka thread."""
         self.self_mailbox = mailbox
 
+    def tell_self(self, message: Any) -> None:
+        """Tell ourselves `message` from another thread (a timer, a completion callback). Once
+        this actor stopped it is dropped quietly: whatever it reports is moot."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.self_mailbox.tell(message)
+
     def tell_later(self, clock: Clock, delay: float, message: Any) -> TimerHandle:
-        """Tell ourselves `message` after `delay` (a timer). A timer that fires after this actor
-        stopped is dropped quietly: it is moot."""
-        mailbox = self.self_mailbox
-
-        def fire() -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                mailbox.tell(message)
-
-        return clock.call_later(delay, fire)
+        """Tell ourselves `message` after `delay` (a timer), as `tell_self`."""
+        return clock.call_later(delay, lambda: self.tell_self(message))
 
     def receive(self, message: Any) -> Any:
         handler = self._handlers.get(type(message))

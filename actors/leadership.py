@@ -211,7 +211,7 @@ class LeadershipChanges:
         assert change is not None
         generation = change.generation
         applied = CompletionFuture(
-            lambda _, error: self.self_mailbox.tell(ConfEntryApplied(generation, error))
+            lambda _, error: self.tell_self(ConfEntryApplied(generation, error))
         )
         self.log_manager.tell(AppendConfiguration(self.term, conf, applied))
 

@@ -719,7 +719,7 @@ class Node(LeadershipChanges, RaftActor):
         fail_all(self._follower_reads.drain(), NotLeaderError(None))  # retried, here now
         term = self.term
         applied = CompletionFuture(
-            lambda _, error: self.self_mailbox.tell(TermEntryApplied(term, error))
+            lambda _, error: self.tell_self(TermEntryApplied(term, error))
         )
         self.log_manager.tell(BecomeLeader(term, applied))
         self._arm_lease_check()

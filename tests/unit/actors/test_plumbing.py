@@ -106,6 +106,22 @@ def test_mailbox_slot_refuses_use_before_bind_and_drops_to_dead_actor() -> None:
         ref.tell(Ping(1))
 
 
+
+def test_a_completion_reported_to_a_stopped_actor_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Node stopped just after an election is told its term's first entry applied by a
+    callback on another thread: the report is moot, not an error to log."""
+    actor = Echo(RecordingMailbox())
+    ref = Echo.start(RecordingMailbox())
+    actor.self_mailbox = ref
+    applied: CompletionFuture = CompletionFuture(lambda _, error: actor.tell_self(Ping(1)))
+    ref.stop()
+    with caplog.at_level(logging.DEBUG, logger="actors"):
+        complete(applied, None)
+    assert applied.done()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
 def test_manual_clock_fires_in_deadline_order_and_honours_cancel() -> None:
     clock = ManualClock()
     fired: list[str] = []
