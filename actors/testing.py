@@ -1,5 +1,6 @@
 """Test helpers: recording mailboxes, a recording state machine and an unthreaded actor
-harness. Tests only.
+harness. For tests (the library never imports it); docs/TESTING.md shows how to use them, and
+actors/testkit.py builds whole actors, elections, a fake RaftNode and clusters out of them.
 
     node_log = RecordingMailbox("log_manager")
     harness = ActorHarness(Node(options, log_manager=node_log, ...))
@@ -105,7 +106,7 @@ class RecordingTransport:
     def max_frame_size(self) -> int:
         return DEFAULT_MAX_FRAME_SIZE
 
-    def start(self, deliver: Any, on_failure: Any = None) -> None:
+    def start(self, deliver: Any, on_failure: Any = None, on_drained: Any = None) -> None:
         pass
 
     def send(self, to: str, message: RpcMessage) -> None:
@@ -280,17 +281,30 @@ class ActorHarness:
             handled += 1
         return handled
 
-    def advance(self, seconds: float) -> None:
-        """Advance the manual clock (firing timers) and handle what they told the actor."""
+    def advance(self, seconds: float, *, until: Callable[[], bool] | None = None) -> bool:
+        """Advance the manual clock (firing timers) and handle what they told the actor.
+
+        Nothing but timers happens inside the window: no reply reaches the actor between two
+        deadlines, so a round the actor starts and times out within one call (a Node's
+        pre-vote, in a window longer than an election timeout) is lost without an answer. To
+        stop at the moment of interest instead, pass `until`: it is checked before the first
+        deadline and after each one (once the actor has reacted), and the clock stops at the
+        first deadline after which it holds. Returns whether `until` stopped it early.
+        (`NodeKit.advance` of actors/testkit_node.py raises when a pre-vote is lost so.)"""
         clock = self.clock
         assert clock is not None, "ActorHarness was given no ManualClock"
         end = clock.now() + seconds
+        if until is not None and until():
+            return True
         # One deadline at a time, handling the actor's reaction in between, so a timer the
         # actor schedules while reacting still fires inside this window, in order.
         while (deadline := clock.next_deadline()) is not None and deadline <= end:
             clock.advance(deadline - clock.now())
             self.run()
+            if until is not None and until():
+                return True
         clock.advance(end - clock.now())
+        return False
 
     def stop(self) -> None:
         self.actor.on_stop()

@@ -1,4 +1,6 @@
-"""In-memory twins of the storages. Tests only: nothing here survives the process.
+"""In-memory twins of the storages, for tests: nothing here survives the process.
+
+An application's tests get them ready-made as `actors.testkit.InMemoryCluster` (docs/TESTING.md).
 
 They behave exactly like the durable ones (the same contract tests run against both) and also
 model durability, so that a simulator can crash a peer and restart it with what a real disk

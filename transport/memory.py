@@ -1,4 +1,6 @@
-"""In-process transport with injectable network faults. FOR TESTS ONLY.
+"""In-process transport with injectable network faults, for tests: nothing leaves the process.
+
+An application's tests get it ready-made as `actors.testkit.InMemoryCluster` (docs/TESTING.md).
 
 A `MemoryNetwork` is a hub; `network.endpoint(peer_id)` returns a `MemoryTransport` that
 implements the `transport.base.Transport` protocol, so the same actors that run over ZeroMQ in
