@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar
 import pykka
 
 from actors.clock import Clock, RealClock
+from actors.dispatcher import Dispatcher
 from actors.errors import NodeStoppedError, OptionsError, ReadError
 from actors.futures import CompletionFuture, RaftFuture, fail, fail_all
 from actors.membership import ChangeRequest, Op
@@ -135,6 +136,7 @@ class RaftNode(Generic[R, V]):
         on_error: Callable[[str], None] | None = None,
         snapshot_storage: SnapshotStore | None = None,
         metrics: RaftMetrics | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> RaftNode[R, V]:
         """Start the actors of one peer over the given storage and transport, then begin
         receiving. The storages become owned by the node (closed by `stop`). `on_error` is
@@ -143,14 +145,17 @@ class RaftNode(Generic[R, V]):
         With `snapshot_storage` (storage.snapshot_storage.SnapshotStorage) and a state machine
         that implements on_snapshot_save/on_snapshot_load, the node loads its newest snapshot,
         snapshots by the options' policy and compacts its log (see actors.options). The actors
-        count into `metrics` (a new actors.metrics.RaftMetrics if None; see `metrics`)."""
+        count into `metrics` (a new actors.metrics.RaftMetrics if None; see `metrics`).
+        The Node, its Replicators and its BallotBox run on `dispatcher` (actors.dispatcher; a
+        new one of the node's own, stopped with it, if None): nodes in one process may share
+        one, as they share the machine's cores anyway."""
         if options.raft.max_command_bytes + FRAME_HEADROOM > transport.max_frame_size:
             raise OptionsError(
                 f"max_command_bytes {options.raft.max_command_bytes} does not fit the "
                 f"transport's frames of {transport.max_frame_size} bytes"
             )
         own_clock = RealClock() if clock is None else None
-        threads = ThreadedActors()
+        threads = ThreadedActors(dispatcher, options.peer_id)
         actors = assemble_peer(
             options,
             state_machine,

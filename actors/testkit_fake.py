@@ -35,6 +35,7 @@ import pykka
 
 from actors.clock import Clock
 from actors.configuration import Configuration
+from actors.dispatcher import Dispatcher
 from actors.errors import (
     LeadershipLostError,
     NodeFailedError,
@@ -141,6 +142,7 @@ class FakeRaftNode(RaftNode[R, V]):
         on_error: Callable[[str], None] | None = None,
         snapshot_storage: SnapshotStore | None = None,
         metrics: RaftMetrics | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> FakeRaftNode[R, V]:
         """As RaftNode.start, for code that starts its node itself: the fake leads term 1 at
         once, ignores the storages (closing them at `stop`, as they are owned) and hands the

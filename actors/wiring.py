@@ -19,6 +19,7 @@ import pykka
 from actors.ballot_box import BallotBox
 from actors.clock import Clock
 from actors.configuration import Configuration
+from actors.dispatcher import Dispatcher, start_on
 from actors.fsm_caller import FSMCaller
 from actors.identity import bootstrap_identity
 from actors.log_manager import LogManager
@@ -297,18 +298,31 @@ class Router:
             pass  # shutting down, or a replicator that just stopped: the message is moot
 
 
+# The actors that never block (no disk write, no user code): they share the peer's dispatcher,
+# so the Node's, the Replicators' and the BallotBox's tells among themselves are queue appends.
+# The LogManager (fsync), the FSMCaller (the user's state machine) and the SnapshotExecutor
+# (snapshot files) keep a thread each.
+ON_DISPATCHER: tuple[type[pykka.Actor], ...] = (Node, Replicator, BallotBox)
+
+
 class ThreadedActors:
-    """Production `spawn` and `stop`: each actor on its own pykka thread.
+    """Production `spawn` and `stop`: the ON_DISPATCHER actors on `dispatcher` (one thread,
+    actors.dispatcher), every other actor on a pykka thread of its own.
 
     `stop` is asynchronous (a Replicator may be mid-message when its term ends), so the actors
     it stopped are remembered until they have finished, and `join` waits for them: the peer's
     owner must, before it closes the storage they read. Used from the Node's thread, then (once
-    the Node has stopped) from the owner's."""
+    the Node has stopped) from the owner's. `join` also ends the dispatcher when it is the
+    peer's own (`own_dispatcher`), not one shared with other peers."""
 
-    def __init__(self) -> None:
+    def __init__(self, dispatcher: Dispatcher | None = None, name: str = "peer") -> None:
         self._stopping: list[pykka.ActorRef[Any]] = []
+        self.own_dispatcher = dispatcher is None
+        self.dispatcher = Dispatcher(f"raft-{name}") if dispatcher is None else dispatcher
 
     def spawn(self, actor_class: type[pykka.ThreadingActor], *args: Any, **kwargs: Any) -> Mailbox:
+        if issubclass(actor_class, ON_DISPATCHER):
+            return start_on(self.dispatcher, actor_class, *args, **kwargs)
         ref: Mailbox = actor_class.start(*args, **kwargs)
         return ref
 
@@ -323,3 +337,5 @@ class ThreadedActors:
         for ref in self._stopping:
             ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
         self._stopping.clear()
+        if self.own_dispatcher:
+            self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
