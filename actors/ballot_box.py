@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+from actors import trace
 from actors.base import RaftActor, handles
 from actors.configuration import Configuration
 from actors.mailbox import Mailbox
@@ -144,6 +145,8 @@ class BallotBox(RaftActor):
         if candidate < self.pending_index or candidate <= self.last_committed_index:
             return False
         self.last_committed_index = candidate
+        if trace.ON:
+            trace.mark("leader.commit")
         self.fsm_caller.tell(Commit(candidate))
         self.log_manager.tell(Committed(candidate))
         return True

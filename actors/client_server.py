@@ -40,6 +40,7 @@ from typing import Any
 
 import msgpack
 
+from actors import trace
 from actors.errors import (
     NodeFailedError,
     NodeStoppedError,
@@ -157,6 +158,8 @@ class ClientServer:
         node.set_client_handler(self.on_client_message, self.drained)
 
     def on_client_message(self, message: RpcMessage) -> None:
+        if trace.ON:
+            trace.mark("leader.receive")
         if isinstance(message, ClientRequest):
             self._on_write(message)
         elif isinstance(message, ClientQuery):
@@ -275,6 +278,8 @@ class ClientServer:
             req.client_id,
             ClientResponse(req.request_id, status, result, leader_hint, message, self.peer_id),
         )
+        if trace.ON:
+            trace.mark("leader.reply")
 
     def _on_admin(self, req: AdminRequest) -> None:
         """Operator requests (they never go through the client write path): a snapshot of

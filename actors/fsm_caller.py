@@ -55,6 +55,7 @@ from typing import Any
 
 import pykka
 
+from actors import trace
 from actors.base import RaftActor, handles
 from actors.configuration import Configuration
 from actors.errors import (
@@ -220,6 +221,8 @@ class FSMCaller(RaftActor):
                 log.warning("fsm: on_read raised %s: %s", type(exc).__name__, exc)
                 fail(reply, ReadError(f"on_read raised {type(exc).__name__}: {exc}", exc))
                 continue
+            if trace.ON:
+                trace.mark("leader.read_apply")
             complete(reply, result)
 
     def _fail_reads(self, error: RaftError) -> None:
@@ -487,6 +490,8 @@ class FSMCaller(RaftActor):
                 f"on_apply of {run[0].index}..{run[-1].index}",
             )
             return False
+        if trace.ON:  # before the futures settle: their callbacks send the replies
+            trace.mark("leader.apply")
         self._advance(run[-1].index, [(e.index, r) for e, r in zip(run, results, strict=True)])
         return self.error is None
 

@@ -41,6 +41,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from actors import trace
 from actors.base import RaftActor, handles
 from actors.configuration import Configuration
 from actors.errors import (
@@ -220,6 +221,8 @@ class LogManager(RaftActor):
         # the Commit that completes them (both go through mailboxes in causal order).
         self.fsm_caller.tell(RegisterPending(first, msg.futures))
         self._append_leader(entries)
+        if trace.ON:
+            trace.mark("leader.append")
         self._pending.append((entries[-1].index, size))
         self._pending_bytes += size
         self._proposals["appended"].inc(len(entries))
@@ -372,6 +375,8 @@ class LogManager(RaftActor):
     def _hold_ack(self, leader_id: str, response: AppendEntriesResponse, commit: int) -> None:
         # Every ack waits for the Flush, even a refusal, so acks leave in the order received.
         self._acks.append(_PendingAck(leader_id, response, commit))
+        if trace.ON:
+            trace.mark("follower.append")
         self._queue_flush()
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -546,6 +551,8 @@ class LogManager(RaftActor):
                 self._fail(exc)
                 return
             self._fsync_seconds.observe(self._clock() - started)
+            if trace.ON:
+                trace.mark("leader.fsync" if self.leader_term is not None else "follower.fsync")
         if self.leader_term is not None and self._grant_upto > self._granted:
             self._granted = self._grant_upto
             self.ballot_box.tell(Grant(self.peer_id, self._granted, self.leader_term))
@@ -555,6 +562,8 @@ class LogManager(RaftActor):
             for ack in acks:
                 self.transport.send(ack.leader_id, ack.response)
                 commit = max(commit, ack.commit_index)
+            if trace.ON:
+                trace.mark("follower.ack")
             if commit > self.committed_index:
                 self.committed_index = commit
                 self.log_view.set_committed(commit)

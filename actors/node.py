@@ -45,6 +45,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from actors import trace
 from actors.base import RaftActor, handles
 from actors.clock import Clock
 from actors.configuration import Configuration
@@ -313,6 +314,8 @@ class Node(LeadershipChanges, RaftActor):
 
     @handles(Apply)
     def on_apply(self, msg: Apply) -> None:
+        if trace.ON:
+            trace.mark("leader.propose")
         commands, futures = msg.commands, msg.futures
         if max(map(len, commands), default=0) > self.raft_options.max_command_bytes:
             commands, futures = self._without_oversized(msg)
@@ -370,6 +373,8 @@ class Node(LeadershipChanges, RaftActor):
         started = self._reads.start_round()
         if started is None:
             return
+        if trace.ON:
+            trace.mark("leader.read_start")
         confirmed = self._reads.confirmed_alone()
         if confirmed is not None:
             self._serve_reads(confirmed)
@@ -381,6 +386,8 @@ class Node(LeadershipChanges, RaftActor):
         self.tell_later(self.clock, delay, ReadRoundTimeout(started.number))
 
     def _serve_reads(self, reads: list[tuple[int, Any]]) -> None:
+        if trace.ON:
+            trace.mark("leader.read_confirmed")
         for index, reply in reads:
             complete(reply, index)
         self._start_read_round()  # the reads that arrived meanwhile
@@ -833,6 +840,8 @@ class Node(LeadershipChanges, RaftActor):
 
     @handles(AppendEntriesRequest)
     def handle_append_entries(self, req: AppendEntriesRequest) -> None:
+        if trace.ON:
+            trace.mark("follower.node")
         if self._accept_leader(req, "append_entries"):
             self.log_manager.tell(FollowerAppend(req, self.term))
 

@@ -43,6 +43,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 
+from actors import trace
 from actors.base import RaftActor, handles
 from actors.clock import Clock, TimerHandle
 from actors.log_view import LogView
@@ -155,6 +156,8 @@ class Replicator(RaftActor):
 
     @handles(AppendEntriesResponse)
     def handle_append_entries_response(self, resp: AppendEntriesResponse) -> None:
+        if trace.ON:
+            trace.mark("leader.ack")
         if self.stopped:
             return
         if resp.peer_id != self.peer_id:
@@ -393,6 +396,8 @@ class Replicator(RaftActor):
         self.progress.sent(seq, len(entries), self.clock.now())
         try:
             self.transport.send(self.peer_id, request)
+            if trace.ON:
+                trace.mark("leader.send")
         except Exception as exc:
             log.exception("replicator %s: send failed", self.peer_id)
             self._block(f"send failed: {exc}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pykka
 
+from actors import trace
 from actors.ballot_box import BallotBox
 from actors.clock import Clock
 from actors.configuration import Configuration
@@ -284,6 +285,8 @@ class Router:
 
     def deliver(self, message: RpcMessage) -> None:
         try:
+            if trace.ON and isinstance(message, AppendEntriesRequest):
+                trace.mark("follower.receive")
             if isinstance(message, _TO_REPLICATOR):
                 mailbox = self.actors.replicators.route(message.sender)
                 if mailbox is not None:
