@@ -290,6 +290,8 @@ class LogManager(RaftActor):
         if self.leader_term is not None or self._failed:
             log.warning("%s: AppendEntries from %s ignored (%s)", self.peer_id, req.leader_id, self)
             return
+        if msg.node_term < self.meta.term:
+            return  # the Router's view of the Node was stale: the Node refuses it (LeaderContact)
         view = self.log_view
         prev = req.prev_log_index
         entries = req.entries

@@ -192,11 +192,24 @@ class AppendLeaderEntries:
 
 @dataclass(frozen=True, slots=True)
 class FollowerAppend:
-    """An AppendEntries the Node accepted (term and leader checked) while in `node_term`.
-    The LogManager checks the log, appends, fsyncs, then answers the leader."""
+    """An AppendEntries the Node accepted (term and leader checked) while in `node_term`, or
+    one the Router handed straight over because the Node's published Leadership already
+    follows that leader in that term (then `node_term` is the request's, and the Node hears
+    of it by LeaderContact). The LogManager checks the log, appends, fsyncs, then answers the
+    leader; one whose `node_term` is older than the term it persisted is stale (the Router's
+    view was), so it appends nothing and leaves the answer to the Node."""
 
     request: AppendEntriesRequest
     node_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderContact:
+    """The Router handed `request` to the LogManager directly (FollowerAppend): the Node does
+    the rest of accepting it (contact time, pre-vote stickiness), or refuses it if its view has
+    moved on since it published the leadership the Router read."""
+
+    request: AppendEntriesRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,7 @@ from actors.messages import (
     Following,
     GetStatus,
     HigherTermSeen,
+    LeaderContact,
     LeaderLogReady,
     LeadershipAck,
     LeaseCheck,
@@ -844,6 +845,25 @@ class Node(LeadershipChanges, RaftActor):
             trace.mark("follower.node")
         if self._accept_leader(req, "append_entries"):
             self.log_manager.tell(FollowerAppend(req, self.term))
+
+    @handles(LeaderContact)
+    def on_leader_contact(self, msg: LeaderContact) -> None:
+        """The LogManager has `msg.request` already (Router): in the steady state only the
+        contact is news; otherwise the full checks run, and answer a refusal, as if the request
+        had come here first (the LogManager drops it if it is stale by the term it persisted,
+        and the Node's term is never behind that)."""
+        req = msg.request
+        steady = (
+            self.role is Role.FOLLOWER
+            and req.term == self.term
+            and req.leader_id == self.leader_id
+            and not self._pre_vote_term
+        )
+        if steady:
+            self._last_leader_contact = self.clock.now()
+            self._priority.leader_heard()
+        else:
+            self._accept_leader(req, "append_entries")
 
     @handles(InstallSnapshotRequest)
     def handle_install_snapshot(self, req: InstallSnapshotRequest) -> None:

@@ -20,7 +20,8 @@ The marks (their names say on which side they are made):
     leader.append                      LogManager: indexes assigned, in memory
     leader.send                        Replicator: an AppendEntries leaves (entries or none)
     follower.receive                   the follower's transport thread: an AppendEntries in
-    follower.node                      the follower's Node: term and leader checked
+    follower.node                      the follower's Node checks term and leader (off the
+                                       path once it follows: the Router hands over)
     follower.append                    the follower's LogManager: appended, not yet synced
     follower.fsync, leader.fsync       LogManager: the batch is durable
     follower.ack                       the follower's LogManager: the answer leaves
@@ -51,7 +52,6 @@ PUT_STAGES = (
     "leader.append",
     "leader.send",
     "follower.receive",
-    "follower.node",
     "follower.append",
     "follower.fsync",
     "follower.ack",
@@ -65,7 +65,6 @@ GET_STAGES = (
     "leader.read_start",
     "leader.send",
     "follower.receive",
-    "follower.node",
     "follower.ack",
     "leader.ack",
     "leader.read_confirmed",

@@ -26,6 +26,7 @@ from actors.identity import bootstrap_identity
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.mailbox import Mailbox, MailboxSlot
+from actors.messages import FollowerAppend, LeaderContact
 from actors.metrics import RaftMetrics
 from actors.node import Node
 from actors.options import NodeOptions
@@ -270,7 +271,13 @@ def assemble_peer(
 
 
 class Router:
-    """Delivers inbound RPCs to the peer's actors (runs on the transport's thread)."""
+    """Delivers inbound RPCs to the peer's actors (runs on the transport's thread).
+
+    An AppendEntries goes to the Node, which checks term and leader and passes it on to the
+    LogManager, unless the Node's published Leadership (one atomic read) already follows its
+    sender in its term and the cluster ids match: then it goes to the LogManager directly and
+    the Node is told after (LeaderContact). A view that is stale by then is caught on both
+    sides (FollowerAppend, LeaderContact)."""
 
     def __init__(self, peer_id: str, actors: PeerActors) -> None:
         self.peer_id = peer_id
@@ -283,11 +290,26 @@ class Router:
         if self.client_drained is not None:
             self.client_drained()
 
+    def _following(self, req: AppendEntriesRequest) -> bool:
+        now = self.actors.leader_watch.current
+        return (
+            now.role == "follower"
+            and now.term == req.term
+            and now.leader == req.leader_id
+            and bool(req.cluster_id)
+            and req.cluster_id == self.actors.log_view.cluster_id
+        )
+
     def deliver(self, message: RpcMessage) -> None:
         try:
             if trace.ON and isinstance(message, AppendEntriesRequest):
                 trace.mark("follower.receive")
-            if isinstance(message, _TO_REPLICATOR):
+            if isinstance(message, AppendEntriesRequest) and self._following(message):
+                # The steady state: our leader, in the term the Node follows it. The
+                # LogManager appends at once (one hop, not two); the Node hears of it after.
+                self.actors.log_manager.tell(FollowerAppend(message, message.term))
+                self.actors.node.tell(LeaderContact(message))
+            elif isinstance(message, _TO_REPLICATOR):
                 mailbox = self.actors.replicators.route(message.sender)
                 if mailbox is not None:
                     mailbox.tell(message)

@@ -533,3 +533,17 @@ def test_the_snapshots_configuration_rules_until_a_later_entry_and_installs_repl
     other = Configuration.of(("x:1", "y:2", "z:3"))
     view.install(SnapshotMeta(40, 5, other.encode()))
     assert (view.conf, view.conf_state.index) == (other, 40)
+
+
+def test_an_append_handed_over_on_a_stale_view_of_the_term_is_dropped_for_the_node() -> None:
+    """The Router hands an AppendEntries of term 1 straight over, but the Node has meanwhile
+    moved to term 2 (persisted first): appending it would let a deposed leader count this
+    peer. Nothing is appended or answered; the Node refuses it (LeaderContact)."""
+    f = Fixture()
+    f.send(PersistTermVote(2, None))
+    f.transcript.clear()
+    f.send(FollowerAppend(append_req(1, 0, 0, [data(1, 1)]), 1))
+    assert f.log_view.last_index == 0 and f.transport.take() == [] and f.node.take() == []
+    assert f.transcript.names() == []
+    f.send(FollowerAppend(append_req(2, 0, 0, [data(1, 2)]), 2))  # the current term: appended
+    assert f.log_view.last_index == 1 and len(f.transport.take()) == 1

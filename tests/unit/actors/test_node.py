@@ -33,6 +33,7 @@ from actors.messages import (
     Following,
     GetStatus,
     HigherTermSeen,
+    LeaderContact,
     LeaderLogReady,
     LeadershipAck,
     PeerContact,
@@ -257,6 +258,35 @@ def test_accepted_append_entries_goes_to_the_log_manager(f: Fixture) -> None:
     assert f.lm.take() == [PersistTermVote(2, None), FollowerAppend(req, 2), Following(B, 2)]
     assert f.node.leader_id == B
 
+
+
+def test_a_contact_handed_over_by_the_router_keeps_the_leader_alive_and_tells_no_one(
+    f: Fixture,
+) -> None:
+    """Steady state: the LogManager has the request already; the Node only notes the contact,
+    which keeps refusing pre-votes while the leader is heard."""
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    f.lm.clear()
+    for n in range(3):  # heartbeats, each within the timeout of the last
+        f.clock.advance(TIMEOUT * 0.6)
+        f.send(LeaderContact(AppendEntriesRequest(1, B, 0, 0, (), 0, 2 + n)))
+    assert f.lm.told == [] and f.transport.take() == []
+    f.send(RequestVoteRequest(2, C, 99, 1, pre_vote=True))
+    assert f.transport.take() == [(C, RequestVoteResponse(1, False, True, A, 2))]
+    assert f.node.role is Role.FOLLOWER and f.node.term == 1
+
+
+def test_a_contact_on_a_view_that_moved_on_is_refused_as_the_request_would_be(
+    f: Fixture,
+) -> None:
+    f.send(AppendEntriesRequest(1, B, 0, 0, (), 0, 1))
+    f.clock.advance(TIMEOUT + 0.01)  # B fell silent, and C campaigns
+    f.send(RequestVoteRequest(3, C, 0, 0, pre_vote=False))  # term 3 since the Router looked
+    f.transport.take()
+    f.lm.clear()
+    f.send(LeaderContact(AppendEntriesRequest(1, B, 0, 0, (), 0, 7)))
+    assert f.transport.take() == [(B, AppendEntriesResponse(3, False, 0, A, 7, 1))]
+    assert f.lm.told == [] and f.node.term == 3
 
 def test_candidate_seeing_leader_of_its_term_becomes_follower(f: Fixture) -> None:
     f.harness.advance(FULL_TIMEOUT)
