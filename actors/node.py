@@ -860,8 +860,7 @@ class Node(LeadershipChanges, RaftActor):
             and not self._pre_vote_term
         )
         if steady:
-            self._last_leader_contact = self.clock.now()
-            self._priority.leader_heard()
+            self._heard_from_leader()
         else:
             self._accept_leader(req, "append_entries")
 
@@ -905,14 +904,18 @@ class Node(LeadershipChanges, RaftActor):
             return False
         self.leader_id = req.leader_id
         self._count_leader()
-        self._last_leader_contact = self.clock.now()
-        self._priority.leader_heard()
+        self._heard_from_leader()
         self._reach(req.leader_id)  # it may be a member our log does not name yet
         if not self.log_view.cluster_id and req.cluster_id:
             # A joining peer's first leader: its id is ours, durably before its entries
             # (queued next). Asked again until the LogManager publishes it: idempotent.
             self.log_manager.tell(AdoptClusterId(req.cluster_id))
         return True
+
+    def _heard_from_leader(self) -> None:
+        """This term's leader is alive: no election, and no pre-vote granted, for a while."""
+        self._last_leader_contact = self.clock.now()
+        self._priority.leader_heard()
 
     def _count_leader(self) -> None:
         """Count this term's leader in leader_changes, once (on every AppendEntries: cheap)."""

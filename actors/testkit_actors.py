@@ -100,7 +100,7 @@ class ActorKit(Generic[A]):
         self.harness.stop()
 
 
-class _Neighbours:
+class Neighbours:
     """What every kit starts from: one transcript, a manual clock, metrics timed by it."""
 
     def __init__(self) -> None:
@@ -152,7 +152,7 @@ def build_replicator(
     """`leader`'s Replicator for follower `peer` in `term`, over a log holding `entries` of
     which `committed` are committed; it starts at `next_index` (default: after the last entry,
     as a new leader's do) and sends its first probe at once. `raft` are RaftOptions fields."""
-    n = _Neighbours()
+    n = Neighbours()
     log_view = LogView(memory_log(entries))
     log_view.set_committed(committed)
     transport, ballot_box, node = n.transport(leader), n.mailbox("ballot_box"), n.mailbox("node")
@@ -181,7 +181,7 @@ class BallotBoxKit(ActorKit[BallotBox]):
 
 
 def build_ballot_box() -> BallotBoxKit:
-    n = _Neighbours()
+    n = Neighbours()
     fsm, lm, node = n.mailbox("fsm_caller"), n.mailbox("log_manager"), n.mailbox("node")
     return BallotBoxKit(*n.kit(BallotBox(fsm, lm, node)), fsm, lm, node)
 
@@ -219,7 +219,7 @@ def build_log_manager(
 ) -> LogManagerKit:
     """The LogManager of `peer` (of a cluster of `peers`), whose log holds `entries` and whose
     meta storage holds (`term`, `voted_for`)."""
-    n = _Neighbours()
+    n = Neighbours()
     log_storage = memory_log(entries)
     meta = MemoryMetaStorage()
     if term or voted_for is not None:
@@ -268,7 +268,7 @@ def build_fsm_caller(
     a RecordingStateMachine unless given one. With `snapshots` (and a state machine that can
     snapshot) it saves into a MemorySnapshotStorage and hands the rest to the recording
     `snapshot_executor`."""
-    n = _Neighbours()
+    n = Neighbours()
     machine = state_machine if state_machine is not None else RecordingStateMachine()
     conf = Configuration.of(peers)
     log_view = LogView(memory_log(entries), bootstrap_conf=conf)
@@ -313,7 +313,7 @@ def build_snapshot_executor(
 ) -> SnapshotExecutorKit:
     """The SnapshotExecutor of `peer`, over `snapshots` (a new MemorySnapshotStorage if None)
     and a log holding `entries`, `committed` of them committed."""
-    n = _Neighbours()
+    n = Neighbours()
     store = snapshots if snapshots is not None else MemorySnapshotStorage()
     log_view = LogView(memory_log(entries))
     log_view.set_committed(committed)

@@ -23,18 +23,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.clock import ManualClock
 from actors.configuration import Configuration
 from actors.futures import complete
 from actors.log_view import LogView
 from actors.messages import BecomeLeader, LeaderLogReady
-from actors.metrics import RaftMetrics
 from actors.node import Node
 from actors.options import NodeOptions, RaftOptions
 from actors.role import Role
 from actors.status import LeaderWatch
 from actors.testing import RecordingMailbox, RecordingTransport, Transcript, counts
-from actors.testkit_actors import PEERS, ActorKit, memory_log, raft_options
+from actors.testkit_actors import PEERS, ActorKit, Neighbours, memory_log, raft_options
 from storage.entry import LogEntry
 from transport.rpc import RequestVoteResponse
 
@@ -143,15 +141,13 @@ def build_node(
     so the first election timer fires after the short initial advance."""
     raft_opts = raft_options(options, raft)
     node_options = NodeOptions(peer, Configuration.of(peers), raft_opts, join=join)
-    transcript = Transcript()
-    clock = ManualClock()
-    metrics = RaftMetrics(clock=clock.now)
+    n = Neighbours()
     bootstrap = Configuration.of(()) if join else node_options.initial_conf
     log_view = LogView(memory_log(entries), bootstrap_conf=bootstrap)
-    log_manager = RecordingMailbox("log_manager", transcript)
-    transport = RecordingTransport(peer, transcript)
-    replicators = RecordingReplicators(transcript)
-    executor = RecordingMailbox("snapshot_executor", transcript) if snapshots else None
+    log_manager = n.mailbox("log_manager")
+    transport = n.transport(peer)
+    replicators = RecordingReplicators(n.transcript)
+    executor = n.mailbox("snapshot_executor") if snapshots else None
     leader_watch = LeaderWatch()
     errors: list[str] = []
     node = Node(
@@ -162,16 +158,16 @@ def build_node(
         log_manager=log_manager,
         transport=transport,
         replicators=replicators,
-        clock=clock,
+        clock=n.clock,
         rng=random.Random(seed),
         on_error=errors.append,
         snapshot_executor=executor,
-        metrics=metrics,
+        metrics=n.metrics,
         leader_watch=leader_watch,
     )
     return NodeKit(
-        node, clock, transcript, metrics, node_options, log_view, log_manager, transport,
-        replicators, executor, leader_watch, errors,
+        *n.kit(node), node_options, log_view, log_manager, transport, replicators, executor,
+        leader_watch, errors,
     )  # fmt: skip
 
 
