@@ -39,7 +39,6 @@ MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 
 
-
 @dataclass(frozen=True, slots=True)
 class KVCommand:
     """put(key, arg1); get(key, consistency=arg1); delete(key); cas(key, expected=arg1,

@@ -573,5 +573,3 @@ class RaftClient:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientError("client is closed")
-
-
