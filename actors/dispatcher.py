@@ -26,6 +26,15 @@ turn comes it handles up to `throughput` of them (fairness between actors, Akka'
 `throughput` setting) and goes to the back of the queue if more are left. A tell from the
 dispatcher's own thread appends to a deque; from another thread it also wakes the dispatcher
 if it was idle (queue.SimpleQueue).
+
+Hosted I/O: a transport may run its socket loop on the dispatcher's thread instead of a thread
+of its own (transport.base.IoHost; ZmqTransport.host_on). Then the dispatcher waits in the
+transport's poll, not on its queue: one wait serves both, an inbound frame is delivered to the
+Node as a queue append, and what the Node's actors send leaves from the thread that sent it
+without waking another. A tell from another thread then wakes the poll (the transport's
+eventfd). While I/O is attached the loop polls it without waiting at least every
+`IO_EVERY_TURNS` turns, so neither side starves the other. At most one transport is attached;
+it detaches itself when it stops, and the dispatcher goes on waiting on its queue.
 """
 
 from __future__ import annotations
@@ -35,16 +44,20 @@ import logging
 import queue
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pykka
 from pykka import ActorRegistry
+
+from transport.base import HostedIo
 
 log = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=pykka.Actor)
 
 DEFAULT_THROUGHPUT = 32  # messages an actor handles before the next actor's turn
+IO_EVERY_TURNS = 16  # with hosted I/O: turns between two polls of it while actors stay busy
 
 
 class DispatchedInbox:
@@ -102,25 +115,62 @@ class DispatchedInbox:
 
 class Dispatcher:
     """One daemon thread running the actors started on it with `start_on` (see the module
-    docstring). `stop()` ends the thread; stop its actors first (an actor still running then
-    handles nothing more, and its pending asks are never answered)."""
+    docstring), and at most one transport's I/O (`claim_io`/`call_soon`/`set_io`, the
+    transport.base.IoHost protocol). `stop()` ends the thread; stop its actors first (an actor
+    still running then handles nothing more, and its pending asks are never answered)."""
 
     def __init__(self, name: str = "dispatcher", throughput: int = DEFAULT_THROUGHPUT) -> None:
         if throughput < 1:
             raise ValueError("throughput must be at least 1")
         self.name = name
         self.throughput = throughput
-        self._ready: queue.SimpleQueue[DispatchedInbox | None] = queue.SimpleQueue()
+        # Inboxes with messages, callables to run (call_soon), None to stop.
+        self._ready: queue.SimpleQueue[DispatchedInbox | Callable[[], None] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ident = -1  # the thread's, once it runs
         self._started = False
         self._start_lock = threading.Lock()
+        self._io_claimed = False  # under _start_lock: a transport has claimed the I/O slot
+        # Written only on the dispatcher's thread; read by `ready` on any (see `set_io`).
+        self._io: HostedIo | None = None
 
     @property
     def thread(self) -> threading.Thread:
         return self._thread
 
-    def ready(self, inbox: DispatchedInbox) -> None:
-        self._ready.put(inbox)
+    def ready(self, item: DispatchedInbox | Callable[[], None]) -> None:
+        self._ready.put(item)
+        # Appended BEFORE reading _io: a loop that attaches or detaches I/O re-reads the queue
+        # before it waits, so whichever wait it is in, this item is seen (see set_io).
+        io = self._io
+        if io is not None and threading.get_ident() != self._ident:
+            io.wake()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on the dispatcher's thread, after what is queued; any thread. An exception
+        it raises is logged."""
+        self.ensure_started()
+        self.ready(fn)
+
+    def claim_io(self) -> bool:
+        """Reserve the one I/O slot for a transport: True if it was free (then the transport
+        calls `set_io` on this thread, via call_soon, and `set_io(None)` when it stops)."""
+        with self._start_lock:
+            if self._io_claimed:
+                return False
+            self._io_claimed = True
+            return True
+
+    def set_io(self, io: HostedIo | None) -> None:
+        """Attach (or with None detach) the claimed I/O; on the dispatcher's thread only."""
+        if threading.get_ident() != self._ident:
+            raise RuntimeError("set_io must be called on the dispatcher's thread")
+        self._io = io
+        if io is None:
+            with self._start_lock:
+                self._io_claimed = False
 
     def ensure_started(self) -> None:
         with self._start_lock:
@@ -129,23 +179,51 @@ class Dispatcher:
                 self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """End the thread after what is queued before this call. Idempotent; from the
-        dispatcher's own thread it only asks (the thread ends once the current turn does)."""
+        """End the thread after what is queued before this call (an attached I/O is closed
+        first). Idempotent; from the dispatcher's own thread it only asks (the thread ends
+        once the current turn does)."""
         with self._start_lock:
             if not self._started:
                 return
         self._ready.put(None)
+        io = self._io
+        if io is not None:
+            io.wake()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (inbox := self._ready.get()) is not None:
+        self._ident = threading.get_ident()
+        ready = self._ready
+        turns = 0
+        while True:
+            io = self._io
+            if io is None:
+                item = ready.get()
+            else:
+                try:
+                    item = ready.get_nowait()
+                except queue.Empty:
+                    io.poll(True)  # sends what the turns queued, then waits for I/O or a tell
+                    turns = 0
+                    continue
+                turns += 1
+                if turns >= IO_EVERY_TURNS:
+                    io.poll(False)
+                    turns = 0
+            if item is None:
+                break
             try:
-                self._turn(inbox)
+                if isinstance(item, DispatchedInbox):
+                    self._turn(item)
+                else:
+                    item()
             except BaseException:  # the loop itself must never die: every actor depends on it
-                log.exception("%s: a turn of %s failed", self.name, inbox.actor)
-            if inbox.release():
-                self._ready.put(inbox)
+                log.exception("%s: a turn of %s failed", self.name, item)
+            if isinstance(item, DispatchedInbox) and item.release():
+                ready.put(item)
+        if self._io is not None:
+            self._io.close()  # stopped with a transport still attached: it stops here
 
     def _turn(self, inbox: DispatchedInbox) -> None:
         """Up to `throughput` messages of one actor, as pykka's actor loop handles them."""

@@ -70,7 +70,7 @@ from actors.wiring import (
     assemble_peer,
 )
 from storage.base import LogStorage, MetaStorage, SnapshotStore
-from transport.base import Transport
+from transport.base import HostableTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,10 @@ class RaftNode(Generic[R, V]):
         self: RaftNode[R, V] = cls(options, actors, transport, own_clock, threads, no_reads)
         with _running_lock:
             _running.add(self)
+        if isinstance(transport, HostableTransport):
+            # Its I/O on the dispatcher's thread: inbound RPCs reach the Node's actors, and what
+            # they send leaves, without a thread hand-off (docs/DESIGN.md, Threads).
+            transport.host_on(threads.dispatcher)
         try:
             transport.start(self._router.deliver, self._transport_failed, self._router.drained)
         except BaseException:

@@ -7,7 +7,7 @@ transport.memory.MemoryNetwork endpoints (tests only).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from transport.rpc import RpcMessage
 
@@ -52,3 +52,42 @@ class Transport(Protocol):
         from its id), unless it is already known. Membership changes call it for new members;
         any thread, idempotent, cheap for a known peer."""
         ...
+
+
+class HostedIo(Protocol):
+    """A transport's socket loop as one step at a time, run by an IoHost on the host's thread
+    (so the host's actors and the transport share one thread and one wait)."""
+
+    def poll(self, block: bool) -> None:
+        """Send what is queued; if `block`, wait (about a second at most) until something
+        arrives or `wake` is called; deliver what arrived; send what that queued."""
+        ...
+
+    def wake(self) -> None:
+        """End a blocked `poll` soon. Any thread."""
+        ...
+
+    def close(self) -> None:
+        """The host is stopping with this still attached: stop the transport (sockets closed)
+        on the host's thread."""
+        ...
+
+
+class IoHost(Protocol):
+    """A loop that can run one transport's I/O on its thread: actors.dispatcher.Dispatcher.
+    The transport claims the slot, then on the host's thread (call_soon) builds its sockets and
+    attaches (set_io); it detaches (set_io(None)) on that thread when it stops."""
+
+    def claim_io(self) -> bool: ...
+
+    def call_soon(self, fn: Callable[[], None]) -> None: ...
+
+    def set_io(self, io: HostedIo | None) -> None: ...
+
+
+@runtime_checkable
+class HostableTransport(Protocol):
+    """A Transport whose I/O an IoHost may run (ZmqTransport): `host_on(host)` before `start`
+    asks it to; a host whose slot is taken leaves the transport on a thread of its own."""
+
+    def host_on(self, host: IoHost) -> None: ...

@@ -14,7 +14,10 @@ treating `to` as the routing id of a connected client.
 
 Threads (docs/DESIGN.md, principle 2 and "Threads"): one I/O thread, started by `start`, owns
 every ZeroMQ socket of the transport: it creates them, is the only one to touch them and closes
-them. Other threads
+them. With `host_on(dispatcher)` before `start`, that thread is the dispatcher's
+(actors.dispatcher; transport.base.IoHost): the dispatcher waits in this transport's poll and
+runs its loop a step at a time between actor turns, so inbound messages reach the actors there
+and what they send leaves without a thread wake-up. Other threads
 (actors) call `send`, which encodes the message on the caller's thread, appends (destination,
 frame) to a deque and wakes the I/O thread through an eventfd (a pipe where there is no
 eventfd). A wake-up is written only when none is pending, so a burst of sends costs one
@@ -52,7 +55,7 @@ from typing import Any, Final
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from transport.base import Deliver, Drained, Failure
+from transport.base import Deliver, Drained, Failure, IoHost
 from transport.codec import DEFAULT_MAX_FRAME_SIZE, decode, encode
 from transport.errors import BindError, DecodeError, EncodeError, TransportError
 from transport.rpc import AdminRequest, ClientResponse, ClientStatus, RpcMessage
@@ -80,6 +83,39 @@ _KEEPALIVE_IDLE_S, _KEEPALIVE_INTVL_S, _KEEPALIVE_CNT = 10, 2, 3
 _DELIVER_ERROR_LOG_INTERVAL: Final = 10.0
 _START_TIMEOUT: Final = 10.0
 _STOP_TIMEOUT: Final = 10.0
+
+
+class _HostedLoop:
+    """The _IoLoop as an IoHost's HostedIo (transport.base): stepped on the host's thread."""
+
+    def __init__(
+        self, transport: ZmqTransport, host: IoHost, context: zmq.Context[Any], loop: _IoLoop
+    ) -> None:
+        self.t = transport
+        self.host = host
+        self.context = context
+        self.loop = loop
+        self.waker = loop.waker
+        self.closed = False
+
+    def poll(self, block: bool) -> None:
+        if not self.t._stopping:
+            try:
+                self.loop.step(_POLL_MS if block else 0)
+            except Exception as exc:  # a bug: stop the transport, never the host
+                self.t._loop_failed(exc)
+                self.t._stopping = True
+        if self.t._stopping:
+            self.close()
+
+    def wake(self) -> None:
+        self.waker.wake()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.host.set_io(None)
+            self.t._tear_down(self.context, self.loop)
 
 
 def peer_address(peer_id: str) -> str:
@@ -294,6 +330,8 @@ class ZmqTransport:
         self._waker: _Waker | None = None  # created by start()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._host: IoHost | None = None  # runs the I/O instead of _thread (host_on)
+        self._closed = threading.Event()  # hosted: the host's thread has closed everything
         self._io_ident = -1
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -393,6 +431,14 @@ class ZmqTransport:
 
     # ---- Transport protocol -----------------------------------------------------------------
 
+    def host_on(self, host: IoHost) -> None:
+        """Run the I/O on `host`'s thread rather than a thread of its own (before `start`). If
+        the host already runs another transport's I/O, `start` starts a thread as usual."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"transport {self._local_id} already {self._state}")
+        self._host = host
+
     def start(
         self, deliver: Deliver, on_failure: Failure | None = None, on_drained: Drained | None = None
     ) -> None:
@@ -410,10 +456,15 @@ class ZmqTransport:
         self._on_failure = on_failure
         self._on_drained = on_drained
         self._waker = _Waker()
-        self._thread = threading.Thread(
-            target=self._run, name=f"zmq-transport-{self._local_id}", daemon=True
-        )
-        self._thread.start()
+        host = self._host
+        if host is not None and host.claim_io():
+            host.call_soon(self._start_hosted)
+        else:
+            self._host = None
+            self._thread = threading.Thread(
+                target=self._run, name=f"zmq-transport-{self._local_id}", daemon=True
+            )
+            self._thread.start()
         if not self._started.wait(_START_TIMEOUT):
             self.stop()
             raise TransportError(f"transport {self._local_id}: I/O thread did not start")
@@ -457,48 +508,80 @@ class ZmqTransport:
             return
         self._stopping = True
         thread, waker = self._thread, self._waker
-        if thread is None or waker is None:  # never started: nothing was created
+        if waker is None:  # never started: nothing was created
             return
         waker.wake()  # the loop looks at _stopping after every wake-up
-        if thread.ident == threading.get_ident():
+        if threading.get_ident() == self._io_ident:
             return  # the loop sees _stopping after this deliver returns, and cleans up
-        thread.join(_STOP_TIMEOUT)
-        if thread.is_alive():
+        if thread is not None:
+            thread.join(_STOP_TIMEOUT)
+            stopped = not thread.is_alive()
+        else:  # hosted: the host's thread closes the sockets at its next step
+            stopped = self._closed.wait(_STOP_TIMEOUT)
+        if not stopped:
             log.error("%s: I/O thread did not stop within %.0f s", self._local_id, _STOP_TIMEOUT)
 
     # ---- the I/O thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
         """The I/O thread's body: set up the sockets, loop, and always close everything."""
+        setup = self._set_up()
+        if setup is None:
+            return
+        context, loop = setup
+        try:
+            loop.run()
+        except Exception as exc:  # a bug: never let the thread die silently
+            self._loop_failed(exc)
+        finally:
+            self._tear_down(context, loop)
+
+    def _start_hosted(self) -> None:
+        """On the host's thread (call_soon): set up the sockets and attach to the host."""
+        host = self._host
+        assert host is not None
+        setup = self._set_up()
+        if setup is None:
+            host.set_io(None)  # release the slot
+            return
+        host.set_io(_HostedLoop(self, host, *setup))
+
+    def _set_up(self) -> tuple[zmq.Context[Any], _IoLoop] | None:
+        """On the I/O thread: the context and the sockets, or None with _start_error set. Either
+        way `start` is released."""
         self._io_ident = threading.get_ident()
         waker = self._waker
         assert waker is not None and self._deliver is not None
         context: zmq.Context[Any] | None = None
-        loop: _IoLoop | None = None
         try:
-            try:
-                context = self._context if self._context is not None else zmq.Context()
-                loop = _IoLoop(self, context, waker, self._deliver)
-            except Exception as exc:
-                self._start_error = exc
-                return
-            finally:
-                self._started.set()
-            # Connect the initial peers first, before any frame send() queued before start().
-            self._queue.extendleft((peer_id, None) for peer_id in self.peers)
-            loop.run()
-        except Exception as exc:  # a bug: never let the thread die silently
-            log.exception("%s: I/O thread failed; transport stopped", self._local_id)
-            if self._on_failure is not None:
-                self._on_failure(f"transport I/O thread failed: {type(exc).__name__}: {exc}")
+            context = self._context if self._context is not None else zmq.Context()
+            loop = _IoLoop(self, context, waker, self._deliver)
+        except Exception as exc:
+            self._start_error = exc
+            self._tear_down(context, None)
+            return None
         finally:
-            self._stopping = True
-            self._io_ident = -1  # thread idents are reused once a thread has ended
-            if loop is not None:
-                loop.close()
-            waker.close()
-            if self._owns_context and context is not None:
-                context.term()
+            self._started.set()
+        # Connect the initial peers first, before any frame send() queued before start().
+        self._queue.extendleft((peer_id, None) for peer_id in self.peers)
+        return context, loop
+
+    def _loop_failed(self, exc: Exception) -> None:
+        log.exception("%s: I/O thread failed; transport stopped", self._local_id)
+        if self._on_failure is not None:
+            self._on_failure(f"transport I/O thread failed: {type(exc).__name__}: {exc}")
+
+    def _tear_down(self, context: zmq.Context[Any] | None, loop: _IoLoop | None) -> None:
+        """On the I/O thread, once: close every socket, the waker and an owned context."""
+        self._stopping = True
+        self._io_ident = -1  # thread idents are reused once a thread has ended
+        if loop is not None:
+            loop.close()
+        if self._waker is not None:
+            self._waker.close()
+        if self._owns_context and context is not None:
+            context.term()
+        self._closed.set()
 
 
 class _IoLoop:
@@ -617,29 +700,34 @@ class _IoLoop:
         self._stop_authenticator()
 
     def run(self) -> None:
-        """Poll; per wake-up apply peer changes, receive everything the ROUTER has (up to a
-        batch), then send everything queued (up to a batch), so that replies produced by
-        deliver go out in the same iteration."""
+        """The I/O thread's loop, until the transport stops."""
         t = self.t
-        router, wake_fd, waker, poll = self.router, self.wake_fd, self.waker, self.poller.poll
-        queue = t._queue
-        timeout = 0  # first pass: the queue may hold frames sent before start()
         while not t._stopping:
-            readable = False
-            for item, _event in poll(timeout):
-                if item is router:
-                    readable = True
-                elif item == wake_fd:
-                    waker.clear()  # before draining the queue: see _Waker
-                elif item is self.monitor:
-                    self._count_refusals()
-                else:
-                    self._discard_inbound(item)
-            if readable and self._receive():
-                self._drained()
-            more = self._send_queued() if queue else False
-            # Frames left over (batch limit) -> poll without sleeping and continue.
-            timeout = 0 if more else _POLL_MS
+            self.step(_POLL_MS)
+
+    def step(self, timeout_ms: int) -> None:
+        """One iteration: send what is queued (frames left over from a batch: do not wait),
+        poll for up to `timeout_ms`, apply peer changes, receive everything the ROUTER has (up
+        to a batch), then send what that queued, so that replies produced by deliver go out in
+        the same iteration."""
+        queue = self.t._queue
+        if queue and self._send_queued():
+            timeout_ms = 0
+        router, wake_fd, monitor = self.router, self.wake_fd, self.monitor
+        readable = False
+        for item, _event in self.poller.poll(timeout_ms):
+            if item is router:
+                readable = True
+            elif item == wake_fd:
+                self.waker.clear()  # before draining the queue: see _Waker
+            elif item is monitor:
+                self._count_refusals()
+            else:
+                self._discard_inbound(item)
+        if readable and self._receive():
+            self._drained()
+        if queue:
+            self._send_queued()
 
     def _apply_peer_change(self, peer_id: str) -> None:
         """Make the DEALER of `peer_id` match the transport's wanted peers (idempotent)."""

@@ -20,10 +20,11 @@ from typing import IO, Any
 import pytest
 import zmq
 
+from actors.dispatcher import Dispatcher
 from actors.wait import wait_until
 from transport.base import Deliver
 from transport.codec import decode, encode
-from transport.rpc import RpcMessage
+from transport.rpc import RequestVoteRequest, RpcMessage
 from transport.zmq_transport import ZmqTransport
 
 HELPER = Path(__file__).with_name("peer_process.py")
@@ -163,6 +164,11 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., PeerProcess]]:
             peer.stop()
 
 
+def vote(sender: str, term: int = 1) -> RequestVoteRequest:
+    """A pre-vote-free RequestVote from `sender`: the message these tests exchange."""
+    return RequestVoteRequest(term, sender, 0, 0, False)
+
+
 class Inbox:
     """A deliver callback collecting messages in a thread-safe queue."""
 
@@ -196,15 +202,20 @@ class Inbox:
         return message
 
 
-@pytest.fixture
-def local() -> Iterator[Callable[..., ZmqTransport]]:
+@pytest.fixture(params=["own_thread", "hosted"])
+def local(request: pytest.FixtureRequest) -> Iterator[Callable[..., ZmqTransport]]:
     """Factory of started in-process ZmqTransports (bound to 127.0.0.1, port 0); all stopped
-    at teardown."""
+    at teardown. Every test using it runs twice: with the I/O on the transport's own thread,
+    and hosted on a Dispatcher of its own (ZmqTransport.host_on), as a RaftNode runs it."""
     transports: list[ZmqTransport] = []
+    dispatchers: list[Dispatcher] = []
 
     def make(peer_id: str, deliver: Deliver, **options: Any) -> ZmqTransport:
         transport = ZmqTransport(peer_id, "tcp://127.0.0.1:0", **options)
         transports.append(transport)
+        if request.param == "hosted":
+            dispatchers.append(Dispatcher(f"host-{peer_id}"))
+            transport.host_on(dispatchers[-1])
         transport.start(deliver)
         return transport
 
@@ -213,6 +224,8 @@ def local() -> Iterator[Callable[..., ZmqTransport]]:
     finally:
         for transport in transports:
             transport.stop()
+        for dispatcher in dispatchers:
+            dispatcher.stop(TIMEOUT)
 
 
 @pytest.fixture

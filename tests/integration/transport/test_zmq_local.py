@@ -17,6 +17,7 @@ from tests.integration.transport.conftest import (
     Inbox,
     recv_with_timeout,
     request_until_answered,
+    vote,
 )
 from transport.base import Transport
 from transport.codec import decode, encode
@@ -35,10 +36,6 @@ pytestmark = pytest.mark.integration
 
 Local = Callable[..., ZmqTransport]
 RawDealer = Callable[[str, bytes], zmq.Socket[Any]]
-
-
-def vote(sender: str, term: int = 1) -> RequestVoteRequest:
-    return RequestVoteRequest(term, sender, 0, 0, False)
 
 
 def answer_votes(transport_ref: list[ZmqTransport]) -> Callable[[RpcMessage], None]:

@@ -13,7 +13,7 @@ import pykka
 import pytest
 
 from actors.base import RaftActor, handles
-from actors.dispatcher import DispatchedInbox, Dispatcher, start_on
+from actors.dispatcher import IO_EVERY_TURNS, DispatchedInbox, Dispatcher, start_on
 from actors.messages import FatalError
 from actors.testing import RecordingMailbox
 
@@ -244,3 +244,125 @@ def test_dispatcher_stop_ends_its_thread_and_is_idempotent() -> None:
     assert not d.thread.is_alive()
     with pytest.raises(ValueError, match="throughput"):
         Dispatcher(throughput=0)
+
+
+# -- hosted I/O (transport.base.HostedIo) --------------------------------------------------------
+
+
+class FakeIo:
+    """A HostedIo that journals its polls next to the Recorders' handlers. A blocking poll
+    waits for `wake` far longer than any test waits for an answer, so an answer that arrives
+    proves the tell woke it."""
+
+    def __init__(self, dispatcher: Dispatcher, journal: list[Any]) -> None:
+        self.dispatcher = dispatcher
+        self.journal = journal
+        self.woken = threading.Event()
+        self.closed = threading.Event()
+        self.polls = 0
+
+    def poll(self, block: bool) -> None:
+        self.polls += 1
+        self.journal.append(("io", "wait" if block else "peek", threading.get_ident()))
+        if block:
+            self.woken.wait(10 * WAIT)
+            self.woken.clear()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+    def close(self) -> None:
+        self.dispatcher.set_io(None)
+        self.closed.set()
+
+
+def attached(d: Dispatcher, journal: list[Any]) -> FakeIo:
+    io = FakeIo(d, journal)
+    assert d.claim_io()
+    done = threading.Event()
+    d.call_soon(lambda: (d.set_io(io), done.set()))
+    assert done.wait(WAIT)
+    return io
+
+
+def test_hosted_io_is_polled_on_the_dispatchers_thread_and_a_tell_from_elsewhere_wakes_it(
+    dispatcher: Dispatcher,
+) -> None:
+    journal: list[Any] = []
+    io = attached(dispatcher, journal)
+    (a,) = started(dispatcher, "a", journal=journal)
+    for n in range(3):  # each ask finds the loop blocked in the poll; only wake() ends it
+        assert a.ask(Note(str(n)), timeout=WAIT) == f"a:{n}"
+    threads = {thread for _, _, thread in journal}
+    assert threads == {dispatcher.thread.ident}
+    assert io.polls >= 3
+
+
+def test_busy_actors_still_get_io_polled_every_io_every_turns() -> None:
+    d = Dispatcher("one-at-a-time", throughput=1)  # one message per turn
+    try:
+        journal: list[Any] = []
+        attached(d, journal)
+        gate_keeper, busy = started(d, "gate", "busy", journal=journal)
+        gate_keeper.ask(Note("sync"), timeout=WAIT)
+        busy.ask(Note("sync"), timeout=WAIT)
+        gate, entered = threading.Event(), threading.Event()
+        gate_keeper.tell(Block(gate, entered))
+        assert entered.wait(WAIT)
+        for n in range(5 * IO_EVERY_TURNS):
+            busy.tell(Note(str(n)))
+        del journal[:]
+        gate.set()
+        busy.ask(Note("sync"), timeout=WAIT)
+        turns_since_poll = 0
+        for who, _, _ in journal:
+            turns_since_poll = 0 if who == "io" else turns_since_poll + 1
+            assert turns_since_poll <= IO_EVERY_TURNS
+        peeks = [what for who, what, _ in journal if who == "io"]
+        assert peeks.count("peek") >= 4  # never idle meanwhile, so never a waiting poll
+        for ref in (gate_keeper, busy):
+            ref.stop(block=True, timeout=WAIT)
+    finally:
+        d.stop(WAIT)
+
+
+def test_one_io_slot_claimed_and_set_only_on_the_dispatchers_thread(
+    dispatcher: Dispatcher,
+) -> None:
+    journal: list[Any] = []
+    io = attached(dispatcher, journal)
+    assert not dispatcher.claim_io()  # a second transport runs a thread of its own
+    with pytest.raises(RuntimeError, match="dispatcher's thread"):
+        dispatcher.set_io(None)
+    detached = threading.Event()
+    dispatcher.call_soon(lambda: (dispatcher.set_io(None), detached.set()))
+    assert detached.wait(WAIT)
+    polls = io.polls
+    (a,) = started(dispatcher, "a", journal=journal)
+    assert a.ask(Note("x"), timeout=WAIT) == "a:x"  # back to waiting on its own queue
+    assert io.polls == polls
+    assert dispatcher.claim_io()  # the slot is free again
+
+
+def test_stopping_the_dispatcher_closes_the_io_still_attached() -> None:
+    d = Dispatcher("closing")
+    io = attached(d, [])
+    d.stop(WAIT)
+    assert io.closed.is_set()
+    assert not d.thread.is_alive()
+
+
+def test_call_soon_runs_on_the_thread_and_a_failure_does_not_end_it(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[int | None] = []
+
+    def boom() -> None:
+        raise RuntimeError("callable failed")
+
+    dispatcher.call_soon(boom)
+    done = threading.Event()
+    dispatcher.call_soon(lambda: (ran.append(threading.get_ident()), done.set()))
+    assert done.wait(WAIT)
+    assert ran == [dispatcher.thread.ident]
+    assert any("callable failed" in str(r.exc_info) for r in caplog.records)
