@@ -177,17 +177,21 @@ def main() -> None:
         ours = measure("ours", cluster.ids, pids, args)
     finally:
         cluster.stop()
-    embedded = embedded_rate(args.seconds)
-    print(f"ours  embedded apply (~1,000 in flight, fsync on)      {embedded:8.0f}/s", flush=True)
-    theirs_embedded = pysyncobj_local.embedded_rate(args.seconds, window=1000)
-    if theirs_embedded is None:
+    embedded, leader_us, followers_us = embedded_run(args.seconds)
+    print(
+        f"ours  embedded apply (~1,000 in flight, fsync on)      {embedded:8.0f}/s"
+        f"{_sides(leader_us, followers_us)}",
+        flush=True,
+    )
+    theirs = pysyncobj_local.embedded_run(args.seconds, window=1000)
+    if theirs is None:
         print("PySyncObj is not installed (pip install -e '.[bench]'): no embedded comparison")
     else:
         print(
             f"PySyncObj embedded apply (async, window 1,000, periods 5 ms, no fsync) "
-            f"{theirs_embedded:8.0f}/s"
+            f"{theirs[0]:8.0f}/s{_sides(theirs[1], theirs[2])}"
         )
-        print(f"ratio embedded apply {embedded / theirs_embedded:.2f}x PySyncObj's", flush=True)
+        print(f"ratio embedded apply {embedded / theirs[0]:.2f}x PySyncObj's", flush=True)
     if not available():
         print("etcd is not installed (apt-get install etcd-server): no comparison")
         return
@@ -200,12 +204,17 @@ def main() -> None:
     compare(ours, etcd)
 
 
-def embedded_rate(seconds: float) -> float:
+def embedded_run(seconds: float) -> tuple[float, float, float]:
+    """(commands/s, leader CPU us per command, both followers' CPU us per command)."""
     with tempfile.TemporaryDirectory(prefix="bench-embedded-") as tmp:
         result, followers = bench_embedded(Path(tmp), True, seconds, window=1024)
         for follower in followers:
             follower.stop()
-    return result["ops/s"]
+    return result["ops/s"], result["leader CPU us/op"], result["followers CPU us/op"]
+
+
+def _sides(leader_us: float, followers_us: float) -> str:
+    return f" (CPU/op: leader {leader_us:4.0f} us, followers {followers_us:4.0f} us)"
 
 
 def compare(

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,8 @@ def bench_embedded(
     batch = 256
     inflight: list[Any] = []
     done = 0
+    pids = [follower.pid for follower in followers]
+    cpu = _cpu_seconds([psutil.Process()]), _cpu_seconds(map(psutil.Process, pids))
     start = time.monotonic()
     end = start + seconds
     while time.monotonic() < end:
@@ -180,13 +183,26 @@ def bench_embedded(
         for future in inflight.pop(0):
             future.get(timeout=30)
         done += batch
-    elapsed = time.monotonic() - start
     for futures in inflight:
         for future in futures:
             future.get(timeout=30)
+        done += batch
+    elapsed = time.monotonic() - start
+    leader_cpu = _cpu_seconds([psutil.Process()]) - cpu[0]
+    followers_cpu = _cpu_seconds(map(psutil.Process, pids)) - cpu[1]
     rss = psutil.Process().memory_info().rss / 2**20
     node.stop()
-    return {"ops/s": done / elapsed, "leader RSS MiB": rss}, followers
+    return {
+        "ops/s": done / elapsed,
+        "leader CPU us/op": leader_cpu / done * 1e6,  # the leader's process, driver included
+        "followers CPU us/op": followers_cpu / done * 1e6,  # both followers together
+        "leader RSS MiB": rss,
+    }, followers
+
+
+def _cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """User + system CPU seconds of `processes`, every thread."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def main() -> None:

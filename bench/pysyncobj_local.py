@@ -4,6 +4,7 @@ in flight (its best mode). Each node is its own OS process on 127.0.0.1; PySyncO
 journal in memory (it has no fsync at all), so the comparison flatters it.
 
     rate = embedded_rate(seconds=5.0, window=1000)   # commands/s, or None if not installed
+    rate, leader_us, followers_us = embedded_run(...)  # the same with CPU per command per side
 
 Install it in the benchmark's environment: `pip install -e '.[bench]'` (PyPI `pysyncobj`).
 """
@@ -45,12 +46,14 @@ def _node(
     seconds: float,
     window: int,
     results: Any,
+    load_done: Any,
     finished: Any,
     period: float | None,
 ) -> None:
     """One node. The one that leads once the cluster is ready runs the load and reports
-    (commands, seconds), the others report None; every node lives on until `finished` is set
-    (the leader needs its followers until its last command is in)."""
+    (commands, seconds, its CPU seconds), the others (None, None, their CPU seconds from ready
+    until the load is done); every node lives on until `finished` is set (the leader needs its
+    followers until its last command is in)."""
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class KV(SyncObj):  # type: ignore[misc]
@@ -70,6 +73,7 @@ def _node(
     deadline = time.monotonic() + 60
     while not (kv._isReady() and kv._getLeader() is not None) and time.monotonic() < deadline:
         time.sleep(0.05)  # a poll of PySyncObj's own state: it offers no event to wait on
+    cpu = time.process_time()
     if kv._isLeader():
         slots = threading.BoundedSemaphore(window)
         applied = [0]
@@ -87,9 +91,11 @@ def _node(
             n += 1
         for _ in range(window):  # drain: every command in flight completes or fails
             slots.acquire(timeout=10)
-        results.put((applied[0], time.monotonic() - started))
+        load_done.set()
+        results.put((applied[0], time.monotonic() - started, time.process_time() - cpu))
     else:
-        results.put(None)
+        load_done.wait(seconds + 90)
+        results.put((None, None, time.process_time() - cpu))
     finished.wait(seconds + 120)
     kv.destroy()
 
@@ -100,15 +106,33 @@ def embedded_rate(
     """Commands/s applied at PySyncObj's leader with `window` in flight, its AppendEntries and
     tick `period` in seconds (None: its defaults); None if PySyncObj is not installed or no
     node led."""
+    run = embedded_run(seconds, window, period)
+    return None if run is None else run[0]
+
+
+def embedded_run(
+    seconds: float = 5.0, window: int = 1000, period: float | None = TUNED_PERIOD
+) -> tuple[float, float, float] | None:
+    """(commands/s, leader CPU us per command, both followers' CPU us per command), as
+    `embedded_rate` measures it."""
     if not available():
         return None
     nodes = [f"127.0.0.1:{port}" for port in free_ports(3)]
     context = multiprocessing.get_context("spawn")
-    results, finished = context.Queue(), context.Event()
+    results, load_done, finished = context.Queue(), context.Event(), context.Event()
     procs = [
         context.Process(
             target=_node,
-            args=(me, [n for n in nodes if n != me], seconds, window, results, finished, period),
+            args=(
+                me,
+                [n for n in nodes if n != me],
+                seconds,
+                window,
+                results,
+                load_done,
+                finished,
+                period,
+            ),
         )
         for me in nodes
     ]
@@ -123,8 +147,9 @@ def embedded_rate(
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-    measured = [r for r in reports if r is not None]
+    measured = [r for r in reports if r[0] is not None]
     if not measured:
         return None
-    applied, elapsed = measured[0]
-    return float(applied / elapsed)
+    applied, elapsed, leader_cpu = measured[0]
+    followers_cpu = sum(r[2] for r in reports if r[0] is None)
+    return applied / elapsed, leader_cpu / applied * 1e6, followers_cpu / applied * 1e6
