@@ -228,7 +228,7 @@ class RaftNode(Generic[R, V]):
         if given, are completed instead of new ones (RaftFutures): any pykka future, e.g.
         an actors.futures.CompletionFuture. An empty batch is a no-op."""
         if futures is None:
-            futures = [RaftFuture() for _ in commands]
+            futures = RaftFuture.batch(len(commands))
         elif len(futures) != len(commands):
             raise ValueError("one future per command")
         if not commands:

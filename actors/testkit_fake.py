@@ -239,7 +239,7 @@ class FakeRaftNode(RaftNode[R, V]):
         refusal set, NodeStoppedError, NodeFailedError), else appended and, with
         `auto_commit`, applied before this returns."""
         if futures is None:
-            futures = [RaftFuture() for _ in commands]
+            futures = RaftFuture.batch(len(commands))
         elif len(futures) != len(commands):
             raise ValueError("one future per command")
         if not commands:

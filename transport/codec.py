@@ -52,7 +52,7 @@ from typing import Any, Final
 
 import msgpack
 
-from storage.entry import EntryType, LogEntry
+from storage.entry import EntryType, LogEntry, build_entries
 from transport import rpc
 from transport.errors import DecodeError, EncodeError
 from transport.rpc import MAX_INDEX, MAX_TERM, RpcMessage
@@ -203,17 +203,6 @@ def _arity_error(cls: type, expected: int, got: int) -> DecodeError:
 _ENTRY_SHAPE: Final = (int, int, bytes)
 _ENTRY_SHAPE_CACHE: Final = list(_ENTRY_SHAPE) * 1024  # sliced for n <= 1024 entries
 _ENTRY_TYPES: Final = {member.value: member for member in EntryType}
-_new_object = object.__new__
-# The slot descriptors of LogEntry: calling them is what its frozen __init__ does per field.
-_set_index = LogEntry.__dict__["index"].__set__
-_set_term = LogEntry.__dict__["term"].__set__
-_set_type = LogEntry.__dict__["type"].__set__
-_set_data = LogEntry.__dict__["data"].__set__
-# Building LogEntry without its __init__ is only right while these are all it has.
-if [f.name for f in dataclasses.fields(LogEntry)] != ["index", "term", "type", "data"] or hasattr(
-    LogEntry, "__post_init__"
-):  # pragma: no cover - guards a future change of storage.entry
-    raise TypeError("LogEntry changed: update transport.codec._decode_entries and the format")
 
 
 def _decode_entries(
@@ -256,16 +245,12 @@ def _decode_entries(
     if not kinds.issubset(_ENTRY_TYPES):
         unknown = min(kinds.difference(_ENTRY_TYPES))
         raise DecodeError(f"AppendEntriesRequest.entries: unknown entry type {_describe(unknown)}")
-    entries = list(map(_new_object, repeat(LogEntry, count)))
-    # any() consumes each map: the setters return None, so it never stops early.
-    any(map(_set_index, entries, range(first_index, first_index + count)))
-    any(map(_set_term, entries, terms))
-    if len(kinds) == 1:  # usual case: all DATA
-        any(map(_set_type, entries, repeat(_ENTRY_TYPES[kinds.pop()], count)))
-    else:
-        any(map(_set_type, entries, map(_ENTRY_TYPES.__getitem__, flat[1::3])))
-    any(map(_set_data, entries, flat[2::3]))
-    return tuple(entries)
+    types = (
+        repeat(_ENTRY_TYPES[kinds.pop()], count)  # usual case: all DATA
+        if len(kinds) == 1
+        else map(_ENTRY_TYPES.__getitem__, flat[1::3])
+    )
+    return tuple(build_entries(first_index, count, terms, types, flat[2::3]))
 
 
 def _encode_entries(entries: tuple[LogEntry, ...], prev_log_index: int) -> list[Any]:
