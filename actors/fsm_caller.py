@@ -87,7 +87,7 @@ from actors.messages import (
 )
 from actors.metrics import CounterCell, RaftMetrics
 from actors.options import RaftOptions
-from actors.state_machine import Command, StateMachine
+from actors.state_machine import StateMachine, commands_of
 from storage.base import SnapshotStore
 from storage.entry import EntryType, LogEntry
 from storage.snapshot_storage import SnapshotMeta
@@ -475,7 +475,7 @@ class FSMCaller(RaftActor):
             return False
 
     def _apply_run(self, run: list[LogEntry]) -> bool:
-        commands = [Command(e.index, e.term, e.data) for e in run]
+        commands = commands_of(run)
         started = self._clock()
         try:
             with running_callback("on_apply"):

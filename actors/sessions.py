@@ -70,6 +70,11 @@ class Sessions(Mapping[str, Session]):
         self.ttl_entries = ttl_entries
         # Ordered by last use (last_index), oldest first, so expiry pops from the front.
         self._table: OrderedDict[str, Session] = OrderedDict()
+        # Invariant: at most the oldest session's last_index (while empty: below every index a
+        # session added later can have). Updates only raise the oldest's index, so it stays a
+        # lower bound until expiry pops, which recomputes it: `expire` has nothing to do while
+        # index - ttl_entries is below it, i.e. nearly always.
+        self._oldest_floor = 0
 
     def __getitem__(self, client_id: str) -> Session:
         return self._table[client_id]
@@ -98,12 +103,16 @@ class Sessions(Mapping[str, Session]):
     def expire(self, index: int) -> None:
         """Forget sessions last used at or before `index - ttl_entries`."""
         horizon = index - self.ttl_entries
+        if horizon < self._oldest_floor:
+            return
         table = self._table
         while table:
             client_id, session = next(iter(table.items()))
             if session.last_index > horizon:
-                break
+                self._oldest_floor = session.last_index
+                return
             del table[client_id]
+        self._oldest_floor = horizon + 1  # a session added later has a later index
 
     def rows(self) -> list[tuple[str, int, Any, int]]:
         """(client_id, seq, result, index) per session, oldest use first: a snapshot's copy."""
@@ -115,6 +124,7 @@ class Sessions(Mapping[str, Session]):
         for client_id, seq, result, index in rows:
             table[client_id] = Session(seq, result, index)
         self._table = table
+        self._oldest_floor = 0  # recomputed by the next expiry that gets past it
 
 
 def encode_session_command(client_id: str, seq: int, command: bytes) -> bytes:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from actors.configuration import Configuration
+    from storage.entry import LogEntry
     from storage.snapshot_storage import SnapshotReader, SnapshotWriter
 
 
@@ -22,6 +26,26 @@ class Command:
     index: int
     term: int
     data: bytes
+
+
+# The slot descriptors of Command: calling them is what its frozen __init__ does per field.
+_new_object = object.__new__
+_set_index, _set_term, _set_data = (Command.__dict__[f].__set__ for f in ("index", "term", "data"))
+if [f.name for f in dataclasses.fields(Command)] != ["index", "term", "data"] or hasattr(
+    Command, "__post_init__"
+):  # pragma: no cover - guards a change of Command
+    raise TypeError("Command changed: update commands_of")
+
+
+def commands_of(entries: Sequence[LogEntry]) -> list[Command]:
+    """Command(e.index, e.term, e.data) for each entry, without the frozen __init__'s
+    per-object frame (the FSMCaller builds one per applied entry)."""
+    commands = list(map(_new_object, repeat(Command, len(entries))))
+    # any() consumes each map: the setters return None, so it never stops early.
+    any(map(_set_index, commands, map(attrgetter("index"), entries)))
+    any(map(_set_term, commands, map(attrgetter("term"), entries)))
+    any(map(_set_data, commands, map(attrgetter("data"), entries)))
+    return commands
 
 
 class StateMachine(Generic[R, V]):

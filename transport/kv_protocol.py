@@ -9,6 +9,7 @@ here, before Raft sees it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,11 @@ OPS = frozenset((PUT, GET, DELETE, CAS))
 ANYWHERE = "any"  # a get's arg2: a follower may serve it (KVClient read_from="any")
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
+# UTF-8 takes at most 4 bytes a character: a string this short is within its limit unencoded.
+_SAFE_KEY_CHARS = MAX_KEY_BYTES // 4
+_SAFE_VALUE_CHARS = MAX_VALUE_BYTES // 4
+_GET_CONSISTENCIES = frozenset((None, *CONSISTENCIES))
+_GET_WHERE = frozenset((None, ANYWHERE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +94,17 @@ def encode_logged(logged: LoggedCommand) -> bytes:
 
 
 def decode_logged(data: bytes) -> LoggedCommand:
+    return LoggedCommand(*decode_logged_parts(data))
+
+
+def decode_logged_parts(data: bytes) -> tuple[str, int, KVCommand]:
+    """decode_logged's (client_id, seq, command), without the LoggedCommand: what the state
+    machine takes apart again at once, once per applied entry on every replica."""
     fields = _unpack(data, 6)
     client_id, seq = fields[0], fields[1]
     if not isinstance(client_id, str) or type(seq) is not int or seq < 0:
         raise DecodeError("bad session in logged command")
-    return LoggedCommand(client_id, seq, _command(fields[2:]))
+    return client_id, seq, _command(fields[2:])
 
 
 def _unpack(data: bytes, arity: int) -> list[Any]:
@@ -109,15 +121,38 @@ def _command(fields: list[Any]) -> KVCommand:
     op, key, arg1, arg2 = fields
     if op not in OPS:
         raise DecodeError(f"unknown KV operation {op!r}")
-    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+    if (
+        type(key) is not str
+        or not key
+        or (len(key) > _SAFE_KEY_CHARS and len(key.encode()) > MAX_KEY_BYTES)
+    ):
         raise DecodeError("a key is a non-empty string of at most 4 KiB")
     for arg in (arg1, arg2):
-        if arg is not None and (not isinstance(arg, str) or len(arg.encode()) > MAX_VALUE_BYTES):
+        if arg is not None and (
+            type(arg) is not str
+            or (len(arg) > _SAFE_VALUE_CHARS and len(arg.encode()) > MAX_VALUE_BYTES)
+        ):
             raise DecodeError("a value is a string of at most 1 MiB, or null")
     if op == PUT and arg1 is None:
         raise DecodeError("put needs a value")
     if op == CAS and arg2 is None:
         raise DecodeError("cas needs a new value")
-    if op == GET and (arg1 not in (None, *CONSISTENCIES) or arg2 not in (None, ANYWHERE)):
+    if op == GET and (arg1 not in _GET_CONSISTENCIES or arg2 not in _GET_WHERE):
         raise DecodeError(f"a get's consistency is one of {', '.join(CONSISTENCIES)}")
-    return KVCommand(op, key, arg1, arg2)
+    command = _new_object(KVCommand)  # KVCommand(op, key, arg1, arg2), without __init__'s frame
+    _set_op(command, op)
+    _set_key(command, key)
+    _set_arg1(command, arg1)
+    _set_arg2(command, arg2)
+    return command
+
+
+# The slot descriptors of KVCommand: calling them is what its frozen __init__ does per field.
+_new_object = object.__new__
+_set_op, _set_key, _set_arg1, _set_arg2 = (
+    KVCommand.__dict__[name].__set__ for name in ("op", "key", "arg1", "arg2")
+)
+if [f.name for f in dataclasses.fields(KVCommand)] != ["op", "key", "arg1", "arg2"] or hasattr(
+    KVCommand, "__post_init__"
+):  # pragma: no cover - guards a change of KVCommand
+    raise TypeError("KVCommand changed: update _command")

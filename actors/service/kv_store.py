@@ -27,7 +27,15 @@ from actors.sessions import Sessions
 from actors.state_machine import Command, StateMachine
 from storage.snapshot_storage import SnapshotReader, SnapshotWriter
 from transport.errors import DecodeError
-from transport.kv_protocol import CAS, DELETE, GET, PUT, KVCommand, decode_command, decode_logged
+from transport.kv_protocol import (
+    CAS,
+    DELETE,
+    GET,
+    PUT,
+    KVCommand,
+    decode_command,
+    decode_logged_parts,
+)
 
 SNAPSHOT_FORMAT = "pykka-raft-kv/1"
 SNAPSHOT_BATCH = 4096  # pairs (or sessions) per msgpack array in a snapshot
@@ -43,18 +51,15 @@ class KVStateMachine(StateMachine):
 
     def _apply_one(self, entry: Command) -> Any:
         try:
-            logged = decode_logged(entry.data)
+            client_id, seq, command = decode_logged_parts(entry.data)
         except DecodeError as exc:
             # Deterministic on every replica: answered as an error, state unchanged.
             self.sessions.expire(entry.index)
             return InvalidCommandError(str(exc))
-        command = logged.command
         if command.op == GET:
             self.sessions.expire(entry.index)
             return self.data.get(command.key)
-        return self.sessions.apply(
-            logged.client_id, logged.seq, entry.index, lambda: self._write(command)
-        )
+        return self.sessions.apply(client_id, seq, entry.index, lambda: self._write(command))
 
     def on_read(self, query: bytes) -> Any:
         """A get served without the log (RaftNode.read): `query` is the client's command."""

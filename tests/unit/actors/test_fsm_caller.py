@@ -521,3 +521,12 @@ def test_a_raising_on_read_fails_that_read_only() -> None:
     fsm.send(Commit(3))
     assert fsm.sm.applied_indexes == [2, 3] and result(read_at(fsm, 0)) == (b"q", 3)
     assert counts(fsm.metrics.callback_errors) == {"on_read": 1}
+
+
+def test_commands_of_gives_what_command_gives() -> None:
+    from actors.state_machine import commands_of
+    from storage.entry import data_entries
+
+    entries = data_entries(7, 2, [b"a", b"bb"], 2)
+    assert commands_of(entries) == [Command(7, 2, b"a"), Command(8, 2, b"bb")]
+    assert commands_of([]) == []

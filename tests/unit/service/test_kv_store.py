@@ -23,11 +23,14 @@ from transport.kv_protocol import (
     CAS,
     DELETE,
     GET,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
     PUT,
     KVCommand,
     LoggedCommand,
     decode_command,
     decode_logged,
+    decode_logged_parts,
     encode_command,
     encode_logged,
 )
@@ -125,6 +128,30 @@ def test_commands_round_trip() -> None:
 def test_malformed_commands_are_refused_with_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_command(payload)
+
+
+def test_the_size_limits_are_in_utf8_bytes_whatever_the_characters() -> None:
+    four = "\U0001f600"  # 4 bytes in UTF-8
+    for key in ("k" * MAX_KEY_BYTES, four * (MAX_KEY_BYTES // 4), "é" * (MAX_KEY_BYTES // 2)):
+        assert decode_command(encode_command(KVCommand(PUT, key, "v"))).key == key
+    for key in ("k" * (MAX_KEY_BYTES + 1), four * (MAX_KEY_BYTES // 4) + "k", "é" * 2049):
+        with pytest.raises(DecodeError, match="4 KiB"):
+            decode_command(encode_command(KVCommand(PUT, key, "v")))
+    value = four * (MAX_VALUE_BYTES // 4)
+    assert decode_command(encode_command(KVCommand(PUT, "k", value))).arg1 == value
+    with pytest.raises(DecodeError, match="1 MiB"):
+        decode_command(encode_command(KVCommand(CAS, "k", "v", value + "x")))
+
+
+def test_decoded_commands_are_ordinary_frozen_kv_commands() -> None:
+    client_id, seq, command = decode_logged_parts(
+        encode_logged(LoggedCommand("c", 3, KVCommand(CAS, "k", "old", "new")))
+    )
+    assert (client_id, seq) == ("c", 3)
+    assert command == KVCommand(CAS, "k", "old", "new") and type(command) is KVCommand
+    assert hash(command) == hash(KVCommand(CAS, "k", "old", "new"))
+    with pytest.raises(AttributeError):
+        command.key = "other"  # type: ignore[misc]
 
 
 # -- replicas never diverge: expiry is a function of the log alone ----------------------------
