@@ -19,11 +19,13 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
 import pykka
+from pykka._future import _Unset
 from pykka._threading import ThreadingFutureResult
 
 from actors.errors import DeadlockError, RaftTimeoutError
 
 T = TypeVar("T")
+_UNSET = _Unset()  # pykka's "no get-hook result yet" (it tests isinstance, so one will do)
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,11 @@ class RaftFuture(pykka.ThreadingFuture[T]):
     the lock (`_result` is written once, under the lock, and never changes)."""
 
     def __init__(self, condition: threading.Condition | None = None) -> None:
-        # pykka.ThreadingFuture.__init__, with the Condition given rather than always new.
-        pykka.Future.__init__(self)
+        # pykka.ThreadingFuture.__init__ and pykka.Future.__init__ inlined (the same fields;
+        # tests/unit/actors/test_futures.py checks they are all there), with the Condition
+        # given rather than always new.
+        self._get_hook = None
+        self._get_hook_result = _UNSET
         self._condition = threading.Condition() if condition is None else condition
         self._result = None
         self._callbacks: list[Callable[[RaftFuture[T]], None]] = []  # guarded by _condition

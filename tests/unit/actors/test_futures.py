@@ -17,6 +17,14 @@ from actors.wait import wait_until
 WAIT = 10.0
 
 
+def test_it_has_every_field_a_pykka_threading_future_has() -> None:
+    ours, theirs = vars(RaftFuture()), vars(pykka.ThreadingFuture())
+    assert set(theirs) <= set(ours)
+    assert {name: type(value) for name, value in theirs.items()} == {
+        name: type(ours[name]) for name in theirs
+    }
+
+
 def test_value_and_exception_settle_once_and_get_returns_or_raises() -> None:
     ok: RaftFuture[int] = RaftFuture()
     complete(ok, 7)
