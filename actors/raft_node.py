@@ -43,7 +43,7 @@ import pykka
 
 from actors.clock import Clock, RealClock
 from actors.dispatcher import Dispatcher
-from actors.errors import NodeStoppedError, OptionsError, ReadError
+from actors.errors import DeadlockError, NodeStoppedError, OptionsError, ReadError
 from actors.futures import CompletionFuture, RaftFuture, fail, fail_all
 from actors.membership import ChangeRequest, Op
 from actors.messages import (
@@ -417,7 +417,14 @@ class RaftNode(Generic[R, V]):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, then every actor in order (PeerActors.in_stop_order), then close the
         storages. Every future still pending completes: NodeStoppedError (outcome unknown once
-        appended) or LeadershipLostError. Idempotent."""
+        appended) or LeadershipLostError. Idempotent. Raises DeadlockError, and stops
+        nothing, on the node's dispatcher thread (in a callback of a future the Node settles,
+        or a ClientServer handler): it would wait for actors only that thread runs."""
+        if threading.current_thread() is self._threads.dispatcher.thread:
+            raise DeadlockError(
+                f"{self.options.peer_id}: stop() called on the node's own dispatcher thread "
+                "would wait for the actors that thread runs; call it from another thread"
+            )
         with self._lock:
             if self._stopped:
                 return

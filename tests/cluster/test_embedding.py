@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from actors.configuration import Configuration
-from actors.errors import NodeStoppedError, RaftTimeoutError, ReadError
+from actors.errors import DeadlockError, NodeStoppedError, RaftTimeoutError, ReadError
 from actors.futures import RaftFuture
 from actors.options import NodeOptions, RaftOptions
 from actors.raft_node import RaftNode
@@ -157,6 +157,27 @@ def test_a_done_callback_is_called_once_with_the_settled_future(readable: RaftNo
     settled.add_done_callback(on_done)  # already settled: at once, on this thread
     assert called[0][0] == 7 and called[1] == (8, threading.current_thread().name)
     assert called[0][1] != threading.current_thread().name  # the actor's thread
+
+
+def test_stop_on_the_nodes_dispatcher_thread_is_refused_rather_than_a_deadlock(
+    readable: RaftNode,
+) -> None:
+    refused: list[BaseException] = []
+    done = threading.Event()
+
+    def stop_here(future: RaftFuture[Any]) -> None:  # the Node settles status: its thread
+        try:
+            readable.stop()
+        except DeadlockError as error:
+            refused.append(error)
+        done.set()
+
+    status: RaftFuture[Any] = RaftFuture()
+    status.add_done_callback(stop_here)
+    readable.status_async(status)
+    assert done.wait(WAIT)
+    assert len(refused) == 1 and "dispatcher thread" in str(refused[0])
+    assert readable.apply(b"2").get(timeout=WAIT) == 2  # nothing was stopped
 
 
 def test_a_timeout_is_one_type_for_every_wait(readable: RaftNode) -> None:
