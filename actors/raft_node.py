@@ -155,7 +155,7 @@ class RaftNode(Generic[R, V]):
                 f"transport's frames of {transport.max_frame_size} bytes"
             )
         own_clock = RealClock() if clock is None else None
-        threads = ThreadedActors(dispatcher, options.peer_id)
+        threads = ThreadedActors(dispatcher, options.peer_id, state_machine.blocking)
         actors = assemble_peer(
             options,
             state_machine,

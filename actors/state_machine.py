@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
     from actors.configuration import Configuration
@@ -72,7 +72,18 @@ class StateMachine(Generic[R, V]):
     Never block on this node's futures here (`apply(...).get()`, `read(...).get()`): what
     would complete them runs on this very thread, after the callback returns. Such a `get`
     raises actors.errors.DeadlockError at once; chain with a callback instead.
+
+    `blocking` says whether its callbacks may wait: on a disk, the network, a lock, a sleep.
+    True (the default) gives the FSMCaller a thread of its own. A state machine whose every
+    callback only computes in memory may set it False: the FSMCaller then shares the peer's
+    dispatcher with the Node (docs/DESIGN.md, Threads), one thread hand-off less per applied
+    batch and per read, and replies leave without a wake-up. Its callbacks then hold up the
+    whole peer, heartbeats included, for as long as they run: keep each short (applying is
+    batched by `max_apply_batch` already). A snapshot's load reading a local file is short
+    enough; a save's slow part is the callable it returns, which the SnapshotExecutor runs.
     """
+
+    blocking: ClassVar[bool] = True
 
     def on_apply(self, commands: Sequence[Command]) -> list[R]:
         """Apply a batch of committed commands in log order; return one result per command

@@ -325,8 +325,9 @@ class Router:
 
 # The actors that never block (no disk write, no user code): they share the peer's dispatcher,
 # so the Node's, the Replicators' and the BallotBox's tells among themselves are queue appends.
-# The LogManager (fsync), the FSMCaller (the user's state machine) and the SnapshotExecutor
-# (snapshot files) keep a thread each.
+# The LogManager (fsync), the FSMCaller (the user's state machine, unless it declares that it
+# never blocks: StateMachine.blocking) and the SnapshotExecutor (snapshot files) keep a thread
+# each.
 ON_DISPATCHER: tuple[type[pykka.Actor], ...] = (Node, Replicator, BallotBox)
 
 
@@ -340,13 +341,19 @@ class ThreadedActors:
     the Node has stopped) from the owner's. `join` also ends the dispatcher when it is the
     peer's own (`own_dispatcher`), not one shared with other peers."""
 
-    def __init__(self, dispatcher: Dispatcher | None = None, name: str = "peer") -> None:
+    def __init__(
+        self, dispatcher: Dispatcher | None = None, name: str = "peer", fsm_blocks: bool = True
+    ) -> None:
         self._stopping: list[pykka.ActorRef[Any]] = []
         self.own_dispatcher = dispatcher is None
         self.dispatcher = Dispatcher(f"raft-{name}") if dispatcher is None else dispatcher
+        # The state machine's `blocking`: False puts the FSMCaller on the dispatcher too.
+        self.fsm_blocks = fsm_blocks
 
     def spawn(self, actor_class: type[pykka.ThreadingActor], *args: Any, **kwargs: Any) -> Mailbox:
-        if issubclass(actor_class, ON_DISPATCHER):
+        if issubclass(actor_class, ON_DISPATCHER) or (
+            not self.fsm_blocks and issubclass(actor_class, FSMCaller)
+        ):
             return start_on(self.dispatcher, actor_class, *args, **kwargs)
         ref: Mailbox = actor_class.start(*args, **kwargs)
         return ref

@@ -42,6 +42,10 @@ SNAPSHOT_BATCH = 4096  # pairs (or sessions) per msgpack array in a snapshot
 
 
 class KVStateMachine(StateMachine):
+    # Every callback computes in memory (a snapshot's save copies two dicts and leaves the
+    # writing to the SnapshotExecutor), so the FSMCaller shares the peer's dispatcher.
+    blocking = False
+
     def __init__(self, session_ttl_entries: int = 1_000_000) -> None:
         self.data: dict[str, str] = {}
         self.sessions = Sessions(session_ttl_entries)

@@ -180,6 +180,43 @@ def test_stop_on_the_nodes_dispatcher_thread_is_refused_rather_than_a_deadlock(
     assert readable.apply(b"2").get(timeout=WAIT) == 2  # nothing was stopped
 
 
+class ThreadRecordingCounter(ReadableCounter):
+    """Notes the thread of every apply and read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int | None] = set()
+
+    def on_apply(self, commands: Sequence[Command]) -> list[Any]:
+        self.threads.add(threading.get_ident())
+        return super().on_apply(commands)
+
+    def on_read(self, query: bytes) -> Any:
+        self.threads.add(threading.get_ident())
+        return super().on_read(query)
+
+
+class InMemoryCounter(ThreadRecordingCounter):
+    blocking = False  # computes in memory only
+
+
+@pytest.mark.parametrize("machine", [ThreadRecordingCounter, InMemoryCounter])
+def test_only_a_state_machine_that_never_blocks_runs_on_the_nodes_dispatcher(
+    machine: type[ThreadRecordingCounter],
+) -> None:
+    state_machine = machine()
+    node = start_one(state_machine)
+    try:
+        assert node.wait_for_leader(timeout=WAIT) == ME
+        assert node.apply(b"5").get(timeout=WAIT) == 5
+        assert node.read(b"value").get(timeout=WAIT) == 5
+        dispatcher = node._threads.dispatcher.thread.ident
+        assert len(state_machine.threads) == 1
+        assert (state_machine.threads == {dispatcher}) is (not machine.blocking)
+    finally:
+        node.stop()
+
+
 def test_a_timeout_is_one_type_for_every_wait(readable: RaftNode) -> None:
     never: RaftFuture[int] = RaftFuture()
     with pytest.raises(RaftTimeoutError) as info:
