@@ -89,7 +89,7 @@ from actors.messages import (
 from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from storage.base import MetaStorage
-from storage.entry import EntryType, LogEntry, data_entries
+from storage.entry import EntryType, LogEntry, command_entries
 from transport.base import Transport
 from transport.rpc import (
     AppendEntriesRequest,
@@ -213,7 +213,7 @@ class LogManager(RaftActor):
             self._refuse(msg, OverloadedError(overload))
             return
         first = self.log_view.last_index + 1
-        entries = data_entries(first, msg.term, msg.commands, len(msg.commands))
+        entries = command_entries(first, msg.term, msg.commands)
         # Registered before any replica can grant, so the FSMCaller has the futures before
         # the Commit that completes them (both go through mailboxes in causal order).
         self.fsm_caller.tell(RegisterPending(first, msg.futures))

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
+from storage.entry import LogEntry, slot_setters
+
 if TYPE_CHECKING:
     from actors.configuration import Configuration
-    from storage.entry import LogEntry
     from storage.snapshot_storage import SnapshotReader, SnapshotWriter
 
 
@@ -28,13 +28,8 @@ class Command:
     data: bytes
 
 
-# The slot descriptors of Command: calling them is what its frozen __init__ does per field.
 _new_object = object.__new__
-_set_index, _set_term, _set_data = (Command.__dict__[f].__set__ for f in ("index", "term", "data"))
-if [f.name for f in dataclasses.fields(Command)] != ["index", "term", "data"] or hasattr(
-    Command, "__post_init__"
-):  # pragma: no cover - guards a change of Command
-    raise TypeError("Command changed: update commands_of")
+_set_index, _set_term, _set_data = slot_setters(Command, "index", "term", "data")
 
 
 def commands_of(entries: Sequence[LogEntry]) -> list[Command]:

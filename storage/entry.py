@@ -5,10 +5,11 @@ It imports nothing of the project, so both may import it (docs/DESIGN.md, "Layer
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import repeat
+from typing import Any
 
 
 class EntryType(IntEnum):
@@ -32,17 +33,24 @@ class LogEntry:
         return f"{self.index}@{self.term}:{self.type.name}({len(self.data)}B)"
 
 
-# The slot descriptors of LogEntry: calling them is what its frozen __init__ does per field.
+def slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The setters of the slot descriptors of frozen dataclass `cls`, one per field: on an
+    `object.__new__(cls)`, calling each is what the frozen __init__ does, without its
+    per-object Python frame (for objects built once per command on the hot path). `names`
+    must be all its fields in order, and it must have no __post_init__: TypeError otherwise,
+    at import, so that a changed class cannot be built half-initialised."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if fields != list(names) or hasattr(cls, "__post_init__"):
+        raise TypeError(
+            f"{cls.__name__} has fields {fields}, not {list(names)}: update its builder"
+        )
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
 _new_object = object.__new__
-_set_index = LogEntry.__dict__["index"].__set__
-_set_term = LogEntry.__dict__["term"].__set__
-_set_type = LogEntry.__dict__["type"].__set__
-_set_data = LogEntry.__dict__["data"].__set__
-# Building LogEntry without its __init__ is only right while these are all it has.
-if [f.name for f in dataclasses.fields(LogEntry)] != ["index", "term", "type", "data"] or hasattr(
-    LogEntry, "__post_init__"
-):  # pragma: no cover - guards a change of LogEntry
-    raise TypeError("LogEntry changed: update build_entries")
+_set_index, _set_term, _set_type, _set_data = slot_setters(
+    LogEntry, "index", "term", "type", "data"
+)
 
 
 def build_entries(
@@ -65,10 +73,9 @@ def build_entries(
     return entries
 
 
-def data_entries(
-    first_index: int, term: int, commands: Iterable[bytes], count: int
-) -> list[LogEntry]:
-    """DATA entries of `term` for `count` commands, from first_index on."""
+def command_entries(first_index: int, term: int, commands: Sequence[bytes]) -> list[LogEntry]:
+    """DATA entries of `term` for `commands`, from first_index on."""
+    count = len(commands)
     return build_entries(
         first_index, count, repeat(term, count), repeat(EntryType.DATA, count), commands
     )

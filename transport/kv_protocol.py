@@ -9,12 +9,12 @@ here, before Raft sees it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from storage.entry import slot_setters
 from transport.errors import DecodeError
 from transport.results import decode_result, encode_result  # noqa: F401 - the KV results
 from transport.rpc import (  # noqa: F401 - re-exported
@@ -147,12 +147,5 @@ def _command(fields: list[Any]) -> KVCommand:
     return command
 
 
-# The slot descriptors of KVCommand: calling them is what its frozen __init__ does per field.
 _new_object = object.__new__
-_set_op, _set_key, _set_arg1, _set_arg2 = (
-    KVCommand.__dict__[name].__set__ for name in ("op", "key", "arg1", "arg2")
-)
-if [f.name for f in dataclasses.fields(KVCommand)] != ["op", "key", "arg1", "arg2"] or hasattr(
-    KVCommand, "__post_init__"
-):  # pragma: no cover - guards a change of KVCommand
-    raise TypeError("KVCommand changed: update _command")
+_set_op, _set_key, _set_arg1, _set_arg2 = slot_setters(KVCommand, "op", "key", "arg1", "arg2")

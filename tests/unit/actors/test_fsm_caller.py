@@ -525,8 +525,8 @@ def test_a_raising_on_read_fails_that_read_only() -> None:
 
 def test_commands_of_gives_what_command_gives() -> None:
     from actors.state_machine import commands_of
-    from storage.entry import data_entries
+    from storage.entry import command_entries
 
-    entries = data_entries(7, 2, [b"a", b"bb"], 2)
+    entries = command_entries(7, 2, [b"a", b"bb"])
     assert commands_of(entries) == [Command(7, 2, b"a"), Command(8, 2, b"bb")]
     assert commands_of([]) == []
