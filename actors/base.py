@@ -3,8 +3,8 @@
 A subclass declares one handler per message type:
 
     class LogManager(RaftActor):
-        @handles(AppendLeaderEntries)
-        def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None: ...
+        @handles(PersistLeaderEntries)
+        def on_persist_leader_entries(self, msg: PersistLeaderEntries) -> None: ...
 
 `on_receive` looks the handler up by the message's exact type. A message nobody handles is
 logged once per type and dropped, never a crash.

@@ -24,11 +24,9 @@ from actors.errors import (
 from actors.futures import CompletionFuture, complete, fail
 from actors.membership import Catchup, ConfChange, Stage
 from actors.messages import (
-    AppendConfiguration,
     CatchupCheck,
     ChangeMembership,
     ConfEntryApplied,
-    Subscribe,
     TermEntryApplied,
     TransferLeadership,
     TransferTimeout,
@@ -75,7 +73,6 @@ class LeadershipChanges:
             mailbox = self.replicators.start(peer, self.term, start)
             self._replicating[peer] = mailbox
             self._peer_contact.setdefault(peer, now)
-            self.log_manager.tell(Subscribe(peer, mailbox))
 
     # -- leadership transfer (actors/transfer.py) ---------------------------------------------
 
@@ -213,7 +210,8 @@ class LeadershipChanges:
         applied = CompletionFuture(
             lambda _, error: self.tell_self(ConfEntryApplied(generation, error))
         )
-        self.log_manager.tell(AppendConfiguration(self.term, conf, applied))
+        assert self._leader_log is not None  # a change starts once the term's entry committed
+        self._leader_log.append_configuration(conf, applied)
 
     def _arm_catchup_check(self: Node) -> None:
         delay = self.raft_options.election_timeout / 2

@@ -12,9 +12,11 @@ appends already waiting, it writes them all with one fsync. Only then does anyth
 durability: the leader's own Grant to the BallotBox, a follower's ack to its leader, a follower's
 commit index advancing.
 
-Back-pressure: as leader it holds at most `max_pending_entries` entries (and `max_pending_bytes`
-of commands) appended but not yet applied; a proposal beyond that fails fast with
-OverloadedError, nothing appended, rather than queue without bound.
+A leader's own entries are appended to the tail on the Node's thread (actors/leader_log.py,
+which also bounds what is in flight); they reach this actor as PersistLeaderEntries, to be
+written and granted. The LogManager appends only the first entry of a leader's term (on
+BecomeLeader, before LeaderLogReady hands the tail to the Node) and, as a follower, its
+leader's entries.
 
 A follower that refuses an AppendEntries for a log mismatch says where its log disagrees (the
 conflicting term and the first index it holds of that term), so the leader skips a whole term
@@ -37,27 +39,17 @@ log until it stops), not here.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from actors import trace
 from actors.base import RaftActor, handles
 from actors.configuration import Configuration
-from actors.errors import (
-    InvariantViolationError,
-    NodeFailedError,
-    NotLeaderError,
-    OverloadedError,
-    RaftError,
-)
-from actors.futures import fail, fail_all
+from actors.errors import InvariantViolationError
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
     AdoptClusterId,
-    AppendConfiguration,
-    AppendLeaderEntries,
     BecomeLeader,
     CheckVote,
     ClearPending,
@@ -74,22 +66,19 @@ from actors.messages import (
     LeaderStart,
     LeaderStop,
     LoadSnapshot,
-    LogAppended,
+    PersistLeaderEntries,
     PersistTermVote,
     RegisterPending,
     RequestVotes,
     ResetPending,
-    SetConfiguration,
     SnapshotSaved,
     StepDown,
-    Subscribe,
-    Unsubscribe,
     VoteGranted,
 )
 from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
 from storage.base import MetaStorage
-from storage.entry import EntryType, LogEntry, command_entries
+from storage.entry import EntryType, LogEntry
 from transport.base import Transport
 from transport.rpc import (
     AppendEntriesRequest,
@@ -140,16 +129,10 @@ class LogManager(RaftActor):
         self._granted = 0
         self._flush_queued = False
         self._failed = False  # storage failed: nothing more is written or promised
-        self._subscribers: dict[str, Mailbox] = {}
-        # Leader: (last index, command bytes) of each batch appended this term and not yet
-        # known to be applied; _pending_bytes is their sum. Trimmed against applied_index.
-        self._pending: deque[tuple[int, int]] = deque()
-        self._pending_bytes = 0
         # This actor's own cells (actors/metrics.py): written on this thread only.
         metrics = metrics or RaftMetrics()
         self._clock = metrics.clock
         self._fsync_seconds = metrics.fsync_seconds.cell()
-        self._proposals = metrics.proposals.cells("appended", "overloaded", "not_leader", "failed")
 
     def __str__(self) -> str:
         role = f"leader@{self.leader_term}" if self.leader_term is not None else "follower"
@@ -168,8 +151,6 @@ class LogManager(RaftActor):
         self.leader_term = msg.term
         first = self.log_view.last_index + 1
         self._granted = first - 1
-        self._pending.clear()
-        self._pending_bytes = 0
         conf = self.log_view.conf
         self.ballot_box.tell(ResetPending(msg.term, first, conf))
         self.fsm_caller.tell(LeaderStart(msg.term, first))
@@ -179,76 +160,25 @@ class LogManager(RaftActor):
         # It carries the configuration in force, so that the log always holds it (a restarted
         # peer uses its own, never its flags) and a half-done joint change is rolled forward
         # by committing it again (actors/membership.py).
-        self._append_leader([LogEntry(first, msg.term, EntryType.CONFIGURATION, conf.encode())])
+        entries = [LogEntry(first, msg.term, EntryType.CONFIGURATION, conf.encode())]
+        self.log_view.append_unstable(entries)
+        self._write_leader(entries)
         self.node.tell(LeaderLogReady(msg.term, first))
 
-    @handles(AppendConfiguration)
-    def on_append_configuration(self, msg: AppendConfiguration) -> None:
-        """A membership change's configuration entry: in force from now on (the BallotBox
-        counts by it before any Grant for it can arrive)."""
+    @handles(PersistLeaderEntries)
+    def on_persist_leader_entries(self, msg: PersistLeaderEntries) -> None:
+        """The leader's entries, already in the tail (actors/leader_log.py): write them in the
+        next group commit. Always of the term we lead: the Node tells StepDown after them."""
         if self._failed:
-            fail(msg.applied, NodeFailedError(f"{self.peer_id} is in ERROR"))
-            return
+            return  # in ERROR: their futures fail with it
         if self.leader_term != msg.term:
-            fail(msg.applied, NotLeaderError(None))
+            self._fail(InvariantViolationError(f"entries of term {msg.term} appended by {self}"))
             return
-        index = self.log_view.last_index + 1
-        self.ballot_box.tell(SetConfiguration(msg.term, msg.conf))
-        self.fsm_caller.tell(RegisterPending(index, (msg.applied,)))
-        self._append_leader([LogEntry(index, msg.term, EntryType.CONFIGURATION, msg.conf.encode())])
+        self._write_leader(msg.entries)
 
-    @handles(AppendLeaderEntries)
-    def on_append_leader_entries(self, msg: AppendLeaderEntries) -> None:
-        if not msg.commands:
-            return
-        if self._failed:
-            self._refuse(msg, NodeFailedError(f"{self.peer_id} is in ERROR"))
-            return
-        if self.leader_term != msg.term:
-            self._refuse(msg, NotLeaderError(None))
-            return
-        size = sum(map(len, msg.commands))
-        overload = self._overload(len(msg.commands), size)
-        if overload is not None:
-            self._refuse(msg, OverloadedError(overload))
-            return
-        first = self.log_view.last_index + 1
-        entries = command_entries(first, msg.term, msg.commands)
-        # Registered before any replica can grant, so the FSMCaller has the futures before
-        # the Commit that completes them (both go through mailboxes in causal order).
-        self.fsm_caller.tell(RegisterPending(first, msg.futures))
-        self._append_leader(entries)
-        if trace.ON:
-            trace.mark("leader.append")
-        self._pending.append((entries[-1].index, size))
-        self._pending_bytes += size
-        self._proposals["appended"].inc(len(entries))
-
-    def _refuse(self, msg: AppendLeaderEntries, error: RaftError) -> None:
-        """A definite refusal: nothing was appended."""
-        self._proposals[error.outcome_label].inc(len(msg.futures))
-        fail_all(msg.futures, error)
-
-    def _overload(self, count: int, size: int) -> str | None:
-        """Why `count` more commands of `size` bytes would exceed the in-flight bounds."""
-        applied = self.log_view.applied_index
-        while self._pending and self._pending[0][0] <= applied:
-            self._pending_bytes -= self._pending.popleft()[1]
-        entries = self.log_view.last_index - applied + count
-        options = self.raft_options
-        if entries > options.max_pending_entries:
-            return f"{entries} entries in flight > max_pending_entries; retry later"
-        if self._pending_bytes + size > options.max_pending_bytes:
-            return f"{self._pending_bytes + size} bytes in flight > max_pending_bytes; retry later"
-        return None
-
-    def _append_leader(self, entries: list[LogEntry]) -> None:
-        self.log_view.append_unstable(entries)
+    def _write_leader(self, entries: list[LogEntry]) -> None:
         self._unflushed.extend(entries)
         self._grant_upto = entries[-1].index
-        appended = LogAppended(entries[-1].index)
-        for mailbox in self._subscribers.values():
-            mailbox.tell(appended)
         self._queue_flush()
 
     @handles(StepDown)
@@ -256,7 +186,6 @@ class LogManager(RaftActor):
         if self.leader_term != msg.term:
             return
         self.leader_term = None
-        self._subscribers.clear()
         self.ballot_box.tell(ClearPending(msg.term))
         self.fsm_caller.tell(LeaderStop(msg.term))
 
@@ -264,14 +193,6 @@ class LogManager(RaftActor):
     def on_following(self, msg: Following) -> None:
         """Passed on unchanged: through here it keeps its order with LeaderStart/Stop."""
         self.fsm_caller.tell(msg)
-
-    @handles(Subscribe)
-    def on_subscribe(self, msg: Subscribe) -> None:
-        self._subscribers[msg.peer_id] = msg.mailbox
-
-    @handles(Unsubscribe)
-    def on_unsubscribe(self, msg: Unsubscribe) -> None:
-        self._subscribers.pop(msg.peer_id, None)
 
     @handles(Committed)
     def on_committed(self, msg: Committed) -> None:
@@ -586,7 +507,6 @@ class LogManager(RaftActor):
         self._failed = True
         self._unflushed.clear()
         self._acks.clear()
-        self._subscribers.clear()
         if self.leader_term is not None:
             self.ballot_box.tell(ClearPending(self.leader_term))
             self.leader_term = None

@@ -1,14 +1,22 @@
 """LogView: the log as Replicators and the FSMCaller read it, safely from any thread.
 
-The LogManager actor is the only writer (the `LogManager thread only` methods). Readers run on
-other actors' threads; this is the one structure of a node shared across threads
-(docs/DESIGN.md, principle 2 and "Threads"), so it is explicitly thread-safe:
+The LogManager actor writes it (the `writers` methods), with one exception: while this peer
+leads, from LeaderLogReady until the Node steps down, the Node's thread appends the leader's
+entries (actors/leader_log.py) and the LogManager only persists them, trims the tail's durable
+head and compacts. So the log's end (`append_unstable`, `last_index`, `last_term`) has one
+writer at a time, handed over causally through mailboxes; the durable prefix has one writer,
+the LogManager. Readers run on other actors' threads; this is the one structure of a node
+shared across threads (docs/DESIGN.md, principle 2 and "Threads"), so it is explicitly
+thread-safe:
 
 - The in-memory tail (`_tail`, entries `_tail_first`..`last_index`) holds every entry not yet
   durable plus a bounded run of recent durable ones. It is guarded by `_tail_lock`, which is never
   held across I/O, so readers are not stalled by an fsync.
 - Older entries are read from storage under `_storage_lock`, which the writer also holds while it
   appends (and fsyncs) or truncates: storage objects are not thread-safe.
+- The configurations (`_confs`, `conf_state`) change under `_conf_lock`: a leader's
+  configuration entry (Node thread) may be appended while a compaction (LogManager thread)
+  moves the base.
 
 Snapshots: entries up to `snapshot_index` are covered by the newest snapshot and may have been
 compacted away, so the log may start after 1. The snapshot's last entry keeps a known term
@@ -58,6 +66,7 @@ class LogView:
         self._storage = storage
         self._storage_lock = threading.Lock()
         self._tail_lock = threading.Lock()
+        self._conf_lock = threading.Lock()
         self._tail_cap = tail_entries
         reconcile_with_snapshot(storage, snapshot)
         self.snapshot_index = snapshot.last_index if snapshot else 0
@@ -182,7 +191,7 @@ class LogView:
                 hi = mid - 1
         return found if found is not None and self.term_at(found) == term else None
 
-    # -- writes: LogManager thread only ------------------------------------------------------
+    # -- writes: the LogManager's thread (the end of the log: the leading Node's) -------------
 
     def append_unstable(self, entries: Sequence[LogEntry]) -> None:
         """Make `entries` readable at once (before they are durable). They must continue the log."""
@@ -192,18 +201,16 @@ class LogView:
             self._tail.extend(entries)
             self.last_index = entries[-1].index
             self.last_term = entries[-1].term
-        if self._track_configurations(entries):
-            self.conf_state = self._confs.state()
+        self._track_configurations(entries)
 
-    def _track_configurations(self, entries: Sequence[LogEntry]) -> bool:
-        """Record the configuration entries among `entries`; whether there was one. (The
+    def _track_configurations(self, entries: Sequence[LogEntry]) -> None:
+        """Record the configuration entries among `entries`, and publish the newest. (The
         LogManager checks that a leader's configuration entries decode before appending.)"""
-        found = False
         for entry in entries:
             if entry.type == EntryType.CONFIGURATION:
-                self._confs.add(entry.index, _decode_conf(entry.data, entry.index))
-                found = True
-        return found
+                with self._conf_lock:
+                    self._confs.add(entry.index, _decode_conf(entry.data, entry.index))
+                    self.conf_state = self._confs.state()
 
     def persist(self, entries: Sequence[LogEntry]) -> None:
         """Write `entries` (already in the tail) to storage; one fsync for the batch."""
@@ -227,8 +234,9 @@ class LogView:
             self.last_index = last_index_kept
             self.stable_index = min(self.stable_index, last_index_kept)
         self.last_term = self.term_at(last_index_kept)
-        self._confs.truncate_suffix(last_index_kept)
-        self.conf_state = self._confs.state()
+        with self._conf_lock:
+            self._confs.truncate_suffix(last_index_kept)
+            self.conf_state = self._confs.state()
 
     def compact(self, snapshot: SnapshotMeta, first_index_kept: int) -> None:
         """A local snapshot is durable: record it, and drop the entries before
@@ -254,7 +262,8 @@ class LogView:
             self._set_snapshot(snapshot)
             self.set_committed(index)
             return
-        self._confs.truncate_suffix(index)  # the whole log goes; the snapshot's conf rules
+        with self._conf_lock:
+            self._confs.truncate_suffix(index)  # the whole log goes; the snapshot's conf rules
         with self._storage_lock:
             self._storage.reset(index + 1)
         with self._tail_lock:
@@ -270,8 +279,10 @@ class LogView:
         # The term first: a reader seeing the new index must find its term.
         self.snapshot_term = snapshot.last_term
         self.snapshot_index = snapshot.last_index
-        self._confs.set_base(snapshot.last_index, _decode_conf(snapshot.conf, snapshot.last_index))
-        self.conf_state = self._confs.state()
+        base = _decode_conf(snapshot.conf, snapshot.last_index)
+        with self._conf_lock:
+            self._confs.set_base(snapshot.last_index, base)
+            self.conf_state = self._confs.state()
 
     def set_committed(self, index: int) -> None:
         if index > self.committed_index:

@@ -5,10 +5,11 @@ futures or mailboxes is never sent over the network.
 
 How a client command flows (leader):
 
-    RaftNode.apply ─Apply─▶ Node ─AppendLeaderEntries─▶ LogManager
-      LogManager: assigns indexes, RegisterPending ▶ FSMCaller, makes entries readable
-                  (LogView), LogAppended ▶ each Replicator, then one fsync per batch (Flush)
-                  and Grant(self) ▶ BallotBox
+    RaftNode.apply ─Apply─▶ Node
+      Node (its LeaderLog): assigns indexes, RegisterPending ▶ FSMCaller, makes entries
+                  readable (LogView), PersistLeaderEntries ▶ LogManager, LogAppended ▶ each
+                  Replicator
+      LogManager: one fsync per batch (Flush), then Grant(self) ▶ BallotBox
       Replicator: AppendEntries ▶ follower ... AppendEntriesResponse ▶ Replicator
                   Grant(peer) ▶ BallotBox
       BallotBox:  quorum reached ▶ Commit ▶ FSMCaller, Committed ▶ LogManager
@@ -28,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors.configuration import Configuration
-from actors.mailbox import Mailbox
 from actors.membership import ChangeRequest
 from transport.rpc import AppendEntriesRequest, InstallSnapshotRequest, RequestVoteRequest
 
 if TYPE_CHECKING:
+    from storage.entry import LogEntry
     from storage.snapshot_storage import SnapshotMeta, SnapshotWriter
 
 # -- to the Node -----------------------------------------------------------------------------
@@ -182,12 +183,12 @@ class GetStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class AppendLeaderEntries:
-    """Append client commands as DATA entries of `term`, if still leader of `term`."""
+class PersistLeaderEntries:
+    """Node (leader, actors/leader_log.py) -> LogManager: `entries` of `term` are in the
+    LogView's tail; write them (group commit), then Grant the leader's own vote for them."""
 
     term: int
-    commands: tuple[bytes, ...]
-    futures: tuple[pykka.Future[Any], ...]
+    entries: list[LogEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,16 +319,6 @@ class BecomeLeader:
 
 
 @dataclass(frozen=True, slots=True)
-class AppendConfiguration:
-    """Node (leader) -> LogManager: append a CONFIGURATION entry for `conf` in `term`; it
-    takes effect at once (the BallotBox counts by it). `applied` completes when it is applied."""
-
-    term: int
-    conf: Configuration
-    applied: Any
-
-
-@dataclass(frozen=True, slots=True)
 class StepDown:
     """Leave leader mode of `term`: pending commands fail with LeadershipLostError."""
 
@@ -339,19 +330,6 @@ class Committed:
     """BallotBox -> LogManager: the commit index reached `index` (guards truncation)."""
 
     index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    """Tell `mailbox` LogAppended whenever leader entries are appended."""
-
-    peer_id: str
-    mailbox: Mailbox
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    peer_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,12 +61,12 @@ from actors.errors import (
 )
 from actors.futures import CompletionFuture, complete, fail, fail_all
 from actors.identity import Kinship, compare
+from actors.leader_log import LeaderLog
 from actors.leadership import LeadershipChanges
 from actors.log_view import LogView
 from actors.mailbox import Mailbox
 from actors.messages import (
     AdoptClusterId,
-    AppendLeaderEntries,
     Apply,
     BecomeLeader,
     CheckVote,
@@ -93,7 +93,6 @@ from actors.messages import (
     RequestVotes,
     StepDown,
     TermEntryApplied,
-    Unsubscribe,
     VoteGranted,
     VoteTimeout,
 )
@@ -138,6 +137,8 @@ class Node(LeadershipChanges, RaftActor):
         voted_for: str | None,
         log_view: LogView,
         log_manager: Mailbox,
+        ballot_box: Mailbox,
+        fsm_caller: Mailbox,
         transport: Transport,
         replicators: ReplicatorFactory,
         clock: Clock,
@@ -147,8 +148,10 @@ class Node(LeadershipChanges, RaftActor):
         metrics: RaftMetrics | None = None,
         leader_watch: LeaderWatch | None = None,
     ) -> None:
-        """`leader_watch`: where role, term and leader are published for other threads (a
-        new one if None)."""
+        """`ballot_box`, `fsm_caller`: where a leader's own appends are announced (the
+        configuration in force, the futures of its entries: actors/leader_log.py).
+        `leader_watch`: where role, term and leader are published for other threads (a new one
+        if None)."""
         super().__init__()
         self.options = options
         self.raft_options = options.raft
@@ -160,6 +163,8 @@ class Node(LeadershipChanges, RaftActor):
         self._known_peers: set[str] = set()  # ids told to the transport (ensure_peer)
         self.log_view = log_view
         self.log_manager = log_manager
+        self.ballot_box = ballot_box
+        self.fsm_caller = fsm_caller
         self.transport = transport
         self.replicators = replicators
         self.clock = clock
@@ -169,8 +174,8 @@ class Node(LeadershipChanges, RaftActor):
         self.rejections = Rejections(self.peer_id)
         # This actor's own cells (actors/metrics.py): written on this thread only.
         metrics = metrics or RaftMetrics()
-        self._refused = metrics.proposals.cells(
-            "not_leader", "too_large", "stopped", "failed", "transferring"
+        self._proposals = metrics.proposals.cells(
+            "appended", "overloaded", "not_leader", "too_large", "stopped", "failed", "transferring"
         )
         self._pre_votes = metrics.pre_votes.cells("started", "won", "lost")
         self._elections = metrics.elections.cells("started", "won", "lost")
@@ -195,6 +200,10 @@ class Node(LeadershipChanges, RaftActor):
         self._peer_contact: dict[str, float] = {}
         self._peer_report: dict[str, PeerContact] = {}  # leader: each replicator's latest
         self._replicating: dict[str, Mailbox] = {}  # leader: peer -> its replicator
+        # Leader, from LeaderLogReady on: where this term's entries are appended. Before it,
+        # the LogManager still owns the log's tail, so proposals wait in _early.
+        self._leader_log: LeaderLog | None = None
+        self._early: list[Apply] = []
         self._reads = ReadOnly(self.peer_id, lambda: self.conf)  # leader: this term's rounds
         self._follower_reads = FollowerReads()  # follower: reads waiting for a read index
         self._transfer = None  # state of actors/leadership.py: see LeadershipChanges
@@ -228,7 +237,9 @@ class Node(LeadershipChanges, RaftActor):
 
     def shutdown(self) -> None:
         self._stop_replicators()
-        self._fail_reads(NodeStoppedError(f"node {self.peer_id} is stopped"))
+        stopped = NodeStoppedError(f"node {self.peer_id} is stopped")
+        self._end_leader_log(stopped)
+        self._fail_reads(stopped)
         self.role = Role.SHUTDOWN
         self._invalidate_timers()
         self._publish()
@@ -323,10 +334,13 @@ class Node(LeadershipChanges, RaftActor):
         if not commands:
             return  # an empty batch is a no-op
         if self.role is Role.LEADER and self._transfer is None:
-            self.log_manager.tell(AppendLeaderEntries(self.term, commands, futures))
+            if self._leader_log is not None:
+                self._leader_log.append_commands(commands, futures)
+            else:
+                self._early.append(Apply(commands, futures))
             return
         error = self._not_leading()
-        self._refused[error.outcome_label].inc(len(futures))
+        self._proposals[error.outcome_label].inc(len(futures))
         fail_all(futures, error)
 
     def _not_leading(self) -> RaftError:
@@ -479,7 +493,7 @@ class Node(LeadershipChanges, RaftActor):
                 kept.append((command, future))
                 continue
             self.rejections.refuse("oversized_command", f"{len(command)} bytes")
-            self._refused["too_large"].inc()
+            self._proposals["too_large"].inc()
             fail(future, CommandTooLargeError(f"{len(command)} bytes > {limit} bytes"))
         return tuple(c for c, _ in kept), tuple(f for _, f in kept)
 
@@ -742,14 +756,23 @@ class Node(LeadershipChanges, RaftActor):
         self._stop_replicators()
         self._fail_reads(NotLeaderError(None))
         self._lease_gen += 1
+        self._end_leader_log(NotLeaderError(None))
         self.log_manager.tell(StepDown(self.term))
+
+    def _end_leader_log(self, error: RaftError) -> None:
+        """The tail goes back to the LogManager: nothing is appended here after this (the
+        StepDown or EnterError told next is queued after every PersistLeaderEntries)."""
+        self._leader_log = None
+        early, self._early = self._early, []
+        for msg in early:
+            self._proposals[error.outcome_label].inc(len(msg.futures))
+            fail_all(msg.futures, error)
 
     def _stop_replicators(self) -> None:
         for peer in sorted(self._replicating):
             self._stop_replicator(peer)
 
     def _stop_replicator(self, peer: str) -> None:
-        self.log_manager.tell(Unsubscribe(peer))
         self.replicators.stop(peer)
         del self._replicating[peer]
         self._peer_contact.pop(peer, None)
@@ -759,7 +782,20 @@ class Node(LeadershipChanges, RaftActor):
     def on_leader_log_ready(self, msg: LeaderLogReady) -> None:
         if self.role is not Role.LEADER or msg.term != self.term:
             return
+        self._leader_log = LeaderLog(
+            self.term,
+            self.log_view,
+            self.log_manager,
+            self.ballot_box,
+            self.fsm_caller,
+            self._replicating,
+            self.raft_options,
+            self._proposals,
+        )
         self._sync_replicators(msg.first_index)
+        early, self._early = self._early, []
+        for apply in early:
+            self._leader_log.append_commands(apply.commands, apply.futures)
         self._reads.term_first_index = msg.first_index
         self._start_read_round()  # reads that arrived before the term began
 

@@ -33,7 +33,7 @@ from actors.role import Role
 from actors.status import LeaderWatch
 from actors.testing import RecordingMailbox, RecordingTransport, Transcript, counts
 from actors.testkit_actors import PEERS, ActorKit, Neighbours, memory_log, raft_options
-from storage.entry import LogEntry
+from storage.entry import EntryType, LogEntry
 from transport.rpc import RequestVoteResponse
 
 
@@ -73,6 +73,8 @@ class NodeKit(ActorKit[Node]):
     options: NodeOptions
     log_view: LogView
     log_manager: RecordingMailbox
+    ballot_box: RecordingMailbox  # a leader's SetConfiguration (membership changes)
+    fsm_caller: RecordingMailbox  # a leader's RegisterPending (the futures of its entries)
     transport: RecordingTransport
     replicators: RecordingReplicators
     snapshot_executor: RecordingMailbox | None
@@ -145,6 +147,8 @@ def build_node(
     bootstrap = Configuration.of(()) if join else node_options.initial_conf
     log_view = LogView(memory_log(entries), bootstrap_conf=bootstrap)
     log_manager = n.mailbox("log_manager")
+    ballot_box = n.mailbox("ballot_box")
+    fsm_caller = n.mailbox("fsm_caller")
     transport = n.transport(peer)
     replicators = RecordingReplicators(n.transcript)
     executor = n.mailbox("snapshot_executor") if snapshots else None
@@ -156,6 +160,8 @@ def build_node(
         voted_for=voted_for,
         log_view=log_view,
         log_manager=log_manager,
+        ballot_box=ballot_box,
+        fsm_caller=fsm_caller,
         transport=transport,
         replicators=replicators,
         clock=n.clock,
@@ -166,8 +172,8 @@ def build_node(
         leader_watch=leader_watch,
     )
     return NodeKit(
-        *n.kit(node), node_options, log_view, log_manager, transport, replicators, executor,
-        leader_watch, errors,
+        *n.kit(node), node_options, log_view, log_manager, ballot_box, fsm_caller, transport,
+        replicators, executor, leader_watch, errors,
     )  # fmt: skip
 
 
@@ -186,12 +192,14 @@ def elect(
     2. Answer the pre-vote from each of `voters` (default: every other voter), granting,
        until the Node campaigns; then the real vote, as each voter's LogManager would once it
        had persisted its vote.
-    3. Answer the Node's BecomeLeader as its LogManager would: LeaderLogReady with the term's
-       first entry after the log's last (its Replicators start there). With `commit`, also
+    3. Answer the Node's BecomeLeader as its LogManager would: append the term's first entry
+       (the configuration in force) to `kit.log_view`, then LeaderLogReady with its index (the
+       Replicators start there; the Node appends proposals after it). With `commit`, also
        settle the BecomeLeader's `applied` future: the term's first entry committed and
        applied (membership changes and reads may then proceed).
 
-    Then everything the election told (the log manager, transport, transcript) is forgotten,
+    Then everything the election told (the log manager, ballot box, FSMCaller, transport,
+    transcript) is forgotten,
     so the test sees only what follows; the Replicators started are in `kit.replicators`.
     Raises AssertionError when the Node does not campaign or does not win with those votes."""
     node = kit.node
@@ -213,11 +221,15 @@ def elect(
     _answer(kit, answering, pre_vote=True, done=lambda: node.role is not Role.FOLLOWER)
     _answer(kit, answering, pre_vote=False, done=lambda: node.role is Role.LEADER)
     [become] = [m for m in kit.log_manager.of_type(BecomeLeader) if m.term == node.term]
-    kit.send(LeaderLogReady(node.term, kit.log_view.last_index + 1))
+    first = kit.log_view.last_index + 1
+    conf = kit.log_view.conf.encode()
+    kit.log_view.append_unstable([LogEntry(first, node.term, EntryType.CONFIGURATION, conf)])
+    kit.send(LeaderLogReady(node.term, first))
     if commit and become.applied is not None:
         complete(become.applied, None)  # tells the Node TermEntryApplied, on its own queue
         kit.harness.run()
-    kit.log_manager.clear()
+    for mailbox in (kit.log_manager, kit.ballot_box, kit.fsm_caller):
+        mailbox.clear()
     kit.transport.take()
     kit.transcript.clear()
     return node.term

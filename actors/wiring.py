@@ -245,6 +245,8 @@ def assemble_peer(
         voted_for=meta_storage.voted_for,
         log_view=log_view,
         log_manager=log_manager,
+        ballot_box=ballot_box,
+        fsm_caller=fsm,
         transport=transport,
         replicators=replicators,
         clock=clock,

@@ -11,13 +11,10 @@ import pytest
 
 from actors.clock import ManualClock
 from actors.configuration import Configuration
-from actors.errors import NodeFailedError, NotLeaderError, OverloadedError
 from actors.log_manager import LogManager
 from actors.log_view import LogView
 from actors.messages import (
     AdoptClusterId,
-    AppendConfiguration,
-    AppendLeaderEntries,
     BecomeLeader,
     CheckVote,
     ClearPending,
@@ -30,20 +27,17 @@ from actors.messages import (
     Grant,
     LeaderLogReady,
     LeaderStart,
-    LeaderStop,
-    LogAppended,
+    PersistLeaderEntries,
     PersistTermVote,
     RegisterPending,
     RequestVotes,
     ResetPending,
-    SetConfiguration,
     StepDown,
-    Subscribe,
     VoteGranted,
 )
 from actors.metrics import RaftMetrics
 from actors.options import RaftOptions
-from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript, counts
+from actors.testing import ActorHarness, RecordingMailbox, RecordingTransport, Transcript
 from storage.entry import EntryType, LogEntry
 from storage.errors import StorageError
 from storage.memory import MemoryLogStorage, MemoryMetaStorage
@@ -302,78 +296,34 @@ def test_become_leader_resets_ballots_and_appends_the_configuration_in_its_term(
     assert f.log_view.entry(3) == LogEntry(3, 3, EntryType.CONFIGURATION, CONF.encode())
 
 
-def test_leader_append_registers_futures_then_wakes_replicators_then_grants_after_fsync() -> None:
+def test_leader_entries_appended_by_the_node_are_granted_after_one_fsync() -> None:
+    """The leader's Node appends to the tail (actors/leader_log.py); the LogManager writes what
+    it is handed in one group commit and only then grants the leader's own vote."""
     f = Fixture()
     f.send(BecomeLeader(1))
-    replicator = RecordingMailbox("replicator", f.transcript)
-    f.send(Subscribe(B, replicator))
     f.transcript.clear()
-    futures = (pykka.ThreadingFuture(), pykka.ThreadingFuture())
-    f.send(AppendLeaderEntries(1, (b"p", b"q"), futures))
-    assert f.transcript.entries == [
-        ("fsm_caller", RegisterPending(2, futures)),
-        ("replicator", LogAppended(3)),
-        ("fsync", [2, 3]),
-        ("ballot_box", Grant(ME, 3, 1)),
-    ]
+    batches = [[data(2, 1, b"p"), data(3, 1, b"q")], [data(4, 1, b"r")]]
+    for batch in batches:
+        f.log_view.append_unstable(batch)
+        f.lm.receive(PersistLeaderEntries(1, batch))  # both queued before the Flush
+    f.harness.run()
+    assert f.transcript.entries == [("fsync", [2, 3, 4]), ("ballot_box", Grant(ME, 4, 1))]
+    assert f.log_view.stable_index == 4
 
 
-def test_leader_append_in_a_stale_term_fails_definitely() -> None:
+def test_leader_entries_of_a_term_not_led_here_are_a_fatal_invariant() -> None:
     f = Fixture()
     f.send(BecomeLeader(1))
     f.send(StepDown(1))
-    assert f.ballot.take()[-1] == ClearPending(1)
-    assert f.fsm.take()[-1] == LeaderStop(1)
-    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-    f.send(AppendLeaderEntries(1, (b"late",), (future,)))
-    with pytest.raises(NotLeaderError):
-        future.get(timeout=1)
-    assert f.log_view.last_index == 1  # just the no-op
-
-
-# -- hardening: empty batches, back-pressure, supervision ---------------------------------------
-
-
-def test_an_empty_leader_append_is_a_no_op() -> None:
-    """Reproduced: an empty batch raised IndexError here and the LogManager died silently."""
-    f = Fixture()
-    f.send(BecomeLeader(1))
     f.transcript.clear()
-    f.send(AppendLeaderEntries(1, (), ()))
-    assert f.transcript.entries == [] and f.log() == [(1, 1)]
+    f.log_view.append_unstable([data(2, 1)])
+    f.send(PersistLeaderEntries(1, [data(2, 1)]))
+    [fatal] = f.node.take(FatalError)
+    assert "InvariantViolationError" in fatal.reason
+    assert ("fsync", [2]) not in f.transcript.entries
 
 
-def test_proposals_beyond_the_in_flight_bound_fail_fast_and_nothing_is_appended() -> None:
-    """Back-pressure: at most max_pending_entries appended but unapplied; past it, a proposal is
-    refused at once with OverloadedError (definite, retryable) instead of queuing for ever."""
-    f = Fixture(raft_options=RaftOptions(max_pending_entries=4))
-    f.send(BecomeLeader(1))  # the no-op is 1 pending entry
-    accepted = (pykka.ThreadingFuture(), pykka.ThreadingFuture(), pykka.ThreadingFuture())
-    f.send(AppendLeaderEntries(1, (b"a", b"b", b"c"), accepted))
-    refused: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-    f.send(AppendLeaderEntries(1, (b"d",), (refused,)))
-    with pytest.raises(OverloadedError) as info:
-        refused.get(timeout=1)
-    assert info.value.outcome_unknown is False
-    assert f.log_view.last_index == 4  # "d" was not appended
-    f.log_view.applied_index = 3  # the FSMCaller caught up with three of them
-    again: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-    f.send(AppendLeaderEntries(1, (b"d",), (again,)))
-    assert f.log_view.last_index == 5  # appended this time
-    assert f.fsm.take()[-1] == RegisterPending(5, (again,))
-
-
-def test_proposals_beyond_the_byte_bound_fail_fast() -> None:
-    f = Fixture(raft_options=RaftOptions(max_pending_bytes=1000, max_command_bytes=1000))
-    f.send(BecomeLeader(1))
-    f.send(AppendLeaderEntries(1, (b"x" * 600,), (pykka.ThreadingFuture(),)))
-    refused: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-    f.send(AppendLeaderEntries(1, (b"y" * 600,), (refused,)))
-    with pytest.raises(OverloadedError, match="bytes"):
-        refused.get(timeout=1)
-    f.log_view.applied_index = 2
-    f.send(AppendLeaderEntries(1, (b"y" * 600,), (pykka.ThreadingFuture(),)))
-    assert f.log_view.last_index == 3
+# -- hardening: supervision ---------------------------------------
 
 
 def test_enter_error_writes_acks_and_votes_nothing_more_and_tells_the_fsm_caller() -> None:
@@ -406,17 +356,14 @@ def test_a_storage_failure_enters_error_through_the_supervisor(
     assert f.transport.take() == []  # the entry was never acknowledged
 
 
-def test_a_failed_log_manager_neither_becomes_leader_nor_accepts_proposals() -> None:
+def test_a_failed_log_manager_neither_becomes_leader_nor_writes_leader_entries() -> None:
     f = Fixture([data(1, 1)])
     f.send(EnterError("Node: bug"))
     f.transcript.clear()
     f.send(BecomeLeader(2))
     assert f.transcript.entries == [] and f.log() == [(1, 1)]
-    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-    f.send(AppendLeaderEntries(2, (b"x",), (future,)))
-    with pytest.raises(NodeFailedError) as info:
-        future.get(timeout=1)
-    assert info.value.outcome_unknown is False  # refused before anything was appended
+    f.send(PersistLeaderEntries(2, [data(2, 2)]))  # told before the Node heard of the ERROR
+    assert f.transcript.entries == [] and f.storage.last_log_index() == 1
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -438,53 +385,11 @@ def test_each_group_commit_observes_the_time_of_its_append_and_fsync() -> None:
     assert f.metrics.fsync_seconds.sample().count == 2
 
 
-def test_leader_proposals_are_counted_appended_or_by_why_they_were_refused() -> None:
-    f = Fixture(raft_options=RaftOptions(max_pending_entries=3))
-    f.send(BecomeLeader(1))  # the no-op is not a proposal
-    f.send(AppendLeaderEntries(1, (b"a", b"b"), (pykka.ThreadingFuture(), pykka.ThreadingFuture())))
-    f.send(AppendLeaderEntries(1, (b"c",), (pykka.ThreadingFuture(),)))  # 4 in flight > 3
-    f.send(AppendLeaderEntries(2, (b"d",), (pykka.ThreadingFuture(),)))  # not this term
-    f.send(EnterError("Node: bug"))
-    f.send(AppendLeaderEntries(1, (b"e",), (pykka.ThreadingFuture(),)))
-    assert counts(f.metrics.proposals) == {
-        "appended": 2,
-        "overloaded": 1,
-        "not_leader": 1,
-        "failed": 1,
-    }
-
-
 # -- configurations -------------------------------------------------------------------------
 
 
 def conf_entry(index: int, term: int, conf: Configuration) -> LogEntry:
     return LogEntry(index, term, EntryType.CONFIGURATION, conf.encode())
-
-
-def test_a_leaders_configuration_entry_is_in_force_when_appended_and_counted_by_it() -> None:
-    f = Fixture()
-    f.send(BecomeLeader(1))
-    f.transcript.clear()
-    new = Configuration.of((ME, B, C, "d:4"), (ME, B, C))
-    applied = pykka.ThreadingFuture()
-    f.send(AppendConfiguration(1, new, applied))
-    # The BallotBox counts by it before any Grant for it; its future is the FSMCaller's.
-    assert f.transcript.entries[:2] == [
-        ("ballot_box", SetConfiguration(1, new)),
-        ("fsm_caller", RegisterPending(2, (applied,))),
-    ]
-    assert f.log_view.conf == new and f.log_view.conf_state.index == 2
-    assert f.log_view.conf_state.previous == CONF
-
-
-def test_a_configuration_entry_of_another_term_fails_definitely() -> None:
-    f = Fixture()
-    f.send(BecomeLeader(2))
-    applied = pykka.ThreadingFuture()
-    f.send(AppendConfiguration(1, Configuration.of((ME,)), applied))
-    with pytest.raises(NotLeaderError):
-        applied.get(timeout=0)
-    assert f.log_view.last_index == 1 and f.log_view.conf == CONF
 
 
 def test_a_follower_adopts_appended_configurations_and_drops_truncated_ones() -> None:

@@ -19,10 +19,10 @@ from actors.errors import (
     LeadershipUnconfirmedError,
     NodeFailedError,
     NotLeaderError,
+    OverloadedError,
 )
 from actors.log_view import LogView
 from actors.messages import (
-    AppendLeaderEntries,
     Apply,
     BecomeLeader,
     CheckVote,
@@ -36,13 +36,14 @@ from actors.messages import (
     LeaderContact,
     LeaderLogReady,
     LeadershipAck,
+    LogAppended,
     PeerContact,
+    PersistLeaderEntries,
     PersistTermVote,
     ReadIndex,
+    RegisterPending,
     RequestVotes,
     StepDown,
-    Subscribe,
-    Unsubscribe,
     VoteGranted,
 )
 from actors.metrics import RaftMetrics
@@ -55,7 +56,7 @@ from actors.testing import (
     counts,
     is_pending,
 )
-from storage.entry import EntryType, LogEntry
+from storage.entry import EntryType, LogEntry, command_entries
 from storage.memory import MemoryLogStorage
 from transport.rpc import (
     MAX_TERM,
@@ -98,6 +99,8 @@ class Fixture:
         self.errors: list[str] = []
         self.clock = ManualClock()
         self.lm = RecordingMailbox("log_manager")
+        self.bb = RecordingMailbox("ballot_box")
+        self.fsm = RecordingMailbox("fsm_caller")
         self.transport = RecordingTransport(A)
         self.replicators = Replicators()
         self.metrics = RaftMetrics()
@@ -110,6 +113,8 @@ class Fixture:
             voted_for=None,
             log_view=LogView(MemoryLogStorage(), bootstrap_conf=bootstrap),
             log_manager=self.lm,
+            ballot_box=self.bb,
+            fsm_caller=self.fsm,
             transport=self.transport,
             replicators=self.replicators,
             clock=self.clock,
@@ -122,13 +127,18 @@ class Fixture:
     def send(self, message: Any) -> Any:
         return self.harness.send(message)
 
-    def elect(self) -> None:
-        """Run pre-vote and vote to leadership in term 1, with B's votes."""
+    def win(self) -> None:
+        """Run pre-vote and vote to leadership in term 1, with B's votes (the LogManager has
+        not answered BecomeLeader yet)."""
         self.harness.advance(FULL_TIMEOUT)
         self.send(RequestVoteResponse(0, True, True, B, 1))
         self.send(RequestVoteResponse(1, True, False, B, 1))
         assert self.node.role is Role.LEADER
         [self.become] = [m for m in self.lm.told if isinstance(m, BecomeLeader)]
+
+    def elect(self) -> None:
+        """Leader of term 1 (win), its log ready."""
+        self.win()
         self.send(LeaderLogReady(1, 1))
         self.lm.clear()
         self.transport.take()
@@ -176,10 +186,7 @@ def test_vote_quorum_makes_leader_which_starts_replicators(f: Fixture) -> None:
     assert isinstance(become, BecomeLeader) and become.term == 1
     f.send(LeaderLogReady(1, 5))
     assert f.replicators.started == [(B, 1, 5), (C, 1, 5)]
-    assert f.lm.take() == [
-        Subscribe(B, f.replicators.mailboxes[B]),
-        Subscribe(C, f.replicators.mailboxes[C]),
-    ]
+    assert f.lm.take() == []
 
 
 def test_single_peer_elects_itself() -> None:
@@ -301,7 +308,7 @@ def test_leader_steps_down_on_higher_term(f: Fixture) -> None:
     f.send(HigherTermSeen(5, B))
     assert f.node.role is Role.FOLLOWER and f.node.term == 5 and f.node.voted_for is None
     # Leadership of term 1 ends before term 5 is persisted: LogManager handles them in order.
-    assert f.lm.take() == [Unsubscribe(B), Unsubscribe(C), StepDown(1), PersistTermVote(5, None)]
+    assert f.lm.take() == [StepDown(1), PersistTermVote(5, None)]
     assert f.replicators.stopped == [B, C]
 
 
@@ -349,11 +356,66 @@ def test_apply_on_follower_fails_with_leader_hint(f: Fixture) -> None:
     assert info.value.leader_hint == B
 
 
-def test_apply_on_leader_goes_to_the_log_manager_in_its_term(f: Fixture) -> None:
+def test_apply_on_leader_appends_here_and_the_log_manager_only_persists(f: Fixture) -> None:
+    """The leader's append runs on the Node's thread (actors/leader_log.py): the entries are
+    in the LogView at once, the FSMCaller has their futures, the Replicators are told, and the
+    LogManager is asked to write them (and grant them once durable)."""
     f.elect()
     future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
     f.send(Apply((b"x", b"y"), (future, future)))
-    assert f.lm.take() == [AppendLeaderEntries(1, (b"x", b"y"), (future, future))]
+    entries = command_entries(1, 1, (b"x", b"y"))
+    assert f.node.log_view.entries(1, 2) == entries
+    assert f.fsm.take() == [RegisterPending(1, (future, future))]
+    assert f.lm.take() == [PersistLeaderEntries(1, entries)]
+    assert f.replicators.mailboxes[B].take() == [LogAppended(2)]
+    assert f.replicators.mailboxes[C].take() == [LogAppended(2)]
+
+
+def test_apply_before_the_leader_log_is_ready_waits_for_it(f: Fixture) -> None:
+    """Until LeaderLogReady the LogManager owns the log's tail (it appends the term's first
+    entry): a proposal waits, then continues the log after that entry."""
+    f.win()
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(Apply((b"x",), (future,)))
+    f.lm.clear()
+    assert f.fsm.take() == []
+    first = LogEntry(1, 1, EntryType.CONFIGURATION, f.node.conf.encode())
+    f.node.log_view.append_unstable([first])  # as the LogManager does on BecomeLeader
+    f.send(LeaderLogReady(1, 1))
+    assert f.lm.take() == [PersistLeaderEntries(1, command_entries(2, 1, (b"x",)))]
+    assert f.fsm.take() == [RegisterPending(2, (future,))]
+
+
+def test_proposals_waiting_for_the_leader_log_fail_when_leadership_ends(f: Fixture) -> None:
+    f.win()
+    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    f.send(Apply((b"x",), (future,)))
+    f.lm.clear()
+    f.send(AppendEntriesRequest(2, C, 0, 0, (), 0, 1))  # a newer leader
+    with pytest.raises(NotLeaderError):
+        future.get(timeout=1)
+    f.send(LeaderLogReady(1, 1))  # late, for the old term: nothing is appended
+    assert not [m for m in f.lm.told if isinstance(m, PersistLeaderEntries)]
+    assert f.node.log_view.last_index == 0
+
+
+def test_a_leader_beyond_its_in_flight_bound_refuses_and_appends_nothing() -> None:
+    f = Fixture(
+        raft_options=RaftOptions(
+            election_timeout=TIMEOUT, max_pending_entries=2, initial_election_advance=False
+        )
+    )
+    f.elect()
+    first, second = pykka.ThreadingFuture[Any](), pykka.ThreadingFuture[Any]()
+    f.send(Apply((b"a", b"b"), (first, first)))
+    f.send(Apply((b"c",), (second,)))
+    with pytest.raises(OverloadedError):
+        second.get(timeout=1)
+    assert f.node.log_view.last_index == 2
+    assert [len(m.entries) for m in f.lm.take()] == [2]
+    f.node.log_view.applied_index = 2  # the FSMCaller applied both: room again
+    f.send(Apply((b"c",), (second,)))
+    assert f.lm.take() == [PersistLeaderEntries(1, command_entries(3, 1, (b"c",)))]
 
 
 def test_fatal_error_enters_error_state_and_refuses_service(f: Fixture) -> None:
@@ -452,7 +514,7 @@ def test_an_oversized_command_is_refused_definitely_and_the_rest_go_on() -> None
     with pytest.raises(CommandTooLargeError) as info:
         large.get(timeout=1)
     assert info.value.outcome_unknown is False
-    assert f.lm.take() == [AppendLeaderEntries(1, (b"x" * 10,), (small,))]
+    assert f.lm.take() == [PersistLeaderEntries(1, command_entries(1, 1, (b"x" * 10,)))]
     assert f.send(GetStatus()).rejected == {"oversized_command": 1}
 
 
@@ -516,12 +578,14 @@ def test_proposals_refused_at_the_door_are_counted_by_outcome() -> None:
     f.send(Apply((b"x", b"y"), (pykka.ThreadingFuture(), pykka.ThreadingFuture())))
     f.send(Apply((b"x" * 11,), (pykka.ThreadingFuture(),)))
     f.elect()
-    f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))  # to the LogManager: counted there
+    f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))  # appended (actors/leader_log.py)
     f.send(FatalError("FSMCaller", "boom"))
     f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))
     f.harness.stop()
     f.send(Apply((b"z",), (pykka.ThreadingFuture(),)))
     assert counts(f.metrics.proposals) == {
+        "appended": 1,
+        "overloaded": 0,
         "not_leader": 2,
         "too_large": 1,
         "failed": 1,

@@ -1,11 +1,12 @@
 """Node and membership changes (actors/membership.py), alone with recording collaborators.
 
-The recording LogManager appends nothing by itself: `_appended` plays its part for a
-configuration entry (into the Node's LogView, where the Node reads the configuration in force)
-and `_commit` plays the FSMCaller's, completing the entry's future."""
+A leader appends its configuration entries itself (actors/leader_log.py): `_appended` finds the
+one it appended, with the future it registered with the FSMCaller, and `_commit` plays the
+FSMCaller's part, completing that future."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -22,17 +23,19 @@ from actors.errors import (
 )
 from actors.membership import FIRST_ANSWER_PATIENCE, ChangeRequest, Op
 from actors.messages import (
-    AppendConfiguration,
+    Apply,
     ChangeMembership,
     CheckVote,
     ConfigurationChanged,
     GetStatus,
     HigherTermSeen,
+    LogAppended,
     PeerContact,
+    PersistLeaderEntries,
+    RegisterPending,
     RequestVotes,
-    Subscribe,
+    SetConfiguration,
     TransferLeadership,
-    Unsubscribe,
 )
 from actors.node import Role
 from actors.options import RaftOptions
@@ -83,18 +86,34 @@ def _quorum_heard(f: Fixture, seconds: float) -> None:
         _contact(f, C, LAST)
 
 
-def _appended(f: Fixture) -> AppendConfiguration:
-    """The one configuration entry the Node asked for: appended to its log (in force now)."""
-    [append] = [m for m in f.lm.take() if isinstance(m, AppendConfiguration)]
-    view = f.node.log_view
-    entry = LogEntry(
-        view.last_index + 1, append.term, EntryType.CONFIGURATION, append.conf.encode()
-    )
-    view.append_unstable([entry])
-    return append
+@dataclass
+class _ConfAppend:
+    term: int
+    conf: Configuration
+    applied: Any  # the future the FSMCaller completes once the entry is applied
 
 
-def _commit(f: Fixture, append: AppendConfiguration, error: BaseException | None = None) -> None:
+def _conf_appends(f: Fixture) -> list[PersistLeaderEntries]:
+    return [m for m in f.lm.told if isinstance(m, PersistLeaderEntries)]
+
+
+def _appended(f: Fixture) -> _ConfAppend:
+    """The one configuration entry the Node appended to its log (in force now), announced to
+    the BallotBox, its future registered with the FSMCaller, and handed to the LogManager."""
+    [persist] = _conf_appends(f)
+    f.lm.clear()
+    [entry] = persist.entries
+    assert entry.type == EntryType.CONFIGURATION
+    assert f.node.log_view.last_index == entry.index
+    conf = Configuration.decode(entry.data)
+    assert f.bb.take() == [SetConfiguration(persist.term, conf)]
+    [register] = [m for m in f.fsm.take() if isinstance(m, RegisterPending)]
+    assert register.first_index == entry.index
+    [applied] = register.futures
+    return _ConfAppend(persist.term, conf, applied)
+
+
+def _commit(f: Fixture, append: _ConfAppend, error: BaseException | None = None) -> None:
     if error is None:
         append.applied.set(None)
     else:
@@ -122,9 +141,9 @@ def test_adding_a_peer_catches_it_up_then_goes_joint_then_stable() -> None:
     assert _replicating(f) == [B, C, D]  # D is replicated to at once, counted for nothing
     assert D in f.transport.peers  # and reachable: the transport was told its id
     assert f.node.conf == Configuration.of([A, B, C])  # nothing in force yet
-    assert not [m for m in f.lm.told if isinstance(m, AppendConfiguration)]
+    assert not _conf_appends(f)
     _contact(f, D, LAST - 3)
-    assert not [m for m in f.lm.told if isinstance(m, AppendConfiguration)]  # not close enough
+    assert not _conf_appends(f)  # not close enough
     _contact(f, D, LAST)
     joint = _appended(f)
     assert joint.conf == Configuration.of([A, B, C, D], [A, B, C])
@@ -151,8 +170,9 @@ def test_removing_a_peer_stops_its_replicator_only_once_c_new_is_committed(f: Fi
     f.lm.clear()
     _commit(f, stable)
     assert reply.get(timeout=0) == Configuration.of([A, B])
+    f.send(Apply((b"y",), (pykka.ThreadingFuture(),)))
+    assert LogAppended(f.node.log_view.last_index) not in f.replicators.mailboxes[C].told
     assert _replicating(f) == [B]
-    assert Unsubscribe(C) in f.lm.told
     assert f.replicators.stopped == [C]
 
 
@@ -211,7 +231,7 @@ def test_a_peer_that_makes_no_progress_fails_the_change_and_nothing_changes(f: F
     assert isinstance(_error(reply), CatchUpError)
     assert _replicating(f) == [B, C]
     assert f.node.conf == Configuration.of([A, B, C])
-    assert not [m for m in f.lm.told if isinstance(m, AppendConfiguration)]
+    assert not _conf_appends(f)
 
 
 def test_a_peer_that_answered_and_then_stalls_fails_after_an_election_timeout() -> None:
@@ -253,7 +273,7 @@ def test_one_change_at_a_time_and_not_before_the_terms_first_entry_commits(
     first = _change(f, Op.REMOVE_PEER, C)  # waits for the term's first entry
     second = _change(f, Op.ADD_PEER, D)
     assert isinstance(_error(second), ChangeInProgressError)
-    assert not [m for m in f.lm.told if isinstance(m, AppendConfiguration)]
+    assert not _conf_appends(f)
     _settle(f)
     assert _appended(f).conf == Configuration.of([A, B], [A, B, C])
     busy = _change(f, Op.ADD_PEER, D)
@@ -272,7 +292,7 @@ def test_bad_requests_fail_definitely_and_a_change_to_what_is_completes_at_once(
     assert isinstance(_error(_change(f, Op.PROMOTE_LEARNER, B)), UnknownPeerError)
     assert isinstance(_error(_change(f, Op.ADD_LEARNERS, B)), MembershipChangeError)
     assert _change(f, Op.ADD_PEER, B).get(timeout=0) == Configuration.of([A, B, C])
-    assert not [m for m in f.lm.told if isinstance(m, AppendConfiguration)]
+    assert not _conf_appends(f)
     with pytest.raises(MembershipChangeError):
         ChangeRequest.of(Op.ADD_PEER, [])
     with pytest.raises(MembershipChangeError):
@@ -285,7 +305,7 @@ def test_changing_every_voter_at_once_goes_through_one_joint_configuration(
     _leader(f)
     reply = _change(f, Op.CHANGE_PEERS, C, D, E)
     _contact(f, D, LAST)
-    assert not [m for m in f.lm.told if isinstance(m, AppendConfiguration)]  # E still behind
+    assert not _conf_appends(f)  # E still behind
     _contact(f, E, LAST)
     joint = _appended(f)
     assert joint.conf == Configuration.of([C, D, E], [A, B, C])
@@ -365,11 +385,13 @@ def test_a_joining_peer_follows_only_its_contacts_until_it_has_a_configuration()
     assert not [m for m in f.lm.told if isinstance(m, RequestVotes)]
 
 
-def test_subscriptions_follow_the_replicators(f: Fixture) -> None:
+def test_a_replicator_started_mid_term_hears_of_later_appends(f: Fixture) -> None:
     _leader(f)
-    f.lm.clear()
     _change(f, Op.ADD_LEARNERS, D)
-    assert [m.peer_id for m in f.lm.told if isinstance(m, Subscribe)] == [D]
+    _appended(f)
+    f.replicators.mailboxes[D].clear()
+    f.send(Apply((b"y",), (pykka.ThreadingFuture(),)))
+    assert f.replicators.mailboxes[D].take() == [LogAppended(LAST + 2)]
 
 
 def test_a_peer_just_added_votes_for_a_candidate_its_log_does_not_name_yet() -> None:

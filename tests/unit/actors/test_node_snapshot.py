@@ -53,6 +53,8 @@ class Fixture:
     def __init__(self, term: int = 0, executor: bool = True, log_view: LogView | None = None):
         self.clock = ManualClock()
         self.lm = RecordingMailbox("log_manager")
+        self.bb = RecordingMailbox("ballot_box")
+        self.fsm = RecordingMailbox("fsm_caller")
         self.executor = RecordingMailbox("snapshot_executor") if executor else None
         self.transport = RecordingTransport(A)
         options = NodeOptions(
@@ -66,6 +68,8 @@ class Fixture:
             voted_for=None,
             log_view=log_view or LogView(MemoryLogStorage(), bootstrap_conf=options.initial_conf),
             log_manager=self.lm,
+            ballot_box=self.bb,
+            fsm_caller=self.fsm,
             transport=self.transport,
             replicators=NoReplicators(),
             clock=self.clock,

@@ -20,13 +20,13 @@ from actors.errors import (
     UnknownPeerError,
 )
 from actors.messages import (
-    AppendLeaderEntries,
     Apply,
     CheckVote,
     Following,
     GetStatus,
     HigherTermSeen,
     PeerContact,
+    PersistLeaderEntries,
     PersistTermVote,
     ReadIndex,
     RequestVotes,
@@ -101,7 +101,7 @@ def test_a_transferring_leader_takes_no_proposals_and_no_lease_reads(f: Fixture)
     f.send(Apply((b"x",), (proposal,)))
     error = _error(proposal)
     assert isinstance(error, LeaderTransferringError) and isinstance(error, OverloadedError)
-    assert not any(isinstance(m, AppendLeaderEntries) for m in f.lm.told)
+    assert not any(isinstance(m, PersistLeaderEntries) for m in f.lm.told)
     assert f.node._reads.lease_valid(f.clock.now(), 10.0) is False  # revoked for the term
     read = _future()
     f.send(ReadIndex(read, lease=True, on_follower=False))
@@ -122,7 +122,7 @@ def test_a_transfer_that_does_not_finish_in_an_election_timeout_fails_and_leads_
     proposal = _future()
     f.lm.clear()
     f.send(Apply((b"x",), (proposal,)))
-    assert [type(m) for m in f.lm.told] == [AppendLeaderEntries]  # proposals resume
+    assert [type(m) for m in f.lm.told] == [PersistLeaderEntries]  # proposals resume
 
 
 def test_transfer_refusals_busy_unknown_not_leader_and_self(f: Fixture) -> None:
