@@ -204,6 +204,14 @@ class LogManager(RaftActor):
 
     @handles(FollowerAppend)
     def on_follower_append(self, msg: FollowerAppend) -> None:
+        # Each one handed over is counted answered once (actors/quiet_heartbeat.py): here when
+        # it is dropped without an answer, in _flush once its held ack is sent.
+        held = len(self._acks)
+        self._follower_append(msg)
+        if len(self._acks) == held:
+            self.log_view.appends.answered += 1
+
+    def _follower_append(self, msg: FollowerAppend) -> None:
         req = msg.request
         if self.leader_term is not None or self._failed:
             log.warning("%s: AppendEntries from %s ignored (%s)", self.peer_id, req.leader_id, self)
@@ -482,6 +490,7 @@ class LogManager(RaftActor):
             for ack in acks:
                 self.transport.send(ack.leader_id, ack.response)
                 commit = max(commit, ack.commit_index)
+            self.log_view.appends.answered += len(acks)  # after sending: see quiet_heartbeat
             if trace.ON:
                 trace.mark("follower.ack")
             if commit > self.committed_index:
@@ -505,6 +514,7 @@ class LogManager(RaftActor):
         if self._failed:
             return
         self._failed = True
+        self.log_view.appends.closed = True
         self._unflushed.clear()
         self._acks.clear()
         if self.leader_term is not None:

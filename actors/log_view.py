@@ -51,6 +51,31 @@ from storage.snapshot_storage import SnapshotMeta
 log = logging.getLogger(__name__)
 
 
+class AppendLedger:
+    """How many FollowerAppends were handed to the LogManager, and how many it has answered
+    (acked, or dropped without an answer): the log is quiet when they are equal
+    (actors/quiet_heartbeat.py). `answered` has one writer, the LogManager, which counts after
+    it sends; `handed` is counted under a lock, as the Router and the Node hand them over (on
+    one thread when the transport is hosted on the dispatcher, else on two). A stale read only
+    sends a heartbeat the long way."""
+
+    __slots__ = ("_lock", "answered", "closed", "handed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.handed = 0
+        self.answered = 0
+        self.closed = False  # the LogManager is in ERROR: it answers nothing any more
+
+    def hand(self) -> None:
+        """Count one FollowerAppend, before it is told."""
+        with self._lock:
+            self.handed += 1
+
+    def quiet(self) -> bool:
+        return self.handed == self.answered and not self.closed
+
+
 class LogView:
     def __init__(
         self,
@@ -85,6 +110,8 @@ class LogView:
         # and by the LogManager when a joining peer adopts its leader's. Carried in every
         # request a Replicator sends.
         self.cluster_id = ""
+        # FollowerAppends handed to the LogManager and answered (actors/quiet_heartbeat.py).
+        self.appends = AppendLedger()
         if snapshot is not None:
             base = _decode_conf(snapshot.conf, snapshot.last_index)
             self._confs = ConfigurationLog(base, snapshot.last_index)

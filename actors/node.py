@@ -880,6 +880,7 @@ class Node(LeadershipChanges, RaftActor):
         if trace.ON:
             trace.mark("follower.node")
         if self._accept_leader(req, "append_entries"):
+            self.log_view.appends.hand()
             self.log_manager.tell(FollowerAppend(req, self.term))
 
     @handles(LeaderContact)

@@ -113,7 +113,7 @@ class RaftNode(Generic[R, V]):
         self._actors = actors
         self._node: pykka.ActorRef[Any] = actors.node  # type: ignore[assignment]
         self._transport = transport
-        self._router = Router(options.peer_id, actors)
+        self._router = Router(options.peer_id, actors, transport)
         self._own_clock = own_clock
         self._threads = threads
         # Guards _stopped against apply: every Apply told before stop() sets it is ahead of the

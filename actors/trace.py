@@ -17,14 +17,15 @@ The marks (their names say on which side they are made):
     client.send, client.receive        transport.raft_client, around one request
     leader.receive                     ClientServer, on the transport's thread
     leader.propose                     Node, handling Apply
-    leader.append                      LogManager: indexes assigned, in memory
+    leader.append                      Node (its LeaderLog): indexes assigned, in memory
     leader.send                        Replicator: an AppendEntries leaves (entries or none)
     follower.receive                   the follower's transport thread: an AppendEntries in
     follower.node                      the follower's Node checks term and leader (off the
                                        path once it follows: the Router hands over)
     follower.append                    the follower's LogManager: appended, not yet synced
     follower.fsync, leader.fsync       LogManager: the batch is durable
-    follower.ack                       the follower's LogManager: the answer leaves
+    follower.ack                       the follower's LogManager: the answer leaves (or its
+                                       Router, for a heartbeat on a quiet log)
     leader.ack                         Replicator: an AppendEntriesResponse in
     leader.commit                      BallotBox: a quorum holds it
     leader.apply                       FSMCaller: on_apply returned (its futures settle next)

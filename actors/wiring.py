@@ -16,7 +16,7 @@ from typing import Any
 
 import pykka
 
-from actors import trace
+from actors import quiet_heartbeat, trace
 from actors.ballot_box import BallotBox
 from actors.clock import Clock
 from actors.configuration import Configuration
@@ -281,9 +281,11 @@ class Router:
     the Node is told after (LeaderContact). A view that is stale by then is caught on both
     sides (FollowerAppend, LeaderContact)."""
 
-    def __init__(self, peer_id: str, actors: PeerActors) -> None:
+    def __init__(self, peer_id: str, actors: PeerActors, transport: Transport) -> None:
+        """`transport`: where heartbeats answered here go (actors/quiet_heartbeat.py)."""
         self.peer_id = peer_id
         self.actors = actors
+        self.transport = transport
         self.client_handler: ClientHandler | None = None
         self.client_drained: Callable[[], None] | None = None
 
@@ -307,10 +309,14 @@ class Router:
             if trace.ON and isinstance(message, AppendEntriesRequest):
                 trace.mark("follower.receive")
             if isinstance(message, AppendEntriesRequest) and self._following(message):
-                # The steady state: our leader, in the term the Node follows it. The
-                # LogManager appends at once (one hop, not two); the Node hears of it after.
-                self.actors.log_manager.tell(FollowerAppend(message, message.term))
-                self.actors.node.tell(LeaderContact(message))
+                # The steady state: our leader, in the term the Node follows it. A heartbeat
+                # on a quiet log is answered here; else the LogManager appends at once (one
+                # hop, not two). The Node hears of it after.
+                actors, view = self.actors, self.actors.log_view
+                if not quiet_heartbeat.answer(message, self.peer_id, view, self.transport):
+                    view.appends.hand()
+                    actors.log_manager.tell(FollowerAppend(message, message.term))
+                actors.node.tell(LeaderContact(message))
             elif isinstance(message, _TO_REPLICATOR):
                 mailbox = self.actors.replicators.route(message.sender)
                 if mailbox is not None:

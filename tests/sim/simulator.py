@@ -321,7 +321,7 @@ class Simulation:
             stop,
             snapshot_storage=peer.snapshots,
         )
-        endpoint.start(Router(peer_id, peer.actors).deliver)
+        endpoint.start(Router(peer_id, peer.actors, endpoint).deliver)
         peer.log.is_leader = lambda: (
             peer.node_actor is not None and peer.node_actor.role is Role.LEADER
         )

@@ -233,6 +233,22 @@ def test_group_commit_writes_queued_appends_with_one_fsync() -> None:
     assert [resp.seq for _, resp in f.transport.take()] == [1, 2, 3]
 
 
+def test_each_follower_append_is_counted_answered_once_its_ack_left_or_it_was_dropped() -> None:
+    """The quiet-log rule of actors/quiet_heartbeat.py: answered counts an append only after
+    its ack was sent (or when none will be)."""
+    f = Fixture()
+    appends = f.log_view.appends
+    f.lm.receive(FollowerAppend(append_req(1, 0, 0, [data(1, 1)]), 1))
+    assert appends.answered == 0  # held until the Flush
+    f.harness.run()
+    assert appends.answered == 1 and len(f.transport.take()) == 1
+    f.meta.set_term_and_vote(3, None)
+    f.send(FollowerAppend(append_req(2, 1, 1, [data(2, 2)]), 2))  # stale: dropped, no answer
+    assert appends.answered == 2 and f.transport.take() == []
+    f.send(EnterError("Node: bug"))
+    assert appends.closed
+
+
 def test_mismatch_answers_with_our_last_index_and_the_conflicting_term() -> None:
     """Raft dissertation §5.3: a refusal says where to resume. Our log ends before prev: the
     conflict index is our end (term 0). Our entry at prev has another term: that term, and the
