@@ -77,7 +77,6 @@ from transport.rpc import (
 log = logging.getLogger(__name__)
 
 
-
 class CommandCodec:
     """What ClientServer needs to know of a state machine's commands. This class is the
     default: opaque bytes, each write logged in the session envelope of actors.sessions (for a

@@ -740,9 +740,7 @@ class Node(LeadershipChanges, RaftActor):
         self._term_committed = False
         fail_all(self._follower_reads.drain(), NotLeaderError(None))  # retried, here now
         term = self.term
-        applied = CompletionFuture(
-            lambda _, error: self.tell_self(TermEntryApplied(term, error))
-        )
+        applied = CompletionFuture(lambda _, error: self.tell_self(TermEntryApplied(term, error)))
         self.log_manager.tell(BecomeLeader(term, applied))
         self._arm_lease_check()
 

@@ -266,7 +266,6 @@ def test_accepted_append_entries_goes_to_the_log_manager(f: Fixture) -> None:
     assert f.node.leader_id == B
 
 
-
 def test_a_contact_handed_over_by_the_router_keeps_the_leader_alive_and_tells_no_one(
     f: Fixture,
 ) -> None:
@@ -294,6 +293,7 @@ def test_a_contact_on_a_view_that_moved_on_is_refused_as_the_request_would_be(
     f.send(LeaderContact(AppendEntriesRequest(1, B, 0, 0, (), 0, 7)))
     assert f.transport.take() == [(B, AppendEntriesResponse(3, False, 0, A, 7, 1))]
     assert f.lm.told == [] and f.node.term == 3
+
 
 def test_candidate_seeing_leader_of_its_term_becomes_follower(f: Fixture) -> None:
     f.harness.advance(FULL_TIMEOUT)

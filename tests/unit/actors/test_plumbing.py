@@ -106,7 +106,6 @@ def test_mailbox_slot_refuses_use_before_bind_and_drops_to_dead_actor() -> None:
         ref.tell(Ping(1))
 
 
-
 def test_a_completion_reported_to_a_stopped_actor_is_dropped_quietly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -121,6 +120,7 @@ def test_a_completion_reported_to_a_stopped_actor_is_dropped_quietly(
         complete(applied, None)
     assert applied.done()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
 
 def test_manual_clock_fires_in_deadline_order_and_honours_cancel() -> None:
     clock = ManualClock()
